@@ -1,0 +1,1 @@
+//! Pure logic of res_push.

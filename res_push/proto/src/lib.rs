@@ -1,0 +1,274 @@
+//! The wire protocol spoken between `res_push.so` (inside Asterisk) and `res-push-sidecar`.
+//!
+//! Transport: a Unix stream socket. Each frame is a 4-byte big-endian length followed by that
+//! many bytes of JSON (the framing tokio-util's `LengthDelimitedCodec` uses by default, so the
+//! sidecar needs no hand-written codec). Frames larger than [`MAX_FRAME_LEN`] are a protocol
+//! error: the peer closes the connection rather than allocate whatever a corrupt header claims.
+//!
+//! Conversation:
+//! 1. the module sends [`ClientFrame::Hello`] with the range of versions it speaks;
+//! 2. the sidecar answers [`ServerFrame::Welcome`] with the version chosen, or
+//!    [`ServerFrame::Reject`] and closes;
+//! 3. the module sends [`ClientFrame::Submit`] jobs, each with an id and a deadline; the sidecar
+//!    answers each with exactly one [`ServerFrame::Outcome`] carrying the same id, in any order.
+//!
+//! A frame that cannot be parsed gets a [`ServerFrame::Error`] and the connection is closed: after
+//! garbage, the framing itself can no longer be trusted.
+
+use std::io::{self, Read, Write};
+
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+/// The newest protocol version this crate speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// The oldest protocol version this crate still speaks.
+pub const MIN_PROTOCOL_VERSION: u32 = 1;
+/// Largest frame body accepted, in bytes. Push payloads are capped at 4 KiB by Apple and Google,
+/// so 1 MiB leaves room for configuration frames without letting a bad length header hurt.
+pub const MAX_FRAME_LEN: usize = 1 << 20;
+
+/// Frames sent by the module to the sidecar.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientFrame {
+    /// First frame of every connection.
+    Hello {
+        /// Oldest protocol version the client speaks.
+        min_version: u32,
+        /// Newest protocol version the client speaks.
+        max_version: u32,
+        /// Who is calling, for the sidecar's logs (e.g. `res_push`).
+        client: String,
+        /// The client's software version.
+        client_version: String,
+        /// The Asterisk system name or host, so a sidecar serving several PBXes can tell them apart.
+        node: String,
+    },
+    /// A job to run. Answered by exactly one [`ServerFrame::Outcome`] with the same `id`.
+    Submit {
+        /// Chosen by the client, unique per connection.
+        id: u64,
+        /// Milliseconds the job may take from the moment it is received; past it the job is dropped.
+        deadline_ms: u64,
+        /// What to do.
+        job: Job,
+    },
+}
+
+/// Work the sidecar can do.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Job {
+    /// No-op round trip: proves the link and the sidecar's job path work.
+    Ping,
+    /// A job kind this side does not know (sent by a newer peer); answered with
+    /// [`Outcome::Unsupported`] instead of tearing the connection down.
+    #[serde(other)]
+    Unknown,
+}
+
+/// Frames sent by the sidecar to the module.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame {
+    /// Handshake accepted.
+    Welcome {
+        /// The protocol version both sides now speak.
+        version: u32,
+        /// The sidecar's software version.
+        server_version: String,
+    },
+    /// Handshake refused (no common version); the sidecar closes after sending it.
+    Reject {
+        /// Human-readable reason, logged by the module.
+        reason: String,
+    },
+    /// The result of one submitted job.
+    Outcome {
+        /// The id of the [`ClientFrame::Submit`] this answers.
+        id: u64,
+        /// What happened.
+        outcome: Outcome,
+    },
+    /// The peer sent something unparseable; the sidecar closes after sending it.
+    Error {
+        /// What was wrong, for the module's log.
+        message: String,
+    },
+}
+
+/// The result of a job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Outcome {
+    /// Answer to [`Job::Ping`].
+    Pong,
+    /// The job's deadline passed before it could run; nothing was sent.
+    Expired,
+    /// The sidecar does not know this job kind.
+    Unsupported {
+        /// What was not understood.
+        detail: String,
+    },
+    /// The job ran and failed.
+    Failed {
+        /// Why, verbatim (e.g. a provider's reason string).
+        reason: String,
+    },
+}
+
+/// Why a frame could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// The peer closed the connection cleanly between frames.
+    #[error("connection closed by peer")]
+    Closed,
+    /// The length header announced more than [`MAX_FRAME_LEN`] bytes.
+    #[error("frame of {0} bytes exceeds the {MAX_FRAME_LEN}-byte limit")]
+    TooLarge(usize),
+    /// The body is not a valid frame.
+    #[error("malformed frame: {0}")]
+    Malformed(#[from] serde_json::Error),
+    /// The socket failed.
+    #[error("i/o error: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// Serializes `frame` as a frame body (JSON, no length header).
+pub fn encode_body<T: Serialize>(frame: &T) -> Result<Vec<u8>, FrameError> {
+    let body = serde_json::to_vec(frame)?;
+    if body.len() > MAX_FRAME_LEN {
+        return Err(FrameError::TooLarge(body.len()));
+    }
+    Ok(body)
+}
+
+/// Parses a frame body (JSON, no length header).
+pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
+    Ok(serde_json::from_slice(body)?)
+}
+
+/// Writes one length-prefixed frame to a blocking writer.
+pub fn write_frame<W: Write, T: Serialize>(w: &mut W, frame: &T) -> Result<(), FrameError> {
+    let body = encode_body(frame)?;
+    // One buffer, one write: a frame is never interleaved with a partial header on the wire.
+    let mut buf = Vec::with_capacity(4 + body.len());
+    buf.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    buf.extend_from_slice(&body);
+    w.write_all(&buf)?;
+    w.flush()?;
+    Ok(())
+}
+
+/// Reads one length-prefixed frame from a blocking reader.
+///
+/// Returns [`FrameError::Closed`] on a clean end of stream before a header, and an I/O error of
+/// kind `UnexpectedEof` when the stream ends inside a frame.
+pub fn read_frame<R: Read, T: DeserializeOwned>(r: &mut R) -> Result<T, FrameError> {
+    let mut header = [0u8; 4];
+    let mut got = 0;
+    while got < header.len() {
+        match r.read(&mut header[got..]) {
+            Ok(0) if got == 0 => return Err(FrameError::Closed),
+            Ok(0) => return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into()),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let len = u32::from_be_bytes(header) as usize;
+    if len > MAX_FRAME_LEN {
+        return Err(FrameError::TooLarge(len));
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body)?;
+    decode_body(&body)
+}
+
+/// Picks the version to speak given the client's range, or `None` when the ranges do not meet.
+pub fn negotiate(client_min: u32, client_max: u32) -> Option<u32> {
+    let hi = client_max.min(PROTOCOL_VERSION);
+    let lo = client_min.max(MIN_PROTOCOL_VERSION);
+    (lo <= hi).then_some(hi)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Cursor;
+
+    fn roundtrip<T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug>(frame: T) {
+        let mut buf = Vec::new();
+        write_frame(&mut buf, &frame).unwrap();
+        let back: T = read_frame(&mut Cursor::new(buf)).unwrap();
+        assert_eq!(back, frame);
+    }
+
+    #[test]
+    fn frames_roundtrip() {
+        roundtrip(ClientFrame::Hello {
+            min_version: 1,
+            max_version: 1,
+            client: "res_push".into(),
+            client_version: "0.1.0".into(),
+            node: "pbx1".into(),
+        });
+        roundtrip(ClientFrame::Submit { id: 7, deadline_ms: 5000, job: Job::Ping });
+        roundtrip(ServerFrame::Outcome { id: 7, outcome: Outcome::Pong });
+        roundtrip(ServerFrame::Outcome {
+            id: 8,
+            outcome: Outcome::Failed { reason: "BadDeviceToken".into() },
+        });
+        roundtrip(ServerFrame::Reject { reason: "no".into() });
+    }
+
+    #[test]
+    fn wire_format_is_length_prefixed_json() {
+        let mut buf = Vec::new();
+        write_frame(&mut buf, &ClientFrame::Submit { id: 1, deadline_ms: 2, job: Job::Ping })
+            .unwrap();
+        let body = br#"{"type":"submit","id":1,"deadline_ms":2,"job":{"kind":"ping"}}"#;
+        assert_eq!(&buf[..4], &(body.len() as u32).to_be_bytes());
+        assert_eq!(&buf[4..], body);
+    }
+
+    #[test]
+    fn unknown_job_kind_is_not_a_protocol_error() {
+        let f: ClientFrame =
+            decode_body(br#"{"type":"submit","id":3,"deadline_ms":10,"job":{"kind":"teleport"}}"#)
+                .unwrap();
+        assert_eq!(f, ClientFrame::Submit { id: 3, deadline_ms: 10, job: Job::Unknown });
+    }
+
+    #[test]
+    fn garbage_is_rejected_without_panic() {
+        for bad in [&b"\x00\x00\x00\x03abc"[..], b"\x00\x00\x00\x02{}", b"\x00\x00\x00\x04null"] {
+            let r: Result<ClientFrame, _> = read_frame(&mut Cursor::new(bad));
+            assert!(matches!(r, Err(FrameError::Malformed(_))), "{bad:?} gave {r:?}");
+        }
+    }
+
+    #[test]
+    fn oversized_header_is_refused_before_allocating() {
+        let r: Result<ClientFrame, _> = read_frame(&mut Cursor::new(b"\xff\xff\xff\xff"));
+        assert!(matches!(r, Err(FrameError::TooLarge(0xffff_ffff))));
+    }
+
+    #[test]
+    fn truncated_and_empty_streams() {
+        let r: Result<ClientFrame, _> = read_frame(&mut Cursor::new(b""));
+        assert!(matches!(r, Err(FrameError::Closed)));
+        let r: Result<ClientFrame, _> = read_frame(&mut Cursor::new(b"\x00\x00"));
+        assert!(matches!(r, Err(FrameError::Io(e)) if e.kind() == io::ErrorKind::UnexpectedEof));
+        let r: Result<ClientFrame, _> = read_frame(&mut Cursor::new(b"\x00\x00\x00\x09{}"));
+        assert!(matches!(r, Err(FrameError::Io(e)) if e.kind() == io::ErrorKind::UnexpectedEof));
+    }
+
+    #[test]
+    fn version_negotiation() {
+        assert_eq!(negotiate(1, 1), Some(1));
+        assert_eq!(negotiate(1, 9), Some(PROTOCOL_VERSION));
+        assert_eq!(negotiate(PROTOCOL_VERSION + 1, PROTOCOL_VERSION + 3), None);
+        assert_eq!(negotiate(0, 0), None);
+    }
+}
