@@ -1,1 +1,21 @@
+//! res_push.so: VoIP push notifications for Asterisk.
+//!
+//! Layers, from the C boundary inwards:
+//! - [`ffi`]: bindgen's view of the real Asterisk headers and of the C shim
+//!   (`asterisk-headers/shim.c`, which declares the module with `AST_MODULE_INFO`);
+//! - `entry`: the `extern "C"` functions Asterisk calls, each behind a panic guard;
+//! - [`ast`]: safe wrappers, one per Asterisk subsystem (log, config, CLI, threads);
+//! - `module`: the module's lifecycle (load, reload, unload) and its running state;
+//! - `commands`: the CLI commands;
+//! - `link`: the queue and thread that talk to res-push-sidecar.
+//!
+//! Pure logic (config model, backoff, status text) lives in the `res-push-core` crate so it is
+//! unit-tested without Asterisk; the wire protocol lives in `res-push-proto`.
+//! Thread and lifetime rules: `SAFETY.md`.
 
+pub mod ast;
+mod commands;
+mod entry;
+pub mod ffi;
+mod link;
+mod module;

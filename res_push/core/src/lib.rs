@@ -1,1 +1,7 @@
-//! Pure logic of res_push.
+//! Pure logic of res_push: everything that can be decided without Asterisk, so unit tests run
+//! with plain `cargo test`. The module crate (`res_push`) feeds it data read through Asterisk's
+//! APIs and acts on its answers.
+
+pub mod backoff;
+pub mod config;
+pub mod status;

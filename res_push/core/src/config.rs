@@ -1,0 +1,215 @@
+//! `push.conf`: the model of the file and its validation.
+//!
+//! Asterisk's config API (in the module crate) turns the file into [`Section`]s; this module
+//! decides what they mean. Invalid values are errors naming the section, option and value; the
+//! module refuses to load (or, on reload, keeps the configuration it had) rather than run
+//! with something the operator did not write.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// One `[name]` section of the file, options in file order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Section {
+    /// The section name, without brackets.
+    pub name: String,
+    /// `(option, value)` pairs as written.
+    pub entries: Vec<(String, String)>,
+}
+
+/// The `[general]` options.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct General {
+    /// Unix socket of res-push-sidecar.
+    pub sidecar_socket: PathBuf,
+    /// Capacity of the queue between Asterisk threads and the link thread. Read at module load
+    /// only: the queue cannot be resized under running producers.
+    pub queue_size: usize,
+    /// First reconnect delay after the link drops.
+    pub reconnect_min: Duration,
+    /// Longest reconnect delay.
+    pub reconnect_max: Duration,
+    /// Interval of keepalive pings on an idle link; `None` disables them.
+    pub heartbeat_interval: Option<Duration>,
+    /// Deadline given to jobs that do not carry their own.
+    pub job_deadline: Duration,
+}
+
+impl Default for General {
+    fn default() -> Self {
+        Self {
+            sidecar_socket: PathBuf::from("/run/res-push/sidecar.sock"),
+            queue_size: 1024,
+            reconnect_min: Duration::from_millis(200),
+            reconnect_max: Duration::from_secs(5),
+            heartbeat_interval: Some(Duration::from_secs(10)),
+            job_deadline: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PushConfig {
+    /// `[general]`.
+    pub general: General,
+}
+
+/// A value the module will not run with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("push.conf [{section}] {option} = '{value}': {reason}")]
+pub struct ConfigError {
+    /// Section of the offending option.
+    pub section: String,
+    /// The option.
+    pub option: String,
+    /// Its value as written.
+    pub value: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+/// The result of parsing: the configuration plus warnings worth logging (unknown options...).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Parsed {
+    /// The configuration to apply.
+    pub config: PushConfig,
+    /// Non-fatal remarks, one line each.
+    pub warnings: Vec<String>,
+}
+
+impl PushConfig {
+    /// Interprets the sections of `push.conf`. A missing file is an empty slice: defaults apply.
+    pub fn from_sections(sections: &[Section]) -> Result<Parsed, ConfigError> {
+        let mut config = PushConfig::default();
+        let mut warnings = Vec::new();
+        for section in sections {
+            match section.name.as_str() {
+                "general" => parse_general(section, &mut config.general, &mut warnings)?,
+                other => warnings.push(format!("push.conf: section [{other}] is not used yet, ignored")),
+            }
+        }
+        let g = &config.general;
+        if g.reconnect_min > g.reconnect_max {
+            return Err(ConfigError {
+                section: "general".into(),
+                option: "reconnect_min_ms".into(),
+                value: g.reconnect_min.as_millis().to_string(),
+                reason: "must not exceed reconnect_max_ms".into(),
+            });
+        }
+        Ok(Parsed { config, warnings })
+    }
+}
+
+fn parse_general(s: &Section, g: &mut General, warnings: &mut Vec<String>) -> Result<(), ConfigError> {
+    for (option, value) in &s.entries {
+        let err = |reason: &str| ConfigError {
+            section: s.name.clone(),
+            option: option.clone(),
+            value: value.clone(),
+            reason: reason.to_string(),
+        };
+        let v = value.trim();
+        match option.as_str() {
+            "sidecar_socket" => {
+                if !v.starts_with('/') {
+                    return Err(err("must be an absolute path"));
+                }
+                // sockaddr_un holds 108 bytes including the terminating NUL.
+                if v.len() > 107 {
+                    return Err(err("longer than a Unix socket path may be (107 bytes)"));
+                }
+                g.sidecar_socket = PathBuf::from(v);
+            }
+            "queue_size" => g.queue_size = parse_range(v, 1, 1_000_000).map_err(|r| err(&r))? as usize,
+            "reconnect_min_ms" => {
+                g.reconnect_min = Duration::from_millis(parse_range(v, 10, 600_000).map_err(|r| err(&r))?)
+            }
+            "reconnect_max_ms" => {
+                g.reconnect_max = Duration::from_millis(parse_range(v, 10, 600_000).map_err(|r| err(&r))?)
+            }
+            "heartbeat_interval" => {
+                let secs = parse_range(v, 0, 3600).map_err(|r| err(&r))?;
+                g.heartbeat_interval = (secs > 0).then(|| Duration::from_secs(secs));
+            }
+            "job_deadline_ms" => {
+                g.job_deadline = Duration::from_millis(parse_range(v, 100, 600_000).map_err(|r| err(&r))?)
+            }
+            _ => warnings.push(format!("push.conf [{}]: unknown option '{option}', ignored", s.name)),
+        }
+    }
+    Ok(())
+}
+
+fn parse_range(v: &str, min: u64, max: u64) -> Result<u64, String> {
+    let n: u64 = v.parse().map_err(|_| "not a whole number".to_string())?;
+    if !(min..=max).contains(&n) {
+        return Err(format!("must be between {min} and {max}"));
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn general(entries: &[(&str, &str)]) -> Vec<Section> {
+        vec![Section {
+            name: "general".into(),
+            entries: entries.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        }]
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let p = PushConfig::from_sections(&[]).unwrap();
+        assert_eq!(p.config, PushConfig::default());
+        assert!(p.warnings.is_empty());
+    }
+
+    #[test]
+    fn options_are_applied() {
+        let p = PushConfig::from_sections(&general(&[
+            ("sidecar_socket", "/tmp/x.sock"),
+            ("queue_size", "16"),
+            ("reconnect_min_ms", "50"),
+            ("reconnect_max_ms", "1000"),
+            ("heartbeat_interval", "0"),
+            ("job_deadline_ms", "2500"),
+        ]))
+        .unwrap();
+        let g = p.config.general;
+        assert_eq!(g.sidecar_socket, PathBuf::from("/tmp/x.sock"));
+        assert_eq!(g.queue_size, 16);
+        assert_eq!(g.reconnect_min, Duration::from_millis(50));
+        assert_eq!(g.reconnect_max, Duration::from_secs(1));
+        assert_eq!(g.heartbeat_interval, None);
+        assert_eq!(g.job_deadline, Duration::from_millis(2500));
+    }
+
+    #[test]
+    fn bad_values_name_the_option() {
+        let e = PushConfig::from_sections(&general(&[("queue_size", "lots")])).unwrap_err();
+        assert_eq!(e.option, "queue_size");
+        assert_eq!(e.to_string(), "push.conf [general] queue_size = 'lots': not a whole number");
+        let e = PushConfig::from_sections(&general(&[("queue_size", "0")])).unwrap_err();
+        assert!(e.reason.contains("between 1 and"), "{e}");
+        let e = PushConfig::from_sections(&general(&[("sidecar_socket", "relative.sock")])).unwrap_err();
+        assert_eq!(e.option, "sidecar_socket");
+        let long = format!("/{}", "a".repeat(120));
+        assert!(PushConfig::from_sections(&general(&[("sidecar_socket", &long)])).is_err());
+        let e = PushConfig::from_sections(&general(&[("reconnect_min_ms", "900"), ("reconnect_max_ms", "100")]))
+            .unwrap_err();
+        assert_eq!(e.option, "reconnect_min_ms");
+    }
+
+    #[test]
+    fn unknown_options_and_sections_warn() {
+        let mut s = general(&[("colour", "blue")]);
+        s.push(Section { name: "myapp".into(), entries: vec![] });
+        let p = PushConfig::from_sections(&s).unwrap();
+        assert_eq!(p.warnings.len(), 2, "{:?}", p.warnings);
+        assert!(p.warnings[0].contains("colour"));
+    }
+}
