@@ -21,7 +21,10 @@ fn include_dir(var: &str, must_contain: &str, hint: &str) -> PathBuf {
         )
     });
     if !dir.join(must_contain).exists() {
-        panic!("\n\n{var}={} does not contain {must_contain}.\n{hint}\n\n", dir.display());
+        panic!(
+            "\n\n{var}={} does not contain {must_contain}.\n{hint}\n\n",
+            dir.display()
+        );
     }
     dir
 }
@@ -56,20 +59,28 @@ fn main() {
         "-DPJ_IS_BIG_ENDIAN=0".to_string(),
     ];
     let includes = [&shim_dir, &asterisk, &pjproject].map(|d| format!("-I{}", d.display()));
-    let flags: Vec<&str> = defines.iter().chain(includes.iter()).map(String::as_str).collect();
+    let flags: Vec<&str> = defines
+        .iter()
+        .chain(includes.iter())
+        .map(String::as_str)
+        .collect();
 
     let bindings = bindgen::Builder::default()
         .header(shim_dir.join("wrapper.h").to_string_lossy())
         .clang_args(&flags)
         // Asterisk's headers use clang blocks under clang; gcc (the shim) needs no such flag.
         .clang_arg("-fblocks")
-        .allowlist_function("rp_.*|ast_.*|__ast_.*|ao2_.*|__ao2_.*|pthread_join|pthread_self|pthread_setname_np")
+        .allowlist_function(
+            "rp_.*|ast_.*|__ast_.*|ao2_.*|__ao2_.*|pthread_join|pthread_self|pthread_setname_np",
+        )
         .allowlist_type("rp_.*|ast_.*")
         .allowlist_var("RP_.*|AST_.*|__LOG_.*|RESULT_.*|option_debug")
         // Variadic printf-style entry points: Rust never passes a format, the shim does ("%s").
         .blocklist_function("ast_log|ast_cli|ast_verbose|__ast_verbose|ast_log_safe")
         // Implemented in Rust (entry.rs); the shim only declares them for its own use.
-        .blocklist_function("rp_module_load|rp_module_unload|rp_module_reload|rp_cli_describe|rp_cli_exec")
+        .blocklist_function(
+            "rp_module_load|rp_module_unload|rp_module_reload|rp_cli_describe|rp_cli_exec",
+        )
         .default_enum_style(bindgen::EnumVariation::ModuleConsts)
         .derive_debug(false)
         .layout_tests(true)
@@ -78,10 +89,15 @@ fn main() {
         .generate()
         .expect("bindgen failed on asterisk-headers/wrapper.h");
     let out = PathBuf::from(env::var("OUT_DIR").expect("OUT_DIR"));
-    bindings.write_to_file(out.join("bindings.rs")).expect("writing bindings.rs");
+    bindings
+        .write_to_file(out.join("bindings.rs"))
+        .expect("writing bindings.rs");
 
     let mut shim = cc::Build::new();
-    shim.file(shim_dir.join("shim.c")).warnings(true).extra_warnings(false).pic(true);
+    shim.file(shim_dir.join("shim.c"))
+        .warnings(true)
+        .extra_warnings(false)
+        .pic(true);
     for f in &flags {
         shim.flag(f);
     }

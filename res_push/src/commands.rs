@@ -29,7 +29,9 @@ pub fn spec(index: i32) -> Option<&'static Spec> {
 
 /// Runs command `index` with the words Asterisk matched (`args[0]` is `push`).
 pub fn exec(index: i32, out: Output, args: &[String]) -> Outcome {
-    let Some(spec) = spec(index) else { return Outcome::Failure };
+    let Some(spec) = spec(index) else {
+        return Outcome::Failure;
+    };
     let expected = spec.words.to_bytes().split(|b| *b == b' ').count();
     if args.len() != expected {
         return Outcome::ShowUsage;
@@ -52,7 +54,10 @@ fn ping(running: &module::Running, out: Output) -> Outcome {
     const BUDGET: Duration = Duration::from_secs(3);
     let (filler, slot) = sync::slot();
     let started = Instant::now();
-    if let Err(e) = running.link.submit(Job::Ping, Some(BUDGET), Box::new(move |r| filler.fill(r))) {
+    if let Err(e) = running
+        .link
+        .submit(Job::Ping, Some(BUDGET), Box::new(move |r| filler.fill(r)))
+    {
         out.write(&format!("Ping not sent: {e}\n"));
         return Outcome::Failure;
     }
@@ -60,7 +65,10 @@ fn ping(running: &module::Running, out: Output) -> Outcome {
     // latest at its deadline, so this wait is bounded.
     match slot.wait(BUDGET + Duration::from_secs(2)) {
         Some(Ok(JobOutcome::Pong)) => {
-            out.write(&format!("Pong from sidecar in {:.1} ms\n", started.elapsed().as_secs_f64() * 1000.0));
+            out.write(&format!(
+                "Pong from sidecar in {:.1} ms\n",
+                started.elapsed().as_secs_f64() * 1000.0
+            ));
             Outcome::Success
         }
         Some(Ok(other)) => {

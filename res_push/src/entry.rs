@@ -11,10 +11,14 @@ use crate::{commands, module};
 /// `load` of the module info.
 #[unsafe(no_mangle)]
 pub extern "C" fn rp_module_load() -> load_result::Type {
-    guard("module load", load_result::AST_MODULE_LOAD_DECLINE, || match module::load() {
-        Ok(()) => load_result::AST_MODULE_LOAD_SUCCESS,
-        Err(()) => load_result::AST_MODULE_LOAD_DECLINE,
-    })
+    guard(
+        "module load",
+        load_result::AST_MODULE_LOAD_DECLINE,
+        || match module::load() {
+            Ok(()) => load_result::AST_MODULE_LOAD_SUCCESS,
+            Err(()) => load_result::AST_MODULE_LOAD_DECLINE,
+        },
+    )
 }
 
 /// `unload` of the module info. Returns only once every thread of ours has ended.
@@ -29,7 +33,11 @@ pub extern "C" fn rp_module_unload() -> i32 {
 /// `reload` of the module info (`module reload res_push`).
 #[unsafe(no_mangle)]
 pub extern "C" fn rp_module_reload() -> i32 {
-    guard("module reload", -1, || if module::reload() { 0 } else { -1 })
+    guard(
+        "module reload",
+        -1,
+        || if module::reload() { 0 } else { -1 },
+    )
 }
 
 /// Fills a CLI entry's words and usage at registration.
@@ -37,7 +45,11 @@ pub extern "C" fn rp_module_reload() -> i32 {
 /// # Safety
 /// `words` and `usage` must be valid pointers to writable `const char *` slots.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn rp_cli_describe(command: i32, words: *mut *const c_char, usage: *mut *const c_char) {
+pub unsafe extern "C" fn rp_cli_describe(
+    command: i32,
+    words: *mut *const c_char,
+    usage: *mut *const c_char,
+) {
     guard("CLI registration", (), || {
         if let Some(spec) = commands::spec(command) {
             // SAFETY: per this function's contract; the strings are 'static.
@@ -54,7 +66,12 @@ pub unsafe extern "C" fn rp_cli_describe(command: i32, words: *mut *const c_char
 /// # Safety
 /// `argv` must hold `argc` valid C strings, as Asterisk's CLI passes them.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn rp_cli_exec(command: i32, fd: i32, argc: i32, argv: *const *const c_char) -> i32 {
+pub unsafe extern "C" fn rp_cli_exec(
+    command: i32,
+    fd: i32,
+    argc: i32,
+    argv: *const *const c_char,
+) -> i32 {
     guard("CLI command", cli::Outcome::Failure.code(), || {
         // SAFETY: per this function's contract.
         let args = unsafe { cli::args(argc, argv) };

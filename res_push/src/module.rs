@@ -34,14 +34,15 @@ pub fn running() -> Option<Arc<Running>> {
 
 /// Reads and validates push.conf. `Ok(None)`: unchanged since the last load (reload only).
 fn read_config(only_if_changed: bool) -> Result<Option<PushConfig>, String> {
-    let sections: Vec<Section> = match config::load(CONFIG_FILE, only_if_changed).map_err(|e| e.to_string())? {
-        config::Loaded::Sections(s) => s,
-        config::Loaded::Unchanged => return Ok(None),
-        config::Loaded::Missing => {
-            tracing::info!("{CONFIG_FILE} not found; using defaults");
-            Vec::new()
-        }
-    };
+    let sections: Vec<Section> =
+        match config::load(CONFIG_FILE, only_if_changed).map_err(|e| e.to_string())? {
+            config::Loaded::Sections(s) => s,
+            config::Loaded::Unchanged => return Ok(None),
+            config::Loaded::Missing => {
+                tracing::info!("{CONFIG_FILE} not found; using defaults");
+                Vec::new()
+            }
+        };
     let parsed = PushConfig::from_sections(&sections).map_err(|e| e.to_string())?;
     for w in &parsed.warnings {
         tracing::warn!("{w}");
@@ -68,7 +69,8 @@ pub fn load() -> Result<(), ()> {
 
 fn start() -> Result<Arc<Running>, String> {
     let config = read_config(false)?.unwrap_or_default();
-    let link = Link::start(config.general).map_err(|e| format!("cannot start the link thread: {e}"))?;
+    let link =
+        Link::start(config.general).map_err(|e| format!("cannot start the link thread: {e}"))?;
     let running = Arc::new(Running { link });
     if !cli::register() {
         running.link.stop();
@@ -90,7 +92,9 @@ pub fn unload() {
 
 /// Re-reads push.conf; on an invalid file keeps the running configuration.
 pub fn reload() -> bool {
-    let Some(running) = running() else { return false };
+    let Some(running) = running() else {
+        return false;
+    };
     match read_config(true) {
         Ok(None) => {
             tracing::debug!("{CONFIG_FILE} unchanged");

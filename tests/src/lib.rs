@@ -23,15 +23,24 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-const CONFIG_TEMPLATES: &[&str] =
-    &["asterisk.conf", "modules.conf", "logger.conf", "pjsip.conf", "rtp.conf", "extensions.conf", "push.conf"];
+const CONFIG_TEMPLATES: &[&str] = &[
+    "asterisk.conf",
+    "modules.conf",
+    "logger.conf",
+    "pjsip.conf",
+    "rtp.conf",
+    "extensions.conf",
+    "push.conf",
+];
 /// Where Debian's package installs modules, as seen inside the chroot.
 const SYSTEM_MODULES: &str = "/usr/lib/x86_64-linux-gnu/asterisk/modules";
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
 fn env_path(var: &str, default: impl FnOnce() -> PathBuf) -> PathBuf {
-    std::env::var_os(var).map(PathBuf::from).unwrap_or_else(default)
+    std::env::var_os(var)
+        .map(PathBuf::from)
+        .unwrap_or_else(default)
 }
 
 fn workspace() -> PathBuf {
@@ -40,7 +49,9 @@ fn workspace() -> PathBuf {
 
 /// The sid chroot holding Asterisk.
 pub fn chroot() -> PathBuf {
-    let p = env_path("RES_PUSH_CHROOT", || PathBuf::from("/var/lib/res-push/sid-chroot"));
+    let p = env_path("RES_PUSH_CHROOT", || {
+        PathBuf::from("/var/lib/res-push/sid-chroot")
+    });
     assert!(
         p.join("usr/sbin/asterisk").exists(),
         "no Asterisk in chroot {} (run asterisk-headers/prepare.sh, or tests/run-tests.sh)",
@@ -51,21 +62,36 @@ pub fn chroot() -> PathBuf {
 
 /// The module under test.
 pub fn module_path() -> PathBuf {
-    let p = env_path("RES_PUSH_MODULE", || workspace().join("target/debug/libres_push.so"));
-    assert!(p.exists(), "module {} not built (cargo build -p res_push)", p.display());
+    let p = env_path("RES_PUSH_MODULE", || {
+        workspace().join("target/debug/libres_push.so")
+    });
+    assert!(
+        p.exists(),
+        "module {} not built (cargo build -p res_push)",
+        p.display()
+    );
     p
 }
 
 /// The sidecar binary under test.
 pub fn sidecar_bin() -> PathBuf {
-    let p = env_path("RES_PUSH_SIDECAR_BIN", || workspace().join("target/debug/res-push-sidecar"));
-    assert!(p.exists(), "sidecar {} not built (cargo build -p res-push-sidecar)", p.display());
+    let p = env_path("RES_PUSH_SIDECAR_BIN", || {
+        workspace().join("target/debug/res-push-sidecar")
+    });
+    assert!(
+        p.exists(),
+        "sidecar {} not built (cargo build -p res-push-sidecar)",
+        p.display()
+    );
     p
 }
 
 /// A UDP port free right now on 127.0.0.1.
 pub fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).map(|a| a.port()).expect("free UDP port")
+    UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("free UDP port")
 }
 
 /// Polls `check` every 100 ms until it returns `Some` or `timeout` passes. Used to wait for
@@ -94,7 +120,10 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Self { load_res_push: true, push_conf: None }
+        Self {
+            load_res_push: true,
+            push_conf: None,
+        }
     }
 }
 
@@ -115,7 +144,11 @@ impl Asterisk {
     /// Starts Asterisk with the test configuration and waits until it is fully booted.
     pub fn start(name: &str, opts: Options) -> Asterisk {
         let root = chroot();
-        let id = format!("{name}-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
+        let id = format!(
+            "{name}-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
         let dir = format!("/tmp/res-push-tests/{id}");
         let host_dir = root.join(dir.trim_start_matches('/'));
         let _ = fs::remove_dir_all(&host_dir);
@@ -131,15 +164,20 @@ impl Asterisk {
             ("@RTP_START@", rtp_start.to_string()),
             ("@RTP_END@", (rtp_start + 19).to_string()),
             ("@SOCKET@", format!("{dir}/run/sidecar.sock")),
-            ("@RES_PUSH@", if opts.load_res_push { "load = res_push.so".into() } else { String::new() }),
+            (
+                "@RES_PUSH@",
+                if opts.load_res_push {
+                    "load = res_push.so".into()
+                } else {
+                    String::new()
+                },
+            ),
         ]);
         let templates = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
         for file in CONFIG_TEMPLATES {
             let mut text = fs::read_to_string(templates.join(file)).expect("read config template");
-            if *file == "push.conf" {
-                if let Some(custom) = &opts.push_conf {
-                    text = custom.clone();
-                }
+            if let (true, Some(custom)) = (*file == "push.conf", &opts.push_conf) {
+                text = custom.clone();
             }
             for (k, v) in &vars {
                 text = text.replace(k, v);
@@ -148,12 +186,21 @@ impl Asterisk {
         }
         // Every packaged module, plus ours: the module directory is the test's own, so the
         // chroot is never modified and concurrent tests can run different builds.
-        for entry in fs::read_dir(root.join(SYSTEM_MODULES.trim_start_matches('/'))).expect("module dir") {
+        for entry in
+            fs::read_dir(root.join(SYSTEM_MODULES.trim_start_matches('/'))).expect("module dir")
+        {
             let entry = entry.expect("module entry");
             let target = Path::new(SYSTEM_MODULES).join(entry.file_name());
-            std::os::unix::fs::symlink(target, host_dir.join("modules").join(entry.file_name())).expect("symlink");
+            std::os::unix::fs::symlink(target, host_dir.join("modules").join(entry.file_name()))
+                .expect("symlink");
         }
-        let mut a = Asterisk { host_dir, dir, sip_port, root, child: None };
+        let mut a = Asterisk {
+            host_dir,
+            dir,
+            sip_port,
+            root,
+            child: None,
+        };
         a.install_module();
         let console = fs::File::create(a.host_dir.join("log/console.log")).expect("console log");
         let script = format!(
@@ -162,7 +209,15 @@ impl Asterisk {
             d = a.dir
         );
         let child = Command::new("unshare")
-            .args(["--mount", "--propagation", "private", "--", "sh", "-c", &script])
+            .args([
+                "--mount",
+                "--propagation",
+                "private",
+                "--",
+                "sh",
+                "-c",
+                &script,
+            ])
             .stdin(Stdio::null())
             .stdout(console.try_clone().expect("dup"))
             .stderr(console)
@@ -173,9 +228,15 @@ impl Asterisk {
             if let Some(status) = a.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 panic!("Asterisk exited during startup ({status})\n{}", a.log());
             }
-            a.try_cli("core waitfullybooted").filter(|o| o.contains("fully booted")).map(|_| ())
+            a.try_cli("core waitfullybooted")
+                .filter(|o| o.contains("fully booted"))
+                .map(|_| ())
         });
-        assert!(booted.is_some(), "Asterisk did not finish booting\n{}", a.log());
+        assert!(
+            booted.is_some(),
+            "Asterisk did not finish booting\n{}",
+            a.log()
+        );
         a
     }
 
@@ -205,7 +266,13 @@ impl Asterisk {
     pub fn try_cli(&self, command: &str) -> Option<String> {
         let out = Command::new("chroot")
             .arg(&self.root)
-            .args(["/usr/sbin/asterisk", "-C", &format!("{}/etc/asterisk.conf", self.dir), "-rx", command])
+            .args([
+                "/usr/sbin/asterisk",
+                "-C",
+                &format!("{}/etc/asterisk.conf", self.dir),
+                "-rx",
+                command,
+            ])
             .stdin(Stdio::null())
             .output()
             .ok()?;
@@ -218,7 +285,8 @@ impl Asterisk {
 
     /// Runs a CLI command and returns its output; panics (with the log) if Asterisk is unreachable.
     pub fn cli(&self, command: &str) -> String {
-        self.try_cli(command).unwrap_or_else(|| panic!("Asterisk CLI unreachable for '{command}'\n{}", self.log()))
+        self.try_cli(command)
+            .unwrap_or_else(|| panic!("Asterisk CLI unreachable for '{command}'\n{}", self.log()))
     }
 
     /// Asterisk's messages log so far.
@@ -233,20 +301,33 @@ impl Asterisk {
     /// Names of the Asterisk process's threads.
     pub fn thread_names(&self) -> Vec<String> {
         // The child is `unshare`; Asterisk is its descendant through exec, so same PID.
-        let Ok(tasks) = fs::read_dir(format!("/proc/{}/task", self.pid())) else { return Vec::new() };
+        let Ok(tasks) = fs::read_dir(format!("/proc/{}/task", self.pid())) else {
+            return Vec::new();
+        };
         tasks
             .filter_map(|t| fs::read_to_string(t.ok()?.path().join("comm")).ok())
             .map(|n| n.trim().to_string())
             .collect()
     }
 
+    /// Whether a file whose path contains `needle` is mapped into Asterisk's memory.
+    pub fn maps_contain(&self, needle: &str) -> bool {
+        fs::read_to_string(format!("/proc/{}/maps", self.pid()))
+            .unwrap_or_default()
+            .contains(needle)
+    }
+
     /// Whether the Asterisk process is still alive.
     pub fn is_running(&mut self) -> bool {
-        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else { return };
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
         if matches!(child.try_wait(), Ok(None)) {
             let _ = self.try_cli("core stop now");
             let gone = wait_for(Duration::from_secs(10), || child.try_wait().ok().flatten());
@@ -262,7 +343,11 @@ impl Drop for Asterisk {
     fn drop(&mut self) {
         self.stop();
         if std::thread::panicking() {
-            eprintln!("===== Asterisk log ({}) =====\n{}\n===== end of log =====", self.host_dir.display(), self.log());
+            eprintln!(
+                "===== Asterisk log ({}) =====\n{}\n===== end of log =====",
+                self.host_dir.display(),
+                self.log()
+            );
         } else if std::env::var_os("RES_PUSH_KEEP_TEST_DIRS").is_none() {
             let _ = fs::remove_dir_all(&self.host_dir);
         }
@@ -290,7 +375,10 @@ impl Sidecar {
             .stderr(log)
             .spawn()
             .expect("start sidecar");
-        let s = Sidecar { socket: socket.to_path_buf(), child: Some(child) };
+        let s = Sidecar {
+            socket: socket.to_path_buf(),
+            child: Some(child),
+        };
         assert!(
             wait_for(Duration::from_secs(20), || s.socket.exists().then_some(())).is_some(),
             "sidecar did not create {}",
@@ -309,9 +397,12 @@ impl Sidecar {
 
     /// Stops the sidecar with SIGTERM and returns whether it exited successfully.
     pub fn terminate(mut self) -> bool {
-        let Some(mut c) = self.child.take() else { return false };
+        let Some(mut c) = self.child.take() else {
+            return false;
+        };
         let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGTERM);
-        wait_for(Duration::from_secs(10), || c.try_wait().ok().flatten()).is_some_and(|s| s.success())
+        wait_for(Duration::from_secs(10), || c.try_wait().ok().flatten())
+            .is_some_and(|s| s.success())
     }
 
     /// The sidecar's own log.
@@ -343,7 +434,7 @@ pub fn status_field(status: &str, field: &str) -> Option<String> {
 /// Whether `res_push` is listed as Running by `module show like res_push`.
 pub fn module_running(a: &Asterisk) -> bool {
     // The status column reads "Running" or "Not Running".
-    a.cli("module show like res_push")
-        .lines()
-        .any(|l| l.starts_with("res_push.so") && l.contains(" Running ") && !l.contains("Not Running"))
+    a.cli("module show like res_push").lines().any(|l| {
+        l.starts_with("res_push.so") && l.contains(" Running ") && !l.contains("Not Running")
+    })
 }

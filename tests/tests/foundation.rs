@@ -14,12 +14,21 @@ fn link_state(a: &Asterisk) -> Option<String> {
 }
 
 fn wait_link(a: &Asterisk, want: &str) {
-    let got = wait_for(LINK_WAIT, || (link_state(a).as_deref() == Some(want)).then_some(()));
-    assert!(got.is_some(), "link never became {want}; status:\n{}", a.cli("push show status"));
+    let got = wait_for(LINK_WAIT, || {
+        (link_state(a).as_deref() == Some(want)).then_some(())
+    });
+    assert!(
+        got.is_some(),
+        "link never became {want}; status:\n{}",
+        a.cli("push show status")
+    );
 }
 
 fn res_push_threads(a: &Asterisk) -> Vec<String> {
-    a.thread_names().into_iter().filter(|n| n.starts_with("res_push")).collect()
+    a.thread_names()
+        .into_iter()
+        .filter(|n| n.starts_with("res_push"))
+        .collect()
 }
 
 #[test]
@@ -31,17 +40,38 @@ fn loads_at_startup_connects_and_pings() {
     wait_link(&a, "connected");
 
     let status = a.cli("push show status");
-    assert_eq!(status_field(&status, "Module version").as_deref(), Some(env!("CARGO_PKG_VERSION")), "{status}");
-    assert_eq!(status_field(&status, "Protocol version").as_deref(), Some("1"), "{status}");
-    assert!(status_field(&status, "Connected since").is_some_and(|s| s.contains("ago")), "{status}");
-    assert_eq!(status_field(&status, "Queue depth").as_deref(), Some("0/1024"), "{status}");
+    assert_eq!(
+        status_field(&status, "Module version").as_deref(),
+        Some(env!("CARGO_PKG_VERSION")),
+        "{status}"
+    );
+    assert_eq!(
+        status_field(&status, "Protocol version").as_deref(),
+        Some("1"),
+        "{status}"
+    );
+    assert!(
+        status_field(&status, "Connected since").is_some_and(|s| s.contains("ago")),
+        "{status}"
+    );
+    assert_eq!(
+        status_field(&status, "Queue depth").as_deref(),
+        Some("0/1024"),
+        "{status}"
+    );
 
     let pong = a.cli("push ping");
     assert!(pong.starts_with("Pong from sidecar in "), "{pong}");
     let status = a.cli("push show status");
-    let completed: u64 = status_field(&status, "Jobs completed").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let completed: u64 = status_field(&status, "Jobs completed")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
     assert!(completed >= 1, "{status}");
-    assert!(sidecar.log().contains("res-push-test"), "the sidecar should log the node name:\n{}", sidecar.log());
+    assert!(
+        sidecar.log().contains("res-push-test"),
+        "the sidecar should log the node name:\n{}",
+        sidecar.log()
+    );
 }
 
 #[test]
@@ -50,14 +80,33 @@ fn unload_load_reload_repeatedly_leave_nothing_behind() {
     let _sidecar = Sidecar::start(&a.socket_host_path());
     wait_link(&a, "connected");
     let baseline = a.thread_names().len();
-    assert!(!res_push_threads(&a).is_empty(), "link thread expected: {:?}", a.thread_names());
+    assert!(
+        a.maps_contain("res_push.so"),
+        "the maps check must see the loaded library"
+    );
+    assert!(
+        !res_push_threads(&a).is_empty(),
+        "link thread expected: {:?}",
+        a.thread_names()
+    );
 
     for round in 0..5 {
         let out = a.cli("module unload res_push.so");
         assert!(out.contains("Unloaded res_push.so"), "round {round}: {out}");
         assert!(!module_running(&a), "round {round}");
-        assert_eq!(res_push_threads(&a), Vec::<String>::new(), "round {round}: threads left behind");
-        assert!(a.cli("push show status").contains("No such command"), "round {round}: CLI left registered");
+        assert_eq!(
+            res_push_threads(&a),
+            Vec::<String>::new(),
+            "round {round}: threads left behind"
+        );
+        assert!(
+            !a.maps_contain("res_push.so"),
+            "round {round}: library still mapped after unload"
+        );
+        assert!(
+            a.cli("push show status").contains("No such command"),
+            "round {round}: CLI left registered"
+        );
 
         let out = a.cli("module load res_push.so");
         assert!(out.contains("Loaded res_push.so"), "round {round}: {out}");
@@ -71,7 +120,12 @@ fn unload_load_reload_repeatedly_leave_nothing_behind() {
     let log = a.log();
     assert!(!log.contains("could not be completely unloaded"), "{log}");
     assert!(!log.contains("panic"), "{log}");
-    assert_eq!(a.thread_names().len(), baseline, "thread count changed: {:?}", a.thread_names());
+    assert_eq!(
+        a.thread_names().len(),
+        baseline,
+        "thread count changed: {:?}",
+        a.thread_names()
+    );
     assert!(a.cli("push ping").starts_with("Pong"));
 }
 
@@ -86,7 +140,10 @@ fn dead_sidecar_is_survived_and_reconnected_without_restart() {
     assert!(a.is_running());
     assert!(a.cli("core show version").contains("Asterisk 22"));
     let status = a.cli("push show status");
-    assert!(status_field(&status, "Last error").is_some_and(|e| e != "-"), "{status}");
+    assert!(
+        status_field(&status, "Last error").is_some_and(|e| e != "-"),
+        "{status}"
+    );
     // A job while the sidecar is down fails at once instead of waiting out its deadline.
     let ping = a.cli("push ping");
     assert!(ping.contains("not connected"), "{ping}");
@@ -95,7 +152,11 @@ fn dead_sidecar_is_survived_and_reconnected_without_restart() {
     wait_link(&a, "connected");
     assert!(a.cli("push ping").starts_with("Pong"));
     let status = a.cli("push show status");
-    assert_eq!(status_field(&status, "Link connects").as_deref(), Some("2"), "{status}");
+    assert_eq!(
+        status_field(&status, "Link connects").as_deref(),
+        Some("2"),
+        "{status}"
+    );
     assert!(a.is_running());
 }
 
@@ -105,7 +166,10 @@ fn starts_without_sidecar_and_connects_when_it_appears() {
     assert!(module_running(&a));
     wait_link(&a, "disconnected");
     let status = a.cli("push show status");
-    assert!(status_field(&status, "Last error").is_some_and(|e| e.contains("connect")), "{status}");
+    assert!(
+        status_field(&status, "Last error").is_some_and(|e| e.contains("connect")),
+        "{status}"
+    );
     let _sidecar = Sidecar::start(&a.socket_host_path());
     wait_link(&a, "connected");
 }
@@ -125,7 +189,11 @@ fn garbage_from_the_socket_is_logged_and_the_link_recovers() {
         let l = a.log();
         l.contains("handshake: malformed frame").then_some(l)
     });
-    assert!(log.is_some(), "expected a logged handshake error:\n{}", a.log());
+    assert!(
+        log.is_some(),
+        "expected a logged handshake error:\n{}",
+        a.log()
+    );
 
     let _sidecar = Sidecar::start(&a.socket_host_path());
     wait_link(&a, "connected");
@@ -140,7 +208,9 @@ fn reload_switches_to_a_new_socket() {
 
     let second_host = a.host_dir.join("run/second.sock");
     let _second = Sidecar::start(&second_host);
-    let conf = fs::read_to_string(a.etc("push.conf")).unwrap().replace("sidecar.sock", "second.sock");
+    let conf = fs::read_to_string(a.etc("push.conf"))
+        .unwrap()
+        .replace("sidecar.sock", "second.sock");
     fs::write(a.etc("push.conf"), conf).unwrap();
     a.cli("module reload res_push");
     let switched = wait_for(LINK_WAIT, || {
@@ -157,26 +227,40 @@ fn reload_switches_to_a_new_socket() {
 fn invalid_config_is_refused_and_asterisk_keeps_running() {
     let mut a = Asterisk::start(
         "bad-config",
-        Options { load_res_push: false, push_conf: Some("[general]\nqueue_size = lots\n".into()) },
+        Options {
+            load_res_push: false,
+            push_conf: Some("[general]\nqueue_size = lots\n".into()),
+        },
     );
     let out = a.cli("module load res_push.so");
     assert!(!module_running(&a), "{out}");
     let log = a.log();
-    assert!(log.contains("queue_size = 'lots': not a whole number"), "{log}");
+    assert!(
+        log.contains("queue_size = 'lots': not a whole number"),
+        "{log}"
+    );
     assert!(a.is_running());
 
     // Reload with a broken file keeps the running configuration.
-    fs::write(a.etc("push.conf"), format!("[general]\nsidecar_socket = {}/run/sidecar.sock\n", a.dir)).unwrap();
+    fs::write(
+        a.etc("push.conf"),
+        format!("[general]\nsidecar_socket = {}/run/sidecar.sock\n", a.dir),
+    )
+    .unwrap();
     let out = a.cli("module load res_push.so");
     assert!(out.contains("Loaded res_push.so"), "{out}");
     fs::write(a.etc("push.conf"), "[general]\nreconnect_min_ms = -3\n").unwrap();
     a.cli("module reload res_push");
     let log = wait_for(LINK_WAIT, || {
         let l = a.log();
-        l.contains("not reloaded, keeping the running configuration").then_some(l)
+        l.contains("not reloaded, keeping the running configuration")
+            .then_some(l)
     });
     assert!(log.is_some(), "{}", a.log());
     assert!(module_running(&a));
     let status = a.cli("push show status");
-    assert!(status_field(&status, "Sidecar socket").is_some_and(|p| p.ends_with("run/sidecar.sock")), "{status}");
+    assert!(
+        status_field(&status, "Sidecar socket").is_some_and(|p| p.ends_with("run/sidecar.sock")),
+        "{status}"
+    );
 }

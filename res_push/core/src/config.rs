@@ -86,7 +86,9 @@ impl PushConfig {
         for section in sections {
             match section.name.as_str() {
                 "general" => parse_general(section, &mut config.general, &mut warnings)?,
-                other => warnings.push(format!("push.conf: section [{other}] is not used yet, ignored")),
+                other => warnings.push(format!(
+                    "push.conf: section [{other}] is not used yet, ignored"
+                )),
             }
         }
         let g = &config.general;
@@ -102,7 +104,11 @@ impl PushConfig {
     }
 }
 
-fn parse_general(s: &Section, g: &mut General, warnings: &mut Vec<String>) -> Result<(), ConfigError> {
+fn parse_general(
+    s: &Section,
+    g: &mut General,
+    warnings: &mut Vec<String>,
+) -> Result<(), ConfigError> {
     for (option, value) in &s.entries {
         let err = |reason: &str| ConfigError {
             section: s.name.clone(),
@@ -122,21 +128,29 @@ fn parse_general(s: &Section, g: &mut General, warnings: &mut Vec<String>) -> Re
                 }
                 g.sidecar_socket = PathBuf::from(v);
             }
-            "queue_size" => g.queue_size = parse_range(v, 1, 1_000_000).map_err(|r| err(&r))? as usize,
+            "queue_size" => {
+                g.queue_size = parse_range(v, 1, 1_000_000).map_err(|r| err(&r))? as usize
+            }
             "reconnect_min_ms" => {
-                g.reconnect_min = Duration::from_millis(parse_range(v, 10, 600_000).map_err(|r| err(&r))?)
+                g.reconnect_min =
+                    Duration::from_millis(parse_range(v, 10, 600_000).map_err(|r| err(&r))?)
             }
             "reconnect_max_ms" => {
-                g.reconnect_max = Duration::from_millis(parse_range(v, 10, 600_000).map_err(|r| err(&r))?)
+                g.reconnect_max =
+                    Duration::from_millis(parse_range(v, 10, 600_000).map_err(|r| err(&r))?)
             }
             "heartbeat_interval" => {
                 let secs = parse_range(v, 0, 3600).map_err(|r| err(&r))?;
                 g.heartbeat_interval = (secs > 0).then(|| Duration::from_secs(secs));
             }
             "job_deadline_ms" => {
-                g.job_deadline = Duration::from_millis(parse_range(v, 100, 600_000).map_err(|r| err(&r))?)
+                g.job_deadline =
+                    Duration::from_millis(parse_range(v, 100, 600_000).map_err(|r| err(&r))?)
             }
-            _ => warnings.push(format!("push.conf [{}]: unknown option '{option}', ignored", s.name)),
+            _ => warnings.push(format!(
+                "push.conf [{}]: unknown option '{option}', ignored",
+                s.name
+            )),
         }
     }
     Ok(())
@@ -157,7 +171,10 @@ mod tests {
     fn general(entries: &[(&str, &str)]) -> Vec<Section> {
         vec![Section {
             name: "general".into(),
-            entries: entries.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            entries: entries
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         }]
     }
 
@@ -192,22 +209,32 @@ mod tests {
     fn bad_values_name_the_option() {
         let e = PushConfig::from_sections(&general(&[("queue_size", "lots")])).unwrap_err();
         assert_eq!(e.option, "queue_size");
-        assert_eq!(e.to_string(), "push.conf [general] queue_size = 'lots': not a whole number");
+        assert_eq!(
+            e.to_string(),
+            "push.conf [general] queue_size = 'lots': not a whole number"
+        );
         let e = PushConfig::from_sections(&general(&[("queue_size", "0")])).unwrap_err();
         assert!(e.reason.contains("between 1 and"), "{e}");
-        let e = PushConfig::from_sections(&general(&[("sidecar_socket", "relative.sock")])).unwrap_err();
+        let e = PushConfig::from_sections(&general(&[("sidecar_socket", "relative.sock")]))
+            .unwrap_err();
         assert_eq!(e.option, "sidecar_socket");
         let long = format!("/{}", "a".repeat(120));
         assert!(PushConfig::from_sections(&general(&[("sidecar_socket", &long)])).is_err());
-        let e = PushConfig::from_sections(&general(&[("reconnect_min_ms", "900"), ("reconnect_max_ms", "100")]))
-            .unwrap_err();
+        let e = PushConfig::from_sections(&general(&[
+            ("reconnect_min_ms", "900"),
+            ("reconnect_max_ms", "100"),
+        ]))
+        .unwrap_err();
         assert_eq!(e.option, "reconnect_min_ms");
     }
 
     #[test]
     fn unknown_options_and_sections_warn() {
         let mut s = general(&[("colour", "blue")]);
-        s.push(Section { name: "myapp".into(), entries: vec![] });
+        s.push(Section {
+            name: "myapp".into(),
+            entries: vec![],
+        });
         let p = PushConfig::from_sections(&s).unwrap();
         assert_eq!(p.warnings.len(), 2, "{:?}", p.warnings);
         assert!(p.warnings[0].contains("colour"));

@@ -66,7 +66,11 @@ pub struct StatusSnapshot {
 fn when(t: SystemTime, now: SystemTime) -> String {
     let ago = now.duration_since(t).unwrap_or(Duration::ZERO);
     let ago = Duration::from_secs(ago.as_secs());
-    format!("{} ({} ago)", humantime::format_rfc3339_seconds(t), humantime::format_duration(ago))
+    format!(
+        "{} ({} ago)",
+        humantime::format_rfc3339_seconds(t),
+        humantime::format_duration(ago)
+    )
 }
 
 impl StatusSnapshot {
@@ -79,7 +83,11 @@ impl StatusSnapshot {
         line("Module version", &self.module_version);
         line("Sidecar socket", &self.socket.display());
         match &self.link {
-            LinkState::Connected { since, protocol, sidecar_version } => {
+            LinkState::Connected {
+                since,
+                protocol,
+                sidecar_version,
+            } => {
                 line("Sidecar link", &"connected");
                 line("Connected since", &when(*since, self.now));
                 line("Protocol version", protocol);
@@ -91,7 +99,10 @@ impl StatusSnapshot {
                 line("Last error", &last_error.as_deref().unwrap_or("-"));
             }
         }
-        line("Queue depth", &format!("{}/{}", self.queue_depth, self.queue_capacity));
+        line(
+            "Queue depth",
+            &format!("{}/{}", self.queue_depth, self.queue_capacity),
+        );
         line("Jobs in flight", &self.in_flight);
         let c = &self.counters;
         line("Jobs submitted", &c.submitted);
@@ -117,7 +128,14 @@ mod tests {
             queue_depth: 3,
             queue_capacity: 1024,
             in_flight: 1,
-            counters: Counters { submitted: 10, queue_full: 2, completed: 7, failed: 1, connects: 1, disconnects: 0 },
+            counters: Counters {
+                submitted: 10,
+                queue_full: 2,
+                completed: 7,
+                failed: 1,
+                connects: 1,
+                disconnects: 0,
+            },
             now: UNIX_EPOCH + Duration::from_secs(1_800_000_100),
         }
     }
@@ -131,7 +149,10 @@ mod tests {
         })
         .render();
         assert!(s.contains("Sidecar link        : connected\n"), "{s}");
-        assert!(s.contains("Connected since     : 2027-01-15T08:00:00Z (1m 40s ago)\n"), "{s}");
+        assert!(
+            s.contains("Connected since     : 2027-01-15T08:00:00Z (1m 40s ago)\n"),
+            "{s}"
+        );
         assert!(s.contains("Protocol version    : 1\n"), "{s}");
         assert!(s.contains("Queue depth         : 3/1024\n"), "{s}");
         assert!(s.contains("Queue full drops    : 2\n"), "{s}");
@@ -145,6 +166,9 @@ mod tests {
         })
         .render();
         assert!(s.contains("Sidecar link        : disconnected\n"), "{s}");
-        assert!(s.contains("Last error          : connect: No such file or directory\n"), "{s}");
+        assert!(
+            s.contains("Last error          : connect: No such file or directory\n"),
+            "{s}"
+        );
     }
 }

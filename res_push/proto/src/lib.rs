@@ -213,20 +213,38 @@ mod tests {
             client_version: "0.1.0".into(),
             node: "pbx1".into(),
         });
-        roundtrip(ClientFrame::Submit { id: 7, deadline_ms: 5000, job: Job::Ping });
-        roundtrip(ServerFrame::Outcome { id: 7, outcome: Outcome::Pong });
+        roundtrip(ClientFrame::Submit {
+            id: 7,
+            deadline_ms: 5000,
+            job: Job::Ping,
+        });
+        roundtrip(ServerFrame::Outcome {
+            id: 7,
+            outcome: Outcome::Pong,
+        });
         roundtrip(ServerFrame::Outcome {
             id: 8,
-            outcome: Outcome::Failed { reason: "BadDeviceToken".into() },
+            outcome: Outcome::Failed {
+                reason: "BadDeviceToken".into(),
+            },
         });
-        roundtrip(ServerFrame::Reject { reason: "no".into() });
+        roundtrip(ServerFrame::Reject {
+            reason: "no".into(),
+        });
     }
 
     #[test]
     fn wire_format_is_length_prefixed_json() {
         let mut buf = Vec::new();
-        write_frame(&mut buf, &ClientFrame::Submit { id: 1, deadline_ms: 2, job: Job::Ping })
-            .unwrap();
+        write_frame(
+            &mut buf,
+            &ClientFrame::Submit {
+                id: 1,
+                deadline_ms: 2,
+                job: Job::Ping,
+            },
+        )
+        .unwrap();
         let body = br#"{"type":"submit","id":1,"deadline_ms":2,"job":{"kind":"ping"}}"#;
         assert_eq!(&buf[..4], &(body.len() as u32).to_be_bytes());
         assert_eq!(&buf[4..], body);
@@ -237,14 +255,28 @@ mod tests {
         let f: ClientFrame =
             decode_body(br#"{"type":"submit","id":3,"deadline_ms":10,"job":{"kind":"teleport"}}"#)
                 .unwrap();
-        assert_eq!(f, ClientFrame::Submit { id: 3, deadline_ms: 10, job: Job::Unknown });
+        assert_eq!(
+            f,
+            ClientFrame::Submit {
+                id: 3,
+                deadline_ms: 10,
+                job: Job::Unknown
+            }
+        );
     }
 
     #[test]
     fn garbage_is_rejected_without_panic() {
-        for bad in [&b"\x00\x00\x00\x03abc"[..], b"\x00\x00\x00\x02{}", b"\x00\x00\x00\x04null"] {
+        for bad in [
+            &b"\x00\x00\x00\x03abc"[..],
+            b"\x00\x00\x00\x02{}",
+            b"\x00\x00\x00\x04null",
+        ] {
             let r: Result<ClientFrame, _> = read_frame(&mut Cursor::new(bad));
-            assert!(matches!(r, Err(FrameError::Malformed(_))), "{bad:?} gave {r:?}");
+            assert!(
+                matches!(r, Err(FrameError::Malformed(_))),
+                "{bad:?} gave {r:?}"
+            );
         }
     }
 

@@ -51,11 +51,14 @@ pub fn load(filename: &str, only_if_changed: bool) -> Result<Loaded, LoadError> 
     let name = c_string(filename);
     let mut status = ffi::rp_config_status::RP_CONFIG_OK;
     // SAFETY: valid C string and out-pointer; the result is owned by `Config` below.
-    let cfg = unsafe { ffi::rp_shim_config_load(name.as_ptr(), only_if_changed as i32, &mut status) };
+    let cfg =
+        unsafe { ffi::rp_shim_config_load(name.as_ptr(), only_if_changed as i32, &mut status) };
     match status {
         ffi::rp_config_status::RP_CONFIG_MISSING => return Ok(Loaded::Missing),
         ffi::rp_config_status::RP_CONFIG_UNCHANGED => return Ok(Loaded::Unchanged),
-        ffi::rp_config_status::RP_CONFIG_INVALID => return Err(LoadError::Invalid(filename.to_string())),
+        ffi::rp_config_status::RP_CONFIG_INVALID => {
+            return Err(LoadError::Invalid(filename.to_string()));
+        }
         _ => {}
     }
     if cfg.is_null() {
@@ -66,7 +69,8 @@ pub fn load(filename: &str, only_if_changed: bool) -> Result<Loaded, LoadError> 
     let mut category: *mut ffi::ast_category = ptr::null_mut();
     loop {
         // SAFETY: walking the categories of a live config; `category` is null or the previous one.
-        category = unsafe { ffi::ast_category_browse_filtered(cfg.0, ptr::null(), category, ptr::null()) };
+        category =
+            unsafe { ffi::ast_category_browse_filtered(cfg.0, ptr::null(), category, ptr::null()) };
         if category.is_null() {
             break;
         }

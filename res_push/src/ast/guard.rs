@@ -15,7 +15,9 @@ pub fn guard<R>(entry: &str, on_panic: R, body: impl FnOnce() -> R) -> R {
     match catch_unwind(AssertUnwindSafe(body)) {
         Ok(r) => r,
         Err(_) => {
-            super::log::error(&format!("res_push: {entry} failed after an internal error (panic); see above"));
+            super::log::error(&format!(
+                "res_push: {entry} failed after an internal error (panic); see above"
+            ));
             on_panic
         }
     }
@@ -34,8 +36,13 @@ pub fn install_panic_hook() {
             .copied()
             .or_else(|| info.payload().downcast_ref::<String>().map(String::as_str))
             .unwrap_or("(non-string panic payload)");
-        let place = info.location().map(|l| format!("{}:{}", l.file(), l.line())).unwrap_or_default();
-        super::log::error(&format!("res_push: internal error (panic) at {place}: {msg}"));
+        let place = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        super::log::error(&format!(
+            "res_push: internal error (panic) at {place}: {msg}"
+        ));
     }));
 }
 
@@ -43,4 +50,3 @@ pub fn install_panic_hook() {
 pub fn remove_panic_hook() {
     let _ = std::panic::take_hook();
 }
-

@@ -33,7 +33,15 @@ fn write(level: i32, file: &str, line: u32, function: &str, message: &str) {
     let (file, function, message) = (c_string(file), c_string(function), c_string(message));
     // SAFETY: all pointers are valid NUL-terminated strings for the duration of the call; the
     // shim passes `message` as data to a "%s" format.
-    unsafe { ffi::rp_shim_log(level, file.as_ptr(), line as i32, function.as_ptr(), message.as_ptr()) };
+    unsafe {
+        ffi::rp_shim_log(
+            level,
+            file.as_ptr(),
+            line as i32,
+            function.as_ptr(),
+            message.as_ptr(),
+        )
+    };
 }
 
 /// Logs an error directly, bypassing `tracing` (used where a subscriber may not be set, such as
@@ -41,7 +49,13 @@ fn write(level: i32, file: &str, line: u32, function: &str, message: &str) {
 #[track_caller]
 pub fn error(message: &str) {
     let loc = std::panic::Location::caller();
-    write(ffi::__LOG_ERROR as i32, loc.file(), loc.line(), "res_push", message);
+    write(
+        ffi::__LOG_ERROR as i32,
+        loc.file(),
+        loc.line(),
+        "res_push",
+        message,
+    );
 }
 
 /// The subscriber. Span ids are handed out so span macros work, but spans are not rendered:

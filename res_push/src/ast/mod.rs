@@ -29,7 +29,9 @@ pub fn system_name() -> String {
         String::new()
     } else {
         // SAFETY: non-null, NUL-terminated, static for the process lifetime (see above).
-        unsafe { std::ffi::CStr::from_ptr(p) }.to_string_lossy().into_owned()
+        unsafe { std::ffi::CStr::from_ptr(p) }
+            .to_string_lossy()
+            .into_owned()
     };
     if !name.is_empty() {
         return name;
@@ -38,4 +40,3 @@ pub fn system_name() -> String {
         .map(|h| h.trim().to_string())
         .unwrap_or_default()
 }
-

@@ -22,7 +22,12 @@ pub struct Filler<T> {
 /// A connected slot/filler pair.
 pub fn slot<T>() -> (Filler<T>, Slot<T>) {
     let inner = Arc::new((Mutex::new(None), Condvar::new()));
-    (Filler { inner: inner.clone() }, Slot { inner })
+    (
+        Filler {
+            inner: inner.clone(),
+        },
+        Slot { inner },
+    )
 }
 
 impl<T> Filler<T> {

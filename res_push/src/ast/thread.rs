@@ -27,7 +27,7 @@ extern "C" fn trampoline(data: *mut c_void) -> *mut c_void {
     // SAFETY: `data` is the Box<Body> leaked by `spawn`, handed to exactly this thread.
     let body: Box<Body> = unsafe { Box::from_raw(data.cast()) };
     // A panic must not unwind into Asterisk's thread wrapper; the panic hook has logged it.
-    let _ = catch_unwind(AssertUnwindSafe(move || body()));
+    let _ = catch_unwind(AssertUnwindSafe(body));
     std::ptr::null_mut()
 }
 
@@ -40,13 +40,19 @@ pub fn spawn(name: &'static CStr, body: impl FnOnce() + Send + 'static) -> io::R
     }) as Body));
     let mut id: ffi::pthread_t = 0;
     // SAFETY: `trampoline` takes ownership of `data`; on failure no thread ran, so we reclaim it.
-    let rc = unsafe { ffi::rp_shim_thread_create(&mut id, Some(trampoline), data.cast(), name.as_ptr()) };
+    let rc = unsafe {
+        ffi::rp_shim_thread_create(&mut id, Some(trampoline), data.cast(), name.as_ptr())
+    };
     if rc != 0 {
         // SAFETY: the thread was not created, so `data` is still ours.
         drop(unsafe { Box::from_raw(data) });
         return Err(io::Error::from_raw_os_error(rc));
     }
-    Ok(Thread { id, name, joined: false })
+    Ok(Thread {
+        id,
+        name,
+        joined: false,
+    })
 }
 
 impl Thread {
@@ -63,7 +69,11 @@ impl Thread {
         // SAFETY: `id` is a joinable thread created by `spawn` and joined only once.
         let rc = unsafe { ffi::pthread_join(self.id, std::ptr::null_mut()) };
         if rc != 0 {
-            tracing::error!("joining thread {:?} failed: {}", self.name, io::Error::from_raw_os_error(rc));
+            tracing::error!(
+                "joining thread {:?} failed: {}",
+                self.name,
+                io::Error::from_raw_os_error(rc)
+            );
         }
     }
 }

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, select, unbounded};
 use res_push_proto::{
-    ClientFrame, FrameError, Job, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, ServerFrame, read_frame, write_frame,
+    ClientFrame, FrameError, Job, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, ServerFrame, read_frame,
+    write_frame,
 };
 
 use super::{Control, Done, End, LinkError, Request, Shared};
@@ -40,8 +41,12 @@ impl Connection {
     /// Connects and performs the handshake.
     pub(crate) fn open(path: &Path) -> Result<Connection, String> {
         let mut stream = UnixStream::connect(path).map_err(|e| format!("connect: {e}"))?;
-        stream.set_read_timeout(Some(IO_TIMEOUT)).map_err(|e| e.to_string())?;
-        stream.set_write_timeout(Some(IO_TIMEOUT)).map_err(|e| e.to_string())?;
+        stream
+            .set_read_timeout(Some(IO_TIMEOUT))
+            .map_err(|e| e.to_string())?;
+        stream
+            .set_write_timeout(Some(IO_TIMEOUT))
+            .map_err(|e| e.to_string())?;
         let hello = ClientFrame::Hello {
             min_version: MIN_PROTOCOL_VERSION,
             max_version: PROTOCOL_VERSION,
@@ -51,18 +56,32 @@ impl Connection {
         };
         write_frame(&mut stream, &hello).map_err(|e| format!("handshake: {e}"))?;
         match read_frame::<_, ServerFrame>(&mut stream) {
-            Ok(ServerFrame::Welcome { version, server_version }) => {
+            Ok(ServerFrame::Welcome {
+                version,
+                server_version,
+            }) => {
                 stream.set_read_timeout(None).map_err(|e| e.to_string())?;
-                Ok(Connection { stream, version, server_version })
+                Ok(Connection {
+                    stream,
+                    version,
+                    server_version,
+                })
             }
-            Ok(ServerFrame::Reject { reason }) => Err(format!("sidecar refused the handshake: {reason}")),
+            Ok(ServerFrame::Reject { reason }) => {
+                Err(format!("sidecar refused the handshake: {reason}"))
+            }
             Ok(other) => Err(format!("unexpected handshake answer: {other:?}")),
             Err(e) => Err(format!("handshake: {e}")),
         }
     }
 
     /// Runs until shutdown, a reconnect request, or the connection fails.
-    pub(crate) fn serve(mut self, shared: &Shared, jobs: &Receiver<Request>, control: &Receiver<Control>) -> End {
+    pub(crate) fn serve(
+        mut self,
+        shared: &Shared,
+        jobs: &Receiver<Request>,
+        control: &Receiver<Control>,
+    ) -> End {
         let mut reader_stream = match self.stream.try_clone() {
             Ok(s) => s,
             Err(e) => return End::Lost(format!("cannot clone socket: {e}")),

@@ -74,7 +74,10 @@ pub(crate) struct Shared {
 
 impl Shared {
     fn config(&self) -> General {
-        self.config.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.config
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     fn set_state(&self, state: LinkState) {
@@ -86,7 +89,11 @@ impl Shared {
     }
 
     fn finish(&self, done: Done, result: Result<Outcome, LinkError>) {
-        let counter = if result.is_ok() { &self.completed } else { &self.failed };
+        let counter = if result.is_ok() {
+            &self.completed
+        } else {
+            &self.failed
+        };
         counter.fetch_add(1, Ordering::Relaxed);
         done(result);
     }
@@ -109,7 +116,10 @@ impl Link {
         let shared = Arc::new(Shared {
             capacity: config.queue_size,
             config: Mutex::new(config),
-            state: Mutex::new(LinkState::Disconnected { since: SystemTime::now(), last_error: None }),
+            state: Mutex::new(LinkState::Disconnected {
+                since: SystemTime::now(),
+                last_error: None,
+            }),
             submitted: AtomicU64::new(0),
             queue_full: AtomicU64::new(0),
             completed: AtomicU64::new(0),
@@ -119,16 +129,33 @@ impl Link {
             in_flight: AtomicUsize::new(0),
         });
         let for_thread = shared.clone();
-        let t = thread::spawn(c"res_push link", move || run(&for_thread, &jobs_rx, &control_rx))?;
-        Ok(Link { jobs, control: Mutex::new(Some(control)), shared, thread: Mutex::new(Some(t)) })
+        let t = thread::spawn(c"res_push link", move || {
+            run(&for_thread, &jobs_rx, &control_rx)
+        })?;
+        Ok(Link {
+            jobs,
+            control: Mutex::new(Some(control)),
+            shared,
+            thread: Mutex::new(Some(t)),
+        })
     }
 
     /// Queues a job without blocking. `deadline` defaults to `job_deadline_ms`.
     ///
     /// On `Err` the job was not queued and `done` will not be called.
-    pub fn submit(&self, job: Job, deadline: Option<Duration>, done: Done) -> Result<(), LinkError> {
-        let deadline = Instant::now() + deadline.unwrap_or_else(|| self.shared.config().job_deadline);
-        match self.jobs.try_send(Request { job, deadline, done }) {
+    pub fn submit(
+        &self,
+        job: Job,
+        deadline: Option<Duration>,
+        done: Done,
+    ) -> Result<(), LinkError> {
+        let deadline =
+            Instant::now() + deadline.unwrap_or_else(|| self.shared.config().job_deadline);
+        match self.jobs.try_send(Request {
+            job,
+            deadline,
+            done,
+        }) {
             Ok(()) => {
                 self.shared.submitted.fetch_add(1, Ordering::Relaxed);
                 Ok(())
@@ -137,7 +164,11 @@ impl Link {
                 let n = self.shared.queue_full.fetch_add(1, Ordering::Relaxed);
                 // The first drop and then every 1000th: enough to notice, not enough to flood.
                 if n % 1000 == 0 {
-                    tracing::warn!("queue to the sidecar is full ({} jobs); job refused ({} refused so far)", self.shared.capacity, n + 1);
+                    tracing::warn!(
+                        "queue to the sidecar is full ({} jobs); job refused ({} refused so far)",
+                        self.shared.capacity,
+                        n + 1
+                    );
                 }
                 Err(LinkError::QueueFull)
             }
@@ -147,13 +178,27 @@ impl Link {
 
     /// Applies a reloaded `[general]`; reconnects when the socket path changed.
     pub fn reconfigure(&self, new: General) {
-        let old = std::mem::replace(&mut *self.shared.config.lock().unwrap_or_else(|p| p.into_inner()), new.clone());
+        let old = std::mem::replace(
+            &mut *self.shared.config.lock().unwrap_or_else(|p| p.into_inner()),
+            new.clone(),
+        );
         if old.queue_size != new.queue_size {
-            tracing::warn!("queue_size changed to {}; it takes effect at the next module load", new.queue_size);
+            tracing::warn!(
+                "queue_size changed to {}; it takes effect at the next module load",
+                new.queue_size
+            );
         }
         if old.sidecar_socket != new.sidecar_socket {
-            tracing::info!("sidecar socket changed to {}; reconnecting", new.sidecar_socket.display());
-            if let Some(c) = self.control.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            tracing::info!(
+                "sidecar socket changed to {}; reconnecting",
+                new.sidecar_socket.display()
+            );
+            if let Some(c) = self
+                .control
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+            {
                 let _ = c.try_send(Control::Reconnect);
             }
         }
@@ -185,7 +230,12 @@ impl Link {
     /// Stops the link thread and waits for it; queued and in-flight jobs fail with
     /// [`LinkError::ShuttingDown`]. Idempotent.
     pub fn stop(&self) {
-        drop(self.control.lock().unwrap_or_else(|p| p.into_inner()).take());
+        drop(
+            self.control
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take(),
+        );
         if let Some(t) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
             t.join();
         }
@@ -235,7 +285,10 @@ fn run(shared: &Shared, jobs: &Receiver<Request>, control: &Receiver<Control>) {
                     End::Lost(why) => why.clone(),
                 };
                 shared.disconnects.fetch_add(1, Ordering::Relaxed);
-                shared.set_state(LinkState::Disconnected { since: SystemTime::now(), last_error: Some(reason.clone()) });
+                shared.set_state(LinkState::Disconnected {
+                    since: SystemTime::now(),
+                    last_error: Some(reason.clone()),
+                });
                 match end {
                     End::Shutdown => return drain(shared, jobs),
                     End::Reconnect => continue,
@@ -246,7 +299,10 @@ fn run(shared: &Shared, jobs: &Receiver<Request>, control: &Receiver<Control>) {
                 // Logged when the reason changes, not on every retry: a sidecar that is down
                 // for an hour must not fill the log.
                 if last_error.as_deref() != Some(e.as_str()) {
-                    tracing::warn!("cannot reach res-push-sidecar at {}: {e}; retrying", cfg.sidecar_socket.display());
+                    tracing::warn!(
+                        "cannot reach res-push-sidecar at {}: {e}; retrying",
+                        cfg.sidecar_socket.display()
+                    );
                 }
                 shared.set_state(LinkState::Disconnected {
                     since: match shared.state() {
@@ -258,7 +314,13 @@ fn run(shared: &Shared, jobs: &Receiver<Request>, control: &Receiver<Control>) {
                 last_error = Some(e);
             }
         }
-        if !wait_before_retry(shared, jobs, control, backoff.next_delay(), last_error.as_deref()) {
+        if !wait_before_retry(
+            shared,
+            jobs,
+            control,
+            backoff.next_delay(),
+            last_error.as_deref(),
+        ) {
             return drain(shared, jobs);
         }
     }
@@ -291,4 +353,3 @@ fn drain(shared: &Shared, jobs: &Receiver<Request>) {
         shared.finish(req.done, Err(LinkError::ShuttingDown));
     }
 }
-
