@@ -283,6 +283,7 @@ fn spawn_job(
             .unwrap_or_else(|_| {
                 error!("job panicked");
                 Outcome::Failed {
+                    class: res_push_proto::FailureClass::Other,
                     reason: "internal error in the sidecar".to_owned(),
                 }
             });

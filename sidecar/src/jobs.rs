@@ -40,7 +40,8 @@ impl Dispatcher {
         }
         match job {
             Job::Ping => Outcome::Pong,
-            Job::Unknown => Outcome::Unsupported {
+            // Delivery lands with the APNs/FCM issue; until then these are honestly unsupported.
+            Job::Configure { .. } | Job::Push(_) | Job::Unknown => Outcome::Unsupported {
                 detail: format!(
                     "job kind not supported by res-push-sidecar {}",
                     env!("CARGO_PKG_VERSION")

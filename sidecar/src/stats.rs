@@ -28,7 +28,8 @@ impl Counters {
     pub(crate) fn job_finished(&self, outcome: &Outcome) {
         self.jobs.fetch_add(1, Relaxed);
         let counter = match outcome {
-            Outcome::Pong => return,
+            Outcome::Pong | Outcome::Configured { .. } | Outcome::Sent { .. } => return,
+            Outcome::InvalidToken { .. } => &self.jobs_failed,
             Outcome::Expired => &self.jobs_expired,
             Outcome::Unsupported { .. } => &self.jobs_unsupported,
             Outcome::Failed { .. } => &self.jobs_failed,

@@ -270,7 +270,7 @@ async fn unknown_job_kind_is_unsupported_and_the_connection_goes_on() {
     let mut client = server.client().await;
     assert_eq!(client.handshake().await, welcome());
     client
-        .send_body(br#"{"type":"submit","id":1,"deadline_ms":1000,"job":{"kind":"teleport"}}"#)
+        .send_body(br#"{"type":"submit","id":1,"deadline_ms":1000,"job":{"type":"teleport"}}"#)
         .await;
     match client.recv().await {
         ServerFrame::Outcome {

@@ -57,14 +57,142 @@ pub enum ClientFrame {
 
 /// Work the sidecar can do.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(tag = "type", rename_all = "snake_case")]
 pub enum Job {
     /// No-op round trip: proves the link and the sidecar's job path work.
     Ping,
+    /// Replaces the sidecar's app configuration for this connection's node. Sent by the module
+    /// after each handshake and on `module reload res_push`, so push.conf is the one file an
+    /// operator edits. Answered with [`Outcome::Configured`].
+    Configure {
+        /// Every app section of push.conf.
+        apps: Vec<AppConfig>,
+    },
+    /// Send one push. Answered with [`Outcome::Sent`], [`Outcome::InvalidToken`],
+    /// [`Outcome::Failed`] or [`Outcome::Expired`].
+    Push(PushRequest),
     /// A job kind this side does not know (sent by a newer peer); answered with
     /// [`Outcome::Unsupported`] instead of tearing the connection down.
     #[serde(other)]
     Unknown,
+}
+
+/// A push service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Provider {
+    /// Apple Push Notification service (HTTP/2 provider API).
+    Apns,
+    /// Firebase Cloud Messaging (HTTP v1 API).
+    Fcm,
+}
+
+/// APNs environment of a device token (FCM has one environment; the field is ignored there).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Environment {
+    /// Development builds: `api.sandbox.push.apple.com`.
+    Sandbox,
+    /// App Store / TestFlight builds: `api.push.apple.com`.
+    Production,
+}
+
+/// One app section of push.conf, passed through as written: the sidecar owns the meaning of
+/// provider options (credentials, endpoints, templates) and reports problems in
+/// [`Outcome::Configured`], so the module need not know every provider's settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppConfig {
+    /// The section name (e.g. `myphone-ios`), used in logs, metrics and `push test`.
+    pub name: String,
+    /// Which service this app's pushes go through.
+    pub provider: Provider,
+    /// App identifiers a binding may carry that select this app: APNs bundle ids
+    /// (`com.example.phone`), FCM project ids or Android package names. A binding's `app_id`
+    /// matches when it equals one of these, or (APNs) equals `<team id>.<bundle id>` with an
+    /// optional `.voip` suffix, as RFC 8599 `pn-param` values are written.
+    pub app_ids: Vec<String>,
+    /// Restricts the app to one APNs environment; `None` serves both.
+    pub environment: Option<Environment>,
+    /// Every other option of the section, verbatim (`key_file`, `key_id`, `team_id`,
+    /// `cert_file`, `service_account_file`, `apns_url`, `fcm_url`, `ca_file`, `template_*`, ...).
+    pub options: std::collections::BTreeMap<String, String>,
+}
+
+/// What a push is for. Decides the APNs push type (only `call` is ever a VoIP push: iOS kills
+/// apps that get a VoIP push they do not report to CallKit) and the default payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PushKind {
+    /// Incoming call: wake the app now (APNs `voip`, FCM high-priority data).
+    Call,
+    /// The call was answered elsewhere or the caller hung up (APNs `alert`, never `voip`).
+    Cancel,
+    /// Nobody answered (APNs `alert`).
+    Missed,
+    /// Ask the app to re-register before its registration expires (APNs `background`).
+    Refresh,
+    /// Free text for the user (APNs `alert`).
+    Message,
+}
+
+/// Where a push goes: the device's push binding.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushTarget {
+    /// The service.
+    pub provider: Provider,
+    /// The app as the device named it (RFC 8599 `pn-param`, legacy `app-id`, Mizu package).
+    pub app_id: String,
+    /// The device token (RFC 8599 `pn-prid`).
+    pub token: String,
+    /// APNs environment when the device said (`apns.dev`, Mizu `s:`); `None` lets the app's
+    /// configuration decide, defaulting to production.
+    pub environment: Option<Environment>,
+}
+
+/// Data shown to the user or used by the app; each field becomes a template placeholder.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushData {
+    /// Caller id number.
+    pub caller_number: Option<String>,
+    /// Caller id name.
+    pub caller_name: Option<String>,
+    /// A UUID for the call, stable across call, cancel and missed pushes (CallKit needs it).
+    pub call_uuid: Option<String>,
+    /// SIP Call-ID of the incoming call.
+    pub call_id: Option<String>,
+    /// The Asterisk endpoint (AOR) being called.
+    pub endpoint: Option<String>,
+    /// Free text (`message` pushes, `push send ... <text>`).
+    pub text: Option<String>,
+}
+
+/// A push to send.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushRequest {
+    /// The device.
+    pub target: PushTarget,
+    /// What for.
+    pub kind: PushKind,
+    /// Payload data.
+    #[serde(default)]
+    pub data: PushData,
+}
+
+/// Why a push failed, by what the module should do about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureClass {
+    /// Our configuration is wrong (credentials, topic, sender id): not retried; an operator
+    /// must act.
+    Config,
+    /// No app section matches the target.
+    NoApp,
+    /// The provider kept failing (throttled, unavailable) until retries or the deadline ran out.
+    Provider,
+    /// The payload was refused (too large, invalid).
+    Payload,
+    /// Anything else, reason kept verbatim.
+    Other,
 }
 
 /// Frames sent by the sidecar to the module.
@@ -103,6 +231,27 @@ pub enum ServerFrame {
 pub enum Outcome {
     /// Answer to [`Job::Ping`].
     Pong,
+    /// Answer to [`Job::Configure`].
+    Configured {
+        /// Apps now active.
+        apps: Vec<String>,
+        /// One line per app that could not be set up (that app is inactive), naming the app,
+        /// the option or file, and the problem.
+        errors: Vec<String>,
+    },
+    /// The provider accepted the push.
+    Sent {
+        /// The provider's id for it (APNs `apns-id`, FCM message `name`), for tracing.
+        provider_id: Option<String>,
+        /// HTTP attempts it took (1 when nothing had to be retried).
+        attempts: u32,
+    },
+    /// The provider says the token is dead (APNs 410 / BadDeviceToken, FCM UNREGISTERED or
+    /// invalid token): the module drops the binding.
+    InvalidToken {
+        /// The provider's reason, verbatim.
+        reason: String,
+    },
     /// The job's deadline passed before it could run; nothing was sent.
     Expired,
     /// The sidecar does not know this job kind.
@@ -112,6 +261,8 @@ pub enum Outcome {
     },
     /// The job ran and failed.
     Failed {
+        /// What kind of failure, for the module's reaction.
+        class: FailureClass,
         /// Why, verbatim (e.g. a provider's reason string).
         reason: String,
     },
@@ -225,7 +376,8 @@ mod tests {
         roundtrip(ServerFrame::Outcome {
             id: 8,
             outcome: Outcome::Failed {
-                reason: "BadDeviceToken".into(),
+                class: FailureClass::Config,
+                reason: "BadTopic".into(),
             },
         });
         roundtrip(ServerFrame::Reject {
@@ -245,15 +397,69 @@ mod tests {
             },
         )
         .unwrap();
-        let body = br#"{"type":"submit","id":1,"deadline_ms":2,"job":{"kind":"ping"}}"#;
+        let body = br#"{"type":"submit","id":1,"deadline_ms":2,"job":{"type":"ping"}}"#;
         assert_eq!(&buf[..4], &(body.len() as u32).to_be_bytes());
         assert_eq!(&buf[4..], body);
     }
 
     #[test]
+    fn push_jobs_roundtrip() {
+        roundtrip(ClientFrame::Submit {
+            id: 9,
+            deadline_ms: 5000,
+            job: Job::Push(PushRequest {
+                target: PushTarget {
+                    provider: Provider::Apns,
+                    app_id: "TEAM123.com.example.phone.voip".into(),
+                    token: "ab".repeat(32),
+                    environment: Some(Environment::Sandbox),
+                },
+                kind: PushKind::Call,
+                data: PushData {
+                    caller_number: Some("1000".into()),
+                    ..Default::default()
+                },
+            }),
+        });
+        roundtrip(ClientFrame::Submit {
+            id: 10,
+            deadline_ms: 5000,
+            job: Job::Configure {
+                apps: vec![AppConfig {
+                    name: "ios".into(),
+                    provider: Provider::Apns,
+                    app_ids: vec!["com.example.phone".into()],
+                    environment: None,
+                    options: [("key_id".to_string(), "ABC".to_string())].into(),
+                }],
+            },
+        });
+        roundtrip(ServerFrame::Outcome {
+            id: 9,
+            outcome: Outcome::InvalidToken {
+                reason: "Unregistered".into(),
+            },
+        });
+        roundtrip(ServerFrame::Outcome {
+            id: 9,
+            outcome: Outcome::Sent {
+                provider_id: None,
+                attempts: 2,
+            },
+        });
+        roundtrip(ServerFrame::Outcome {
+            id: 10,
+            outcome: Outcome::Configured {
+                apps: vec!["ios".into()],
+                errors: vec![],
+            },
+        });
+    }
+
+    #[test]
     fn unknown_job_kind_is_not_a_protocol_error() {
         let f: ClientFrame =
-            decode_body(br#"{"type":"submit","id":3,"deadline_ms":10,"job":{"kind":"teleport"}}"#)
+            decode_body(br#"{"type":"submit","id":3,"deadline_ms":10,"job":{"type":"teleport"}}"#)
                 .unwrap();
         assert_eq!(
             f,
