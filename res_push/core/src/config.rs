@@ -8,6 +8,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use res_push_proto::Provider;
+
+use crate::registrar::{Policy, UnsupportedPolicy};
+
 /// One `[name]` section of the file, options in file order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Section {
@@ -33,6 +37,12 @@ pub struct General {
     pub heartbeat_interval: Option<Duration>,
     /// Deadline given to jobs that do not carry their own.
     pub job_deadline: Duration,
+    /// How REGISTERs with push parameters are answered.
+    pub policy: Policy,
+    /// Bindings without a REGISTER for this long are forgotten.
+    pub binding_max_age: Duration,
+    /// Refresh pushes this long before a registration expires; zero disables them.
+    pub refresh_before: Duration,
 }
 
 impl Default for General {
@@ -44,6 +54,9 @@ impl Default for General {
             reconnect_max: Duration::from_secs(5),
             heartbeat_interval: Some(Duration::from_secs(10)),
             job_deadline: Duration::from_secs(10),
+            policy: Policy::default(),
+            binding_max_age: Duration::from_secs(30 * 86400),
+            refresh_before: Duration::from_secs(60),
         }
     }
 }
@@ -147,6 +160,43 @@ fn parse_general(
                 g.job_deadline =
                     Duration::from_millis(parse_range(v, 100, 600_000).map_err(|r| err(&r))?)
             }
+            "providers" => {
+                let mut providers = Vec::new();
+                for name in v.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+                    providers.push(match name {
+                        "apns" => Provider::Apns,
+                        "fcm" => Provider::Fcm,
+                        _ => return Err(err(&format!("unknown provider '{name}' (apns, fcm)"))),
+                    });
+                }
+                g.policy.rules.providers = providers;
+            }
+            "unsupported_provider" => {
+                g.policy.unsupported = match v {
+                    "reject" => UnsupportedPolicy::Reject,
+                    "accept" => UnsupportedPolicy::Accept,
+                    _ => return Err(err("must be 'reject' (555) or 'accept'")),
+                }
+            }
+            "mpush" => {
+                g.policy.rules.mpush = parse_bool(v).ok_or_else(|| err("must be yes or no"))?
+            }
+            "max_token_length" => {
+                g.policy.rules.max_token_len =
+                    parse_range(v, 32, 4096).map_err(|r| err(&r))? as usize
+            }
+            "pnsreg" => {
+                let secs = parse_duration(v).map_err(|r| err(&r))?.as_secs();
+                g.policy.pnsreg = (secs > 0).then_some(secs.min(u64::from(u32::MAX)) as u32);
+            }
+            "binding_max_age" => {
+                let d = parse_duration(v).map_err(|r| err(&r))?;
+                if d < Duration::from_secs(60) {
+                    return Err(err("must be at least 60 seconds"));
+                }
+                g.binding_max_age = d;
+            }
+            "refresh_before" => g.refresh_before = parse_duration(v).map_err(|r| err(&r))?,
             _ => warnings.push(format!(
                 "push.conf [{}]: unknown option '{option}', ignored",
                 s.name
@@ -154,6 +204,33 @@ fn parse_general(
         }
     }
     Ok(())
+}
+
+fn parse_bool(v: &str) -> Option<bool> {
+    match v.to_ascii_lowercase().as_str() {
+        "yes" | "true" | "on" | "1" => Some(true),
+        "no" | "false" | "off" | "0" => Some(false),
+        _ => None,
+    }
+}
+
+/// Seconds, or a number with a unit: `90`, `90s`, `15m`, `12h`, `30d`.
+fn parse_duration(v: &str) -> Result<Duration, String> {
+    let (digits, unit) = v.split_at(v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len()));
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| "not a duration (e.g. 90, 15m, 12h, 30d)".to_string())?;
+    let mult = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return Err("unknown unit (s, m, h, d)".into()),
+    };
+    n.checked_mul(mult)
+        .filter(|s| *s <= 10 * 365 * 86400)
+        .map(Duration::from_secs)
+        .ok_or_else(|| "too large".to_string())
 }
 
 fn parse_range(v: &str, min: u64, max: u64) -> Result<u64, String> {
@@ -226,6 +303,38 @@ mod tests {
         ]))
         .unwrap_err();
         assert_eq!(e.option, "reconnect_min_ms");
+    }
+
+    #[test]
+    fn registrar_options() {
+        let p = PushConfig::from_sections(&general(&[
+            ("providers", "fcm"),
+            ("unsupported_provider", "accept"),
+            ("mpush", "yes"),
+            ("max_token_length", "128"),
+            ("pnsreg", "10m"),
+            ("binding_max_age", "7d"),
+            ("refresh_before", "0"),
+        ]))
+        .unwrap();
+        let g = p.config.general;
+        assert_eq!(g.policy.rules.providers, vec![Provider::Fcm]);
+        assert_eq!(g.policy.unsupported, UnsupportedPolicy::Accept);
+        assert!(g.policy.rules.mpush);
+        assert_eq!(g.policy.rules.max_token_len, 128);
+        assert_eq!(g.policy.pnsreg, Some(600));
+        assert_eq!(g.binding_max_age, Duration::from_secs(7 * 86400));
+        assert_eq!(g.refresh_before, Duration::ZERO);
+        for (k, v) in [
+            ("providers", "webpush"),
+            ("mpush", "maybe"),
+            ("binding_max_age", "5"),
+            ("pnsreg", "3w"),
+            ("unsupported_provider", "drop"),
+        ] {
+            let e = PushConfig::from_sections(&general(&[(k, v)])).unwrap_err();
+            assert_eq!(e.option, k);
+        }
     }
 
     #[test]

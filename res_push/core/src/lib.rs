@@ -3,5 +3,9 @@
 //! APIs and acts on its answers.
 
 pub mod backoff;
+pub mod binding;
 pub mod config;
+pub mod pn;
+pub mod registrar;
+pub mod sip;
 pub mod status;

@@ -1,0 +1,548 @@
+//! The push binding store: which device of which AOR can be woken through which token.
+//!
+//! A binding outlives the SIP contact it came from: a sleeping phone cannot refresh its
+//! registration, and the point of a push binding is to reach it anyway. Bindings go away when
+//! the device unbinds, when the provider reports the token dead, or after `binding_max_age`
+//! without a REGISTER.
+//!
+//! Bindings are keyed by AOR + provider + app + token, never by address: a woken phone often
+//! comes back from a new address, and must update its binding rather than add a second one.
+
+use std::collections::BTreeMap;
+
+use res_push_proto::{Environment, Provider};
+use serde::{Deserialize, Serialize};
+
+use crate::pn::{Form, PushParams, Unbind};
+
+/// One device that can be woken.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Binding {
+    /// Short stable id, unique per binding (for `push delete binding <aor> <id>`).
+    pub id: String,
+    /// The AOR the device registers to.
+    pub aor: String,
+    /// Push service.
+    pub provider: Provider,
+    /// App id as sent by the device.
+    pub app_id: String,
+    /// Device token. Shown redacted (see [`redact`]) everywhere but storage.
+    pub token: String,
+    /// APNs environment when known.
+    pub environment: Option<Environment>,
+    /// The syntax the device used.
+    pub form: Form,
+    /// Contact URI of the latest REGISTER (the address to ring once it re-registers).
+    pub contact_uri: String,
+    /// User-Agent of the latest REGISTER.
+    pub user_agent: Option<String>,
+    /// `+sip.instance`, when the device sends one.
+    pub instance: Option<String>,
+    /// The device advertised `+sip.pnsreg` (it can refresh its registration by itself).
+    pub ua_pnsreg: bool,
+    /// Unix time of creation.
+    pub created: u64,
+    /// Unix time of the latest REGISTER.
+    pub last_register: u64,
+    /// Unix time the latest registration expires.
+    pub expires_at: u64,
+    /// Pushes that failed since the last success.
+    pub failures: u32,
+    /// Registration expiry for which a refresh push was already requested (one per expiry).
+    #[serde(default)]
+    pub refresh_sent_for: Option<u64>,
+}
+
+impl Binding {
+    fn key(&self) -> Key {
+        Key::new(&self.aor, self.provider, &self.app_id, &self.token)
+    }
+}
+
+/// Identity of a binding.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+struct Key(String, Provider, String, String);
+
+impl Key {
+    fn new(aor: &str, provider: Provider, app: &str, token: &str) -> Key {
+        Key(
+            aor.to_string(),
+            provider,
+            app.to_string(),
+            token.to_string(),
+        )
+    }
+}
+
+/// A REGISTER that created or refreshed a binding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registration {
+    /// The AOR.
+    pub aor: String,
+    /// Parsed push parameters.
+    pub params: PushParams,
+    /// The Contact URI.
+    pub contact_uri: String,
+    /// User-Agent header.
+    pub user_agent: Option<String>,
+    /// `+sip.instance`.
+    pub instance: Option<String>,
+    /// `+sip.pnsreg` in the Contact.
+    pub ua_pnsreg: bool,
+    /// Seconds the registrar granted.
+    pub expires: u32,
+}
+
+/// What [`Store::register`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// A new binding.
+    Added(Binding),
+    /// An existing binding refreshed. `stale_contact` is the previous contact URI when the
+    /// device came back from another address: that contact must be removed from the AOR so a
+    /// call never rings the dead address (nor the device twice).
+    Updated {
+        binding: Binding,
+        stale_contact: Option<String>,
+    },
+    /// A binding removed (unbind, dead token, max age, operator, or replaced: the same
+    /// `+sip.instance` registered a new token).
+    Removed {
+        binding: Binding,
+        reason: RemoveReason,
+    },
+}
+
+/// Why a binding went away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RemoveReason {
+    /// The device unbound (`pn-prid=null`, `X-MPUSH: null`, `Expires: 0`).
+    Unbound,
+    /// The provider reported the token dead.
+    InvalidToken,
+    /// No REGISTER for `binding_max_age`.
+    MaxAge,
+    /// The same device instance registered a new token.
+    Replaced,
+    /// An operator or provisioning system removed it (CLI, AMI).
+    Operator,
+}
+
+impl RemoveReason {
+    /// As shown in AMI events and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RemoveReason::Unbound => "unbound",
+            RemoveReason::InvalidToken => "invalid-token",
+            RemoveReason::MaxAge => "max-age",
+            RemoveReason::Replaced => "replaced",
+            RemoveReason::Operator => "operator",
+        }
+    }
+}
+
+/// All bindings, ordered by AOR for listing.
+#[derive(Debug, Default, Clone)]
+pub struct Store {
+    bindings: BTreeMap<Key, Binding>,
+}
+
+/// FNV-1a: a stable hash for ids (std's hasher may change between Rust releases, and ids are
+/// persisted and typed by operators).
+fn fnv1a(parts: &[&str]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for p in parts {
+        for b in p.bytes().chain(std::iter::once(0)) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
+}
+
+/// A token as shown to people: its last 6 characters.
+pub fn redact(token: &str) -> String {
+    let tail: String = token
+        .chars()
+        .rev()
+        .take(6)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    format!("…{tail}")
+}
+
+impl Store {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Restores persisted bindings (skipping duplicates).
+    pub fn restore(bindings: impl IntoIterator<Item = Binding>) -> Self {
+        let mut s = Store::new();
+        for b in bindings {
+            s.bindings.insert(b.key(), b);
+        }
+        s
+    }
+
+    /// Number of bindings.
+    pub fn len(&self) -> usize {
+        self.bindings.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.bindings.is_empty()
+    }
+
+    /// Every binding, by AOR.
+    pub fn all(&self) -> impl Iterator<Item = &Binding> {
+        self.bindings.values()
+    }
+
+    /// The bindings of one AOR.
+    pub fn of_aor<'a>(&'a self, aor: &'a str) -> impl Iterator<Item = &'a Binding> + 'a {
+        self.bindings.values().filter(move |b| b.aor == aor)
+    }
+
+    /// A binding by AOR and id.
+    pub fn get(&self, aor: &str, id: &str) -> Option<&Binding> {
+        self.bindings.values().find(|b| b.aor == aor && b.id == id)
+    }
+
+    /// Records a REGISTER that carries push parameters.
+    pub fn register(&mut self, r: Registration, now: u64) -> Vec<Change> {
+        let mut changes = Vec::new();
+        let key = Key::new(&r.aor, r.params.provider, &r.params.app_id, &r.params.token);
+        // A device instance that now presents a new token replaces its old binding: apps get new
+        // tokens on reinstall or token rotation, and the old one would ring nothing.
+        if let Some(instance) = &r.instance {
+            let replaced: Vec<Key> = self
+                .bindings
+                .iter()
+                .filter(|(k, b)| {
+                    **k != key && b.aor == r.aor && b.instance.as_deref() == Some(instance)
+                })
+                .map(|(k, _)| k.clone())
+                .collect();
+            for k in replaced {
+                if let Some(b) = self.bindings.remove(&k) {
+                    changes.push(Change::Removed {
+                        binding: b,
+                        reason: RemoveReason::Replaced,
+                    });
+                }
+            }
+        }
+        let expires_at = now + u64::from(r.expires);
+        match self.bindings.get_mut(&key) {
+            Some(b) => {
+                let stale_contact = (b.contact_uri != r.contact_uri)
+                    .then(|| std::mem::replace(&mut b.contact_uri, r.contact_uri));
+                b.user_agent = r.user_agent;
+                b.instance = r.instance.or(b.instance.take());
+                b.ua_pnsreg = r.ua_pnsreg;
+                b.environment = r.params.environment.or(b.environment);
+                b.last_register = now;
+                b.expires_at = expires_at;
+                b.failures = 0;
+                changes.push(Change::Updated {
+                    binding: b.clone(),
+                    stale_contact,
+                });
+            }
+            None => {
+                let id = format!(
+                    "{:010x}",
+                    fnv1a(&[&key.0, &format!("{:?}", key.1), &key.2, &key.3]) >> 24
+                );
+                let b = Binding {
+                    id,
+                    aor: r.aor,
+                    provider: r.params.provider,
+                    app_id: r.params.app_id,
+                    token: r.params.token,
+                    environment: r.params.environment,
+                    form: r.params.form,
+                    contact_uri: r.contact_uri,
+                    user_agent: r.user_agent,
+                    instance: r.instance,
+                    ua_pnsreg: r.ua_pnsreg,
+                    created: now,
+                    last_register: now,
+                    expires_at,
+                    failures: 0,
+                    refresh_sent_for: None,
+                };
+                self.bindings.insert(key, b.clone());
+                changes.push(Change::Added(b));
+            }
+        }
+        changes
+    }
+
+    fn remove_where(
+        &mut self,
+        reason: RemoveReason,
+        pred: impl Fn(&Binding) -> bool,
+    ) -> Vec<Change> {
+        let keys: Vec<Key> = self
+            .bindings
+            .iter()
+            .filter(|(_, b)| pred(b))
+            .map(|(k, _)| k.clone())
+            .collect();
+        keys.into_iter()
+            .filter_map(|k| self.bindings.remove(&k))
+            .map(|binding| Change::Removed { binding, reason })
+            .collect()
+    }
+
+    /// Applies an unbind request of `aor`.
+    pub fn unbind(&mut self, aor: &str, what: &Unbind) -> Vec<Change> {
+        match what {
+            Unbind::App { provider, app_id } => self.remove_where(RemoveReason::Unbound, |b| {
+                b.aor == aor && b.provider == *provider && b.app_id == *app_id
+            }),
+            Unbind::Mpush => self.remove_where(RemoveReason::Unbound, |b| {
+                b.aor == aor && b.form == Form::Mpush
+            }),
+        }
+    }
+
+    /// `Expires: 0` for a contact with push parameters: that exact binding goes.
+    pub fn unregister(&mut self, aor: &str, params: &PushParams) -> Vec<Change> {
+        let key = Key::new(aor, params.provider, &params.app_id, &params.token);
+        self.bindings
+            .remove(&key)
+            .map(|binding| Change::Removed {
+                binding,
+                reason: RemoveReason::Unbound,
+            })
+            .into_iter()
+            .collect()
+    }
+
+    /// `Contact: *` with `Expires: 0`: every binding of the AOR.
+    pub fn unregister_all(&mut self, aor: &str) -> Vec<Change> {
+        self.remove_where(RemoveReason::Unbound, |b| b.aor == aor)
+    }
+
+    /// The provider said the token is dead: every binding with it goes, whatever the AOR.
+    pub fn invalid_token(&mut self, provider: Provider, token: &str) -> Vec<Change> {
+        self.remove_where(RemoveReason::InvalidToken, |b| {
+            b.provider == provider && b.token == token
+        })
+    }
+
+    /// Operator removal: one binding by id, or all of the AOR when `id` is `None`.
+    pub fn delete(&mut self, aor: &str, id: Option<&str>) -> Vec<Change> {
+        self.remove_where(RemoveReason::Operator, |b| {
+            b.aor == aor && id.is_none_or(|i| b.id == i)
+        })
+    }
+
+    /// Adds or refreshes a binding without a REGISTER (AMI provisioning).
+    pub fn provision(&mut self, r: Registration, now: u64) -> Vec<Change> {
+        self.register(r, now)
+    }
+
+    /// Bindings whose last REGISTER is older than `max_age` seconds go.
+    pub fn expire(&mut self, now: u64, max_age: u64) -> Vec<Change> {
+        self.remove_where(RemoveReason::MaxAge, |b| {
+            now.saturating_sub(b.last_register) > max_age
+        })
+    }
+
+    /// Bindings that need a refresh push now: registration expiring within `before` seconds,
+    /// not refreshed by the device itself (`+sip.pnsreg` honoured when `server_pnsreg`), and not
+    /// already asked for this expiry. Marks them asked.
+    pub fn due_for_refresh(&mut self, now: u64, before: u64, server_pnsreg: bool) -> Vec<Binding> {
+        if before == 0 {
+            return Vec::new();
+        }
+        let mut due = Vec::new();
+        for b in self.bindings.values_mut() {
+            let self_refreshing = b.ua_pnsreg && server_pnsreg;
+            let window = b.expires_at.saturating_sub(before) <= now && now < b.expires_at;
+            if !self_refreshing && window && b.refresh_sent_for != Some(b.expires_at) {
+                b.refresh_sent_for = Some(b.expires_at);
+                due.push(b.clone());
+            }
+        }
+        due
+    }
+
+    /// Counts a failed push for a binding.
+    pub fn push_failed(&mut self, aor: &str, id: &str) -> Option<Binding> {
+        let b = self
+            .bindings
+            .values_mut()
+            .find(|b| b.aor == aor && b.id == id)?;
+        b.failures += 1;
+        Some(b.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(token: &str) -> PushParams {
+        PushParams {
+            provider: Provider::Apns,
+            app_id: "TEAM.com.example.voip".into(),
+            token: token.into(),
+            environment: None,
+            form: Form::Rfc8599,
+            purr: None,
+        }
+    }
+
+    fn reg(aor: &str, token: &str, contact: &str) -> Registration {
+        Registration {
+            aor: aor.into(),
+            params: params(token),
+            contact_uri: contact.into(),
+            user_agent: Some("Phone/1.0".into()),
+            instance: None,
+            ua_pnsreg: false,
+            expires: 600,
+        }
+    }
+
+    #[test]
+    fn add_then_refresh_from_a_new_address() {
+        let mut s = Store::new();
+        let c = s.register(reg("alice", "aa11", "sip:alice@10.0.0.1:5060"), 1000);
+        let Change::Added(b) = &c[0] else {
+            panic!("{c:?}")
+        };
+        assert_eq!((b.expires_at, b.created), (1600, 1000));
+        let id = b.id.clone();
+        let c = s.register(reg("alice", "aa11", "sip:alice@10.0.0.9:40000"), 1100);
+        assert_eq!(c.len(), 1);
+        let Change::Updated {
+            binding,
+            stale_contact,
+        } = &c[0]
+        else {
+            panic!("{c:?}")
+        };
+        assert_eq!(stale_contact.as_deref(), Some("sip:alice@10.0.0.1:5060"));
+        assert_eq!(
+            (binding.id.as_str(), binding.last_register, binding.created),
+            (id.as_str(), 1100, 1000)
+        );
+        assert_eq!(s.len(), 1);
+        let c = s.register(reg("alice", "aa11", "sip:alice@10.0.0.9:40000"), 1200);
+        assert!(matches!(
+            &c[0],
+            Change::Updated {
+                stale_contact: None,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn ids_are_stable_and_distinct() {
+        let mut a = Store::new();
+        let mut b = Store::new();
+        let x = a.register(reg("alice", "aa11", "sip:x"), 1);
+        let y = b.register(reg("alice", "aa11", "sip:y"), 2);
+        let z = a.register(reg("alice", "bb22", "sip:x"), 1);
+        let id = |c: &[Change]| match &c[0] {
+            Change::Added(b) => b.id.clone(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(id(&x), id(&y));
+        assert_ne!(id(&x), id(&z));
+        assert_eq!(id(&x).len(), 10);
+    }
+
+    #[test]
+    fn same_instance_new_token_replaces() {
+        let mut s = Store::new();
+        let mut r = reg("alice", "aa11", "sip:x");
+        r.instance = Some("urn:uuid:1".into());
+        s.register(r.clone(), 1);
+        r.params.token = "bb22".into();
+        let c = s.register(r, 2);
+        assert!(
+            matches!(&c[0], Change::Removed { reason: RemoveReason::Replaced, binding } if binding.token == "aa11")
+        );
+        assert!(matches!(&c[1], Change::Added(b) if b.token == "bb22"));
+        assert_eq!(s.len(), 1);
+    }
+
+    #[test]
+    fn removals() {
+        let mut s = Store::new();
+        s.register(reg("alice", "aa11", "sip:x"), 1);
+        s.register(reg("alice", "bb22", "sip:y"), 1);
+        s.register(reg("bob", "aa11", "sip:z"), 1);
+        assert_eq!(s.invalid_token(Provider::Apns, "aa11").len(), 2);
+        assert_eq!(s.len(), 1);
+        assert_eq!(s.unregister(&"alice".to_string(), &params("bb22")).len(), 1);
+        assert!(s.is_empty());
+
+        s.register(reg("alice", "aa11", "sip:x"), 1);
+        let unbind = Unbind::App {
+            provider: Provider::Apns,
+            app_id: "TEAM.com.example.voip".into(),
+        };
+        assert_eq!(s.unbind("bob", &unbind).len(), 0);
+        assert_eq!(s.unbind("alice", &unbind).len(), 1);
+
+        s.register(reg("alice", "aa11", "sip:x"), 100);
+        s.register(reg("alice", "cc33", "sip:x"), 5000);
+        let gone = s.expire(5000 + 10, 4000);
+        assert!(
+            matches!(&gone[..], [Change::Removed { reason: RemoveReason::MaxAge, binding }] if binding.token == "aa11")
+        );
+        let id = s.all().next().unwrap().id.clone();
+        assert_eq!(s.delete("alice", Some("nope")).len(), 0);
+        assert_eq!(s.delete("alice", Some(&id)).len(), 1);
+    }
+
+    #[test]
+    fn refresh_once_per_expiry_and_not_for_self_refreshing_devices() {
+        let mut s = Store::new();
+        s.register(reg("alice", "aa11", "sip:x"), 0); // expires at 600
+        let mut r = reg("bob", "bb22", "sip:y");
+        r.ua_pnsreg = true;
+        s.register(r, 0);
+        assert!(s.due_for_refresh(400, 60, true).is_empty());
+        let due = s.due_for_refresh(545, 60, true);
+        assert_eq!(
+            due.iter().map(|b| b.aor.as_str()).collect::<Vec<_>>(),
+            ["alice"]
+        );
+        assert!(
+            s.due_for_refresh(550, 60, true).is_empty(),
+            "asked once per expiry"
+        );
+        assert_eq!(
+            s.due_for_refresh(545, 60, false).len(),
+            1,
+            "bob refreshes only if we advertise pnsreg"
+        );
+        assert!(s.due_for_refresh(545, 0, false).is_empty(), "0 disables");
+        s.register(reg("alice", "aa11", "sip:x"), 600);
+        assert_eq!(
+            s.due_for_refresh(1150, 60, true).len(),
+            1,
+            "new expiry, new refresh"
+        );
+    }
+
+    #[test]
+    fn redaction_keeps_the_last_six() {
+        assert_eq!(redact("00fc13adff785122b4ad"), "…22b4ad");
+        assert_eq!(redact("abc"), "…abc");
+    }
+}

@@ -1,0 +1,530 @@
+//! Push parameters of a REGISTER (RFC 8599 and the legacy forms in the field), and what the
+//! registrar should answer.
+//!
+//! Forms understood, per Contact:
+//! - RFC 8599: `pn-provider`, `pn-param`, `pn-prid` (and `pn-purr`);
+//! - Linphone legacy: `pn-type`, `app-id`, `pn-tok` (app-id suffix `.dev`/`.prod` selects the
+//!   APNs environment);
+//! - `push-token-type`, `push-token-app`, `push-token-id`;
+//! - Flexisip values: provider `apns.dev` (sandbox), `pn-param=TEAM.bundle.voip&remote`,
+//!   `pn-prid=TOKEN:voip&TOKEN2:remote` (the VoIP token is the one used for calls);
+//! and per REGISTER, when enabled, Mizu's `X-MPUSH: [s:|p:|d:]PROVIDER:PACKAGE:TOKEN`.
+
+use res_push_proto::{Environment, Provider};
+
+use crate::sip::Contact;
+
+/// Which syntax the device used; kept with the binding for troubleshooting and unbinding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Form {
+    /// RFC 8599 `pn-*` parameters.
+    Rfc8599,
+    /// Linphone's `pn-type`/`app-id`/`pn-tok`.
+    PnType,
+    /// `push-token-type`/`push-token-app`/`push-token-id`.
+    PushToken,
+    /// Mizu's `X-MPUSH` header.
+    Mpush,
+}
+
+/// Push parameters that make a binding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushParams {
+    /// The push service.
+    pub provider: Provider,
+    /// App id as the device sent it (`pn-param`), Flexisip extras removed.
+    pub app_id: String,
+    /// Device token (`pn-prid`); for Flexisip multi-token values, the VoIP one.
+    pub token: String,
+    /// APNs environment when the device said.
+    pub environment: Option<Environment>,
+    /// The syntax used.
+    pub form: Form,
+    /// RFC 8599 `pn-purr`, if sent.
+    pub purr: Option<String>,
+}
+
+/// What one Contact asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// No push parameters.
+    None,
+    /// `pn-provider` alone: which push services does the server support? No binding.
+    Query(Provider),
+    /// Create or refresh a binding.
+    Bind(PushParams),
+    /// `pn-prid=null` / `X-MPUSH: null`: forget this device's binding(s).
+    Unbind(Unbind),
+    /// A syntactically valid provider we do not serve: RFC 8599 says 555.
+    Unsupported(String),
+    /// Unusable values: answer 400 with this reason phrase.
+    Malformed(String),
+}
+
+/// Which bindings an unbind request removes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unbind {
+    /// RFC 8599 / legacy `null` token: the AOR's bindings for this provider and app.
+    App { provider: Provider, app_id: String },
+    /// `X-MPUSH: null`: the AOR's bindings made through X-MPUSH.
+    Mpush,
+}
+
+/// Limits and switches from push.conf.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rules {
+    /// Providers res_push serves (others get 555).
+    pub providers: Vec<Provider>,
+    /// Longest token accepted.
+    pub max_token_len: usize,
+    /// Read `X-MPUSH`.
+    pub mpush: bool,
+}
+
+impl Default for Rules {
+    fn default() -> Self {
+        Self {
+            providers: vec![Provider::Apns, Provider::Fcm],
+            max_token_len: 256,
+            mpush: false,
+        }
+    }
+}
+
+const MAX_APP_ID_LEN: usize = 255;
+
+fn param<'a>(c: &'a Contact, name: &str) -> Option<Option<&'a str>> {
+    c.uri_param(name).map(|(_, v)| v.as_deref())
+}
+
+/// Parses a provider name. `Ok(None)`: valid syntax, unknown service (→ 555).
+fn provider(raw: &str) -> Result<(Option<Provider>, Option<Environment>), String> {
+    let lower = raw.to_ascii_lowercase();
+    if lower.is_empty()
+        || lower.len() > 32
+        || !lower
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+    {
+        return Err("Invalid pn-provider".into());
+    }
+    Ok(match lower.as_str() {
+        "apns" | "apple" | "ios" => (Some(Provider::Apns), None),
+        "apns.dev" => (Some(Provider::Apns), Some(Environment::Sandbox)),
+        "fcm" | "firebase" | "google" | "android" => (Some(Provider::Fcm), None),
+        _ => (None, None),
+    })
+}
+
+fn check_app_id(app: &str) -> Result<(), String> {
+    if app.is_empty() {
+        return Err("Missing pn-param".into());
+    }
+    if app.len() > MAX_APP_ID_LEN {
+        return Err("pn-param too long".into());
+    }
+    if !app
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b".-_:".contains(&b))
+    {
+        return Err("Invalid character in pn-param".into());
+    }
+    Ok(())
+}
+
+fn check_token(provider: Provider, token: &str, rules: &Rules) -> Result<(), String> {
+    if token.is_empty() {
+        return Err("Empty pn-prid".into());
+    }
+    if token.len() > rules.max_token_len {
+        return Err(format!(
+            "pn-prid longer than {} characters",
+            rules.max_token_len
+        ));
+    }
+    let ok = match provider {
+        Provider::Apns => token.bytes().all(|b| b.is_ascii_hexdigit()),
+        // FCM registration tokens: base64url-ish with ':' separators.
+        Provider::Fcm => token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_:.".contains(&b)),
+    };
+    if !ok {
+        return Err(match provider {
+            Provider::Apns => "pn-prid is not an APNs device token (hex expected)".into(),
+            Provider::Fcm => "Invalid character in pn-prid".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Flexisip: `TEAM.bundle.voip&remote` → `TEAM.bundle.voip`.
+fn flexisip_app(app: &str) -> &str {
+    app.split('&').next().unwrap_or(app)
+}
+
+/// Flexisip: `tok1:voip&tok2:remote` → `tok1` (the VoIP token rings calls); plain tokens as is.
+fn flexisip_token(token: &str) -> &str {
+    if !token.contains('&') && !token.ends_with(":voip") && !token.ends_with(":remote") {
+        return token;
+    }
+    let parts: Vec<(&str, &str)> = token
+        .split('&')
+        .filter_map(|p| p.rsplit_once(':'))
+        .collect();
+    parts
+        .iter()
+        .find(|(_, kind)| *kind == "voip")
+        .or_else(|| parts.first())
+        .map_or(token, |(t, _)| t)
+}
+
+/// Linphone `app-id=org.example.app.prod` → (`org.example.app`, production).
+fn legacy_app_env(app: &str) -> (&str, Option<Environment>) {
+    if let Some(a) = app.strip_suffix(".dev") {
+        (a, Some(Environment::Sandbox))
+    } else if let Some(a) = app.strip_suffix(".prod") {
+        (a, Some(Environment::Production))
+    } else {
+        (app, None)
+    }
+}
+
+/// What one Contact asks for.
+pub fn from_contact(c: &Contact, rules: &Rules) -> Request {
+    if let Some(p) = param(c, "pn-provider") {
+        return rfc8599(c, p, rules);
+    }
+    if param(c, "pn-prid").is_some() || param(c, "pn-param").is_some() {
+        return Request::Malformed("pn-prid or pn-param without pn-provider".into());
+    }
+    for (form, type_name, app_name, tok_name) in [
+        (Form::PnType, "pn-type", "app-id", "pn-tok"),
+        (
+            Form::PushToken,
+            "push-token-type",
+            "push-token-app",
+            "push-token-id",
+        ),
+    ] {
+        if let Some(t) = param(c, type_name) {
+            let app = param(c, app_name).flatten().unwrap_or("");
+            let tok = param(c, tok_name).flatten().unwrap_or("");
+            return legacy(form, t.unwrap_or(""), app, tok, type_name, rules);
+        }
+    }
+    Request::None
+}
+
+fn finish(
+    provider: Provider,
+    app: &str,
+    token: &str,
+    env: Option<Environment>,
+    form: Form,
+    purr: Option<String>,
+    rules: &Rules,
+) -> Request {
+    if let Err(e) = check_app_id(app) {
+        return Request::Malformed(e);
+    }
+    if token.eq_ignore_ascii_case("null") {
+        return Request::Unbind(Unbind::App {
+            provider,
+            app_id: app.to_string(),
+        });
+    }
+    if let Err(e) = check_token(provider, token, rules) {
+        return Request::Malformed(e);
+    }
+    if !rules.providers.contains(&provider) {
+        return Request::Unsupported(format!("{provider:?}").to_ascii_lowercase());
+    }
+    Request::Bind(PushParams {
+        provider,
+        app_id: app.to_string(),
+        token: token.to_string(),
+        environment: env,
+        form,
+        purr,
+    })
+}
+
+fn rfc8599(c: &Contact, raw_provider: Option<&str>, rules: &Rules) -> Request {
+    let raw_provider = raw_provider.unwrap_or("");
+    let (provider, env) = match provider(raw_provider) {
+        Ok(p) => p,
+        Err(e) => return Request::Malformed(e),
+    };
+    let prid = param(c, "pn-prid");
+    let app = param(c, "pn-param");
+    let Some(provider) = provider else {
+        return Request::Unsupported(raw_provider.to_string());
+    };
+    if prid.is_none() && app.is_none() {
+        return if rules.providers.contains(&provider) {
+            Request::Query(provider)
+        } else {
+            Request::Unsupported(raw_provider.to_string())
+        };
+    }
+    let Some(Some(prid)) = prid else {
+        return Request::Malformed("Missing pn-prid".into());
+    };
+    let app = app.flatten().map(flexisip_app).unwrap_or("");
+    let purr = param(c, "pn-purr").flatten().map(str::to_string);
+    finish(
+        provider,
+        app,
+        flexisip_token(prid),
+        env,
+        Form::Rfc8599,
+        purr,
+        rules,
+    )
+}
+
+fn legacy(
+    form: Form,
+    raw_type: &str,
+    app: &str,
+    tok: &str,
+    type_name: &str,
+    rules: &Rules,
+) -> Request {
+    let (provider, env) = match provider(raw_type) {
+        Ok(p) => p,
+        Err(_) => return Request::Malformed(format!("Invalid {type_name}")),
+    };
+    let Some(provider) = provider else {
+        return Request::Unsupported(raw_type.to_string());
+    };
+    if tok.is_empty() {
+        return Request::Malformed(format!("Missing token for {type_name}"));
+    }
+    let (app, app_env) = legacy_app_env(app);
+    finish(
+        provider,
+        app,
+        flexisip_token(tok),
+        env.or(app_env),
+        form,
+        None,
+        rules,
+    )
+}
+
+/// What an `X-MPUSH` header asks for (applied to the REGISTER's contacts without pn params).
+pub fn from_mpush(value: &str, rules: &Rules) -> Request {
+    let value = value.trim();
+    if value.eq_ignore_ascii_case("null") {
+        return Request::Unbind(Unbind::Mpush);
+    }
+    let (env, rest) = match value.split_once(':') {
+        Some(("s", r)) => (Some(Environment::Sandbox), r),
+        Some(("p", r)) => (Some(Environment::Production), r),
+        Some(("d", r)) => (None, r),
+        _ => (None, value),
+    };
+    let mut parts = rest.splitn(3, ':');
+    let (Some(kind), Some(app), Some(token)) = (parts.next(), parts.next(), parts.next()) else {
+        return Request::Malformed("X-MPUSH must be PROVIDER:PACKAGE:TOKEN".into());
+    };
+    let provider = match kind {
+        "i" => Provider::Apns,
+        "a" | "j" => Provider::Fcm,
+        "w" => return Request::Unsupported("webpush".into()),
+        _ => return Request::Malformed("Unknown X-MPUSH provider".into()),
+    };
+    finish(provider, app, token, env, Form::Mpush, None, rules)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sip::parse_contact;
+
+    const APNS_TOK: &str = "00fc13adff785122b4ad28809a3420982341241421348097878e577c991de8f0";
+
+    fn req(contact: &str) -> Request {
+        from_contact(&parse_contact(contact), &Rules::default())
+    }
+
+    fn bind(contact: &str) -> PushParams {
+        match req(contact) {
+            Request::Bind(p) => p,
+            other => panic!("{contact}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn rfc8599_apns_and_fcm() {
+        let p = bind(&format!(
+            "<sip:a@h;pn-provider=apns;pn-param=DEF123GHIJ.com.example.myapp.voip;pn-prid={APNS_TOK}>"
+        ));
+        assert_eq!(p.provider, Provider::Apns);
+        assert_eq!(p.app_id, "DEF123GHIJ.com.example.myapp.voip");
+        assert_eq!(p.token, APNS_TOK);
+        assert_eq!(p.form, Form::Rfc8599);
+        assert_eq!(p.environment, None);
+        let p = bind(
+            "<sip:a@h;pn-provider=fcm;pn-param=my-project;pn-prid=dXf3:APA91bH-x_y;pn-purr=ab12>",
+        );
+        assert_eq!(p.provider, Provider::Fcm);
+        assert_eq!(p.token, "dXf3:APA91bH-x_y");
+        assert_eq!(p.purr.as_deref(), Some("ab12"));
+    }
+
+    #[test]
+    fn flexisip_values() {
+        let p = bind(&format!(
+            "<sip:a@h;pn-provider=apns.dev;pn-param=ABCD1234.org.linphone.phone.voip&remote;pn-prid={APNS_TOK}:voip&aa11:remote>"
+        ));
+        assert_eq!(p.environment, Some(Environment::Sandbox));
+        assert_eq!(p.app_id, "ABCD1234.org.linphone.phone.voip");
+        assert_eq!(p.token, APNS_TOK);
+    }
+
+    #[test]
+    fn legacy_forms() {
+        let p = bind(&format!(
+            "<sip:a@h;pn-type=apple;app-id=org.linphone.phone.dev;pn-tok={APNS_TOK}>"
+        ));
+        assert_eq!(
+            (p.provider, p.app_id.as_str(), p.environment, p.form),
+            (
+                Provider::Apns,
+                "org.linphone.phone",
+                Some(Environment::Sandbox),
+                Form::PnType
+            )
+        );
+        let p =
+            bind("<sip:a@h;push-token-type=fcm;push-token-app=com.example;push-token-id=tok123>");
+        assert_eq!((p.provider, p.form), (Provider::Fcm, Form::PushToken));
+        let p = bind("<sip:a@h;pn-type=firebase;app-id=com.example.prod;pn-tok=tok>");
+        assert_eq!(p.environment, Some(Environment::Production));
+    }
+
+    #[test]
+    fn query_unsupported_unbind() {
+        assert_eq!(
+            req("<sip:a@h;pn-provider=apns>"),
+            Request::Query(Provider::Apns)
+        );
+        assert_eq!(
+            req("<sip:a@h;pn-provider=webpush;pn-param=x;pn-prid=y>"),
+            Request::Unsupported("webpush".into())
+        );
+        assert_eq!(
+            req("<sip:a@h;pn-provider=webpush>"),
+            Request::Unsupported("webpush".into())
+        );
+        assert_eq!(
+            req("<sip:a@h;pn-provider=fcm;pn-param=proj;pn-prid=null>"),
+            Request::Unbind(Unbind::App {
+                provider: Provider::Fcm,
+                app_id: "proj".into()
+            })
+        );
+        assert_eq!(req("<sip:a@h;transport=tcp>;expires=60"), Request::None);
+    }
+
+    #[test]
+    fn provider_not_enabled_is_unsupported() {
+        let rules = Rules {
+            providers: vec![Provider::Fcm],
+            ..Rules::default()
+        };
+        let c = parse_contact(&format!(
+            "<sip:a@h;pn-provider=apns;pn-param=x.y;pn-prid={APNS_TOK}>"
+        ));
+        assert_eq!(
+            from_contact(&c, &rules),
+            Request::Unsupported("apns".into())
+        );
+    }
+
+    #[test]
+    fn malformed_values_say_what_is_wrong() {
+        let cases = [
+            (
+                "<sip:a@h;pn-provider=apns;pn-prid=abcd>",
+                "Missing pn-param",
+            ),
+            ("<sip:a@h;pn-provider=apns;pn-param=a.b>", "Missing pn-prid"),
+            (
+                "<sip:a@h;pn-provider=apns;pn-param=a.b;pn-prid=xyz>",
+                "pn-prid is not an APNs device token (hex expected)",
+            ),
+            (
+                "<sip:a@h;pn-provider=fcm;pn-param=a%20b;pn-prid=t>",
+                "Invalid character in pn-param",
+            ),
+            (
+                "<sip:a@h;pn-provider=fcm;pn-param=p;pn-prid=t%22x>",
+                "Invalid character in pn-prid",
+            ),
+            (
+                "<sip:a@h;pn-provider=ap%00ns;pn-param=p;pn-prid=t>",
+                "Invalid pn-provider",
+            ),
+            (
+                "<sip:a@h;pn-prid=abc>",
+                "pn-prid or pn-param without pn-provider",
+            ),
+            (
+                "<sip:a@h;pn-type=apple;app-id=x>",
+                "Missing token for pn-type",
+            ),
+        ];
+        for (contact, reason) in cases {
+            assert_eq!(req(contact), Request::Malformed(reason.into()), "{contact}");
+        }
+        let long = format!(
+            "<sip:a@h;pn-provider=apns;pn-param=a.b;pn-prid={}>",
+            "a".repeat(300)
+        );
+        assert_eq!(
+            req(&long),
+            Request::Malformed("pn-prid longer than 256 characters".into())
+        );
+    }
+
+    #[test]
+    fn mpush() {
+        let r = Rules {
+            mpush: true,
+            ..Rules::default()
+        };
+        let tok = "9C2F93A6D1319D3CB5712B469226A719B78C3BE37CCB6E8FD27985F0A0285DF9";
+        match from_mpush(&format!("s:i:com.voip.phone:{tok}"), &r) {
+            Request::Bind(p) => {
+                assert_eq!(
+                    (p.provider, p.app_id.as_str(), p.token.as_str()),
+                    (Provider::Apns, "com.voip.phone", tok)
+                );
+                assert_eq!(
+                    (p.environment, p.form),
+                    (Some(Environment::Sandbox), Form::Mpush)
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        match from_mpush("a:com.voip.phone:dXf3:APA91b", &r) {
+            Request::Bind(p) => assert_eq!(
+                (p.provider, p.token.as_str(), p.environment),
+                (Provider::Fcm, "dXf3:APA91b", None)
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(from_mpush("null", &r), Request::Unbind(Unbind::Mpush));
+        assert_eq!(
+            from_mpush("w:pkg:tok", &r),
+            Request::Unsupported("webpush".into())
+        );
+        assert!(matches!(from_mpush("i:pkg", &r), Request::Malformed(_)));
+        assert!(matches!(from_mpush("z:pkg:tok", &r), Request::Malformed(_)));
+    }
+}
