@@ -43,7 +43,8 @@ fn main() {
         "res_pjsip.h needs the headers of the pjproject bundled with that Asterisk, configured.",
     );
 
-    for f in ["wrapper.h", "shim.h", "shim.c"] {
+    const SHIM_SOURCES: [&str; 3] = ["shim_module.c", "shim_pjsip.c", "shim_manager.c"];
+    for f in ["wrapper.h", "shim.h"].iter().chain(SHIM_SOURCES.iter()) {
         println!("cargo:rerun-if-changed={}", shim_dir.join(f).display());
     }
 
@@ -74,6 +75,7 @@ fn main() {
             "rp_.*|ast_.*|__ast_.*|ao2_.*|__ao2_.*|pthread_join|pthread_self|pthread_setname_np",
         )
         .allowlist_type("rp_.*|ast_.*")
+        .allowlist_var("PJSIP_.*")
         .allowlist_var("RP_.*|AST_.*|__LOG_.*|RESULT_.*|option_debug")
         // Variadic printf-style entry points: Rust never passes a format, the shim does ("%s").
         .blocklist_function("ast_log|ast_cli|ast_verbose|__ast_verbose|ast_log_safe")
@@ -94,10 +96,10 @@ fn main() {
         .expect("writing bindings.rs");
 
     let mut shim = cc::Build::new();
-    shim.file(shim_dir.join("shim.c"))
-        .warnings(true)
-        .extra_warnings(false)
-        .pic(true);
+    for f in SHIM_SOURCES {
+        shim.file(shim_dir.join(f));
+    }
+    shim.warnings(true).extra_warnings(false).pic(true);
     for f in &flags {
         shim.flag(f);
     }

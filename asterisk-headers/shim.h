@@ -14,10 +14,13 @@
 #include "asterisk/config.h"
 #include "asterisk/module.h"
 
-/* CLI commands, in the order of the shim's entry table; Rust's cli module mirrors it. */
+/* CLI commands, in the order of the shim's entry table; Rust's commands module mirrors it. */
 enum rp_cli_command {
 	RP_CLI_SHOW_STATUS = 0,
 	RP_CLI_PING,
+	RP_CLI_SHOW_BINDINGS,
+	RP_CLI_SHOW_BINDING,
+	RP_CLI_DELETE_BINDING,
 	RP_CLI_COUNT,
 };
 
@@ -45,7 +48,72 @@ const char *rp_shim_system_name(void);
 /* Threads: created through Asterisk so `core show threads` lists them under their name. */
 int rp_shim_thread_create(pthread_t *thread, void *(*start)(void *), void *data, const char *name);
 
+/* ---- res_pjsip (shim_pjsip.c) ---- */
+struct pjsip_rx_data;
+struct pjsip_tx_data;
+
+/* A REGISTER as Rust sees it. Strings live in the request's pool: valid during the callback. */
+struct rp_register {
+	const char *call_id;
+	int cseq;
+	const char *endpoint;      /* identified endpoint, or NULL */
+	const char *endpoint_aors; /* its aors setting, or NULL */
+	const char *to_user;
+	const char *to_host;
+	const char *user_agent;    /* or NULL */
+	const char *x_mpush;       /* or NULL */
+	int expires;               /* Expires header, -1 when absent */
+	const char *source;        /* "address:port" it came from */
+	unsigned int contact_count;
+	const char **contacts;     /* each Contact value as pjsip prints it, or "*" */
+};
+
+/* A response about to be sent. Strings live in the response's pool. */
+struct rp_response {
+	int status;
+	const char *call_id;
+	int cseq;
+	int is_register;
+	unsigned int contact_count;
+	const char **contacts;
+};
+
+int rp_shim_describe_register(struct pjsip_rx_data *rdata, struct rp_register *out);
+int rp_shim_describe_response(struct pjsip_tx_data *tdata, struct rp_response *out);
+/* Answers statelessly (the registrar never sees the request). */
+int rp_shim_respond(struct pjsip_rx_data *rdata, int status, const char *reason);
+int rp_shim_add_header(struct pjsip_tx_data *tdata, const char *name, const char *value);
+/* Registers the REGISTER service (before the registrar) and the response supplement. */
+int rp_shim_sip_register(void);
+void rp_shim_sip_unregister(void);
+/* Removes the contact of `aor` whose URI is `uri`: 1 removed, 0 none found. */
+int rp_shim_delete_contact(const char *aor, const char *uri);
+
+/* ---- AMI (shim_manager.c) ---- */
+struct mansession;
+struct message;
+
+enum rp_ami_action {
+	RP_AMI_BINDING_LIST = 0,
+	RP_AMI_BINDING_ADD,
+	RP_AMI_BINDING_REMOVE,
+	RP_AMI_COUNT,
+};
+
+int rp_shim_manager_register(void);
+void rp_shim_manager_unregister(void);
+void rp_shim_manager_event(const char *event, const char *body);
+const char *rp_shim_astman_header(const struct message *m, const char *name);
+void rp_shim_astman_append(struct mansession *s, const char *text);
+void rp_shim_astman_ack(struct mansession *s, const struct message *m, const char *text);
+void rp_shim_astman_error(struct mansession *s, const struct message *m, const char *text);
+void rp_shim_astman_listack(struct mansession *s, const struct message *m, const char *text);
+void rp_shim_astman_list_complete(struct mansession *s, const struct message *m, const char *event, int count);
+
 /* Implemented in Rust (res_push/src/entry.rs). */
+int rp_sip_on_register(struct pjsip_rx_data *rdata);
+void rp_sip_on_response(struct pjsip_tx_data *tdata);
+int rp_ami_exec(int action, struct mansession *s, const struct message *m);
 enum ast_module_load_result rp_module_load(void);
 int rp_module_unload(void);
 int rp_module_reload(void);

@@ -9,6 +9,7 @@
 #include "asterisk/cli.h"
 #include "asterisk/config.h"
 #include "asterisk/logger.h"
+#include "asterisk/manager.h"
 #include "asterisk/module.h"
 #include "asterisk/res_pjsip.h"
 #include "asterisk/sorcery.h"

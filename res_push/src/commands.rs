@@ -1,13 +1,16 @@
 //! CLI commands.
 
+use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
+use res_push_core::binding::{Binding, redact};
 use res_push_proto::{Job, Outcome as JobOutcome};
 
 use crate::ast::cli::{Outcome, Output, Spec};
 use crate::ast::sync;
+use crate::bindings::{environment_name, now, provider_name};
 use crate::ffi::rp_cli_command;
-use crate::module::{self, VERSION};
+use crate::module::{self, Running, VERSION};
 
 const SPECS: &[Spec] = &[
     Spec {
@@ -20,7 +23,32 @@ const SPECS: &[Spec] = &[
         words: c"push ping",
         usage: c"Usage: push ping\n       Sends a no-op job through the queue and the sidecar and prints the round trip.\n",
     },
+    Spec {
+        index: rp_cli_command::RP_CLI_SHOW_BINDINGS,
+        words: c"push show bindings",
+        usage: c"Usage: push show bindings [<aor>]\n       Lists push bindings, all or those of one AOR. Tokens show their last 6 characters.\n",
+    },
+    Spec {
+        index: rp_cli_command::RP_CLI_SHOW_BINDING,
+        words: c"push show binding",
+        usage: c"Usage: push show binding <aor>\n       Shows every field of the push bindings of an AOR.\n",
+    },
+    Spec {
+        index: rp_cli_command::RP_CLI_DELETE_BINDING,
+        words: c"push delete binding",
+        usage: c"Usage: push delete binding <aor> [<id>]\n       Deletes one push binding of an AOR (by the id shown by 'push show bindings'),\n       or all of them.\n",
+    },
 ];
+
+/// Extra arguments each command accepts after its words: (min, max).
+fn extra_args(index: u32) -> (usize, usize) {
+    match index {
+        rp_cli_command::RP_CLI_SHOW_BINDINGS => (0, 1),
+        rp_cli_command::RP_CLI_SHOW_BINDING => (1, 1),
+        rp_cli_command::RP_CLI_DELETE_BINDING => (1, 2),
+        _ => (0, 0),
+    }
+}
 
 /// The spec of a shim index.
 pub fn spec(index: i32) -> Option<&'static Spec> {
@@ -29,13 +57,13 @@ pub fn spec(index: i32) -> Option<&'static Spec> {
 
 /// Runs command `index` with the words Asterisk matched (`args[0]` is `push`).
 pub fn exec(index: i32, out: Output, args: &[String]) -> Outcome {
-    let Some(spec) = spec(index) else {
-        return Outcome::Failure;
-    };
-    let expected = spec.words.to_bytes().split(|b| *b == b' ').count();
-    if args.len() != expected {
+    let Some(spec) = spec(index) else { return Outcome::Failure };
+    let words = spec.words.to_bytes().split(|b| *b == b' ').count();
+    let (min, max) = extra_args(spec.index);
+    if args.len() < words + min || args.len() > words + max {
         return Outcome::ShowUsage;
     }
+    let extra = &args[words..];
     let Some(running) = module::running() else {
         out.write("res_push is not running\n");
         return Outcome::Failure;
@@ -46,18 +74,87 @@ pub fn exec(index: i32, out: Output, args: &[String]) -> Outcome {
             Outcome::Success
         }
         rp_cli_command::RP_CLI_PING => ping(&running, out),
+        rp_cli_command::RP_CLI_SHOW_BINDINGS => {
+            out.write(&table(&running.bindings.list(extra.first().map(String::as_str)), now()));
+            Outcome::Success
+        }
+        rp_cli_command::RP_CLI_SHOW_BINDING => {
+            let list = running.bindings.list(Some(&extra[0]));
+            if list.is_empty() {
+                out.write(&format!("No push bindings for '{}'\n", extra[0]));
+                return Outcome::Failure;
+            }
+            out.write(&details(&list, now()));
+            Outcome::Success
+        }
+        rp_cli_command::RP_CLI_DELETE_BINDING => {
+            let n = running.bindings.delete(&extra[0], extra.get(1).map(String::as_str));
+            out.write(&format!("{n} push binding(s) of '{}' deleted\n", extra[0]));
+            if n == 0 { Outcome::Failure } else { Outcome::Success }
+        }
         _ => Outcome::Failure,
     }
 }
 
-fn ping(running: &module::Running, out: Output) -> Outcome {
+/// "in 9m 59s" / "expired 3s ago".
+fn relative(at: u64, now: u64) -> String {
+    if at > now {
+        format!("in {}", humantime::format_duration(Duration::from_secs(at - now)))
+    } else {
+        format!("expired {} ago", humantime::format_duration(Duration::from_secs(now - at)))
+    }
+}
+
+fn table(list: &[Binding], now: u64) -> String {
+    let mut o = String::new();
+    let _ = writeln!(o, "{:<20} {:<10} {:<8} {:<32} {:<9} {:<11} {}", "AOR", "ID", "Provider", "App", "Token", "Env", "Registration");
+    for b in list {
+        let _ = writeln!(
+            o,
+            "{:<20} {:<10} {:<8} {:<32} {:<9} {:<11} {}",
+            b.aor,
+            b.id,
+            provider_name(b.provider),
+            b.app_id,
+            redact(&b.token),
+            environment_name(b.environment),
+            relative(b.expires_at, now)
+        );
+    }
+    let _ = writeln!(o, "{} push binding(s)", list.len());
+    o
+}
+
+fn details(list: &[Binding], now: u64) -> String {
+    let mut o = String::new();
+    for b in list {
+        let mut line = |k: &str, v: &str| {
+            let _ = writeln!(o, "{k:<16}: {v}");
+        };
+        line("AOR", &b.aor);
+        line("ID", &b.id);
+        line("Provider", provider_name(b.provider));
+        line("App", &b.app_id);
+        line("Token", &redact(&b.token));
+        line("Environment", environment_name(b.environment));
+        line("Syntax", &format!("{:?}", b.form));
+        line("Contact", &b.contact_uri);
+        line("User-Agent", b.user_agent.as_deref().unwrap_or("-"));
+        line("Instance", b.instance.as_deref().unwrap_or("-"));
+        line("Self-refreshing", if b.ua_pnsreg { "yes (+sip.pnsreg)" } else { "no" });
+        line("Last REGISTER", &format!("{} ago", humantime::format_duration(Duration::from_secs(now.saturating_sub(b.last_register)))));
+        line("Registration", &relative(b.expires_at, now));
+        line("Push failures", &b.failures.to_string());
+        o.push('\n');
+    }
+    o
+}
+
+fn ping(running: &Running, out: Output) -> Outcome {
     const BUDGET: Duration = Duration::from_secs(3);
     let (filler, slot) = sync::slot();
     let started = Instant::now();
-    if let Err(e) = running
-        .link
-        .submit(Job::Ping, Some(BUDGET), Box::new(move |r| filler.fill(r)))
-    {
+    if let Err(e) = running.link.submit(Job::Ping, Some(BUDGET), Box::new(move |r| filler.fill(r))) {
         out.write(&format!("Ping not sent: {e}\n"));
         return Outcome::Failure;
     }
@@ -65,10 +162,7 @@ fn ping(running: &module::Running, out: Output) -> Outcome {
     // latest at its deadline, so this wait is bounded.
     match slot.wait(BUDGET + Duration::from_secs(2)) {
         Some(Ok(JobOutcome::Pong)) => {
-            out.write(&format!(
-                "Pong from sidecar in {:.1} ms\n",
-                started.elapsed().as_secs_f64() * 1000.0
-            ));
+            out.write(&format!("Pong from sidecar in {:.1} ms\n", started.elapsed().as_secs_f64() * 1000.0));
             Outcome::Success
         }
         Some(Ok(other)) => {

@@ -3,8 +3,8 @@
 
 use std::ffi::c_char;
 
-use crate::ast::cli;
 use crate::ast::guard::guard;
+use crate::ast::{cli, manager, pjsip};
 use crate::ffi::ast_module_load_result as load_result;
 use crate::{commands, module};
 
@@ -76,5 +76,34 @@ pub unsafe extern "C" fn rp_cli_exec(
         // SAFETY: per this function's contract.
         let args = unsafe { cli::args(argc, argv) };
         commands::exec(command, cli::Output::new(fd), &args).code()
+    })
+}
+
+/// A REGISTER, before the registrar. Returns 1 when res_push answered it (400/555).
+#[unsafe(no_mangle)]
+pub extern "C" fn rp_sip_on_register(rdata: *mut crate::ffi::pjsip_rx_data) -> i32 {
+    // On a panic the registrar handles the request as if res_push were not there.
+    guard("REGISTER hook", 0, || {
+        module::running().is_some_and(|r| r.registrar.on_register(pjsip::RxData(rdata))) as i32
+    })
+}
+
+/// A REGISTER response about to be sent.
+#[unsafe(no_mangle)]
+pub extern "C" fn rp_sip_on_response(tdata: *mut crate::ffi::pjsip_tx_data) {
+    guard("REGISTER response hook", (), || {
+        if let Some(r) = module::running() {
+            r.registrar.on_response(pjsip::TxData(tdata), &r.bindings);
+        }
+    })
+}
+
+/// An AMI action.
+#[unsafe(no_mangle)]
+pub extern "C" fn rp_ami_exec(action: i32, s: *mut crate::ffi::mansession, m: *const crate::ffi::message) -> i32 {
+    let session = manager::Session::new(s, m);
+    guard("AMI action", 0, || {
+        crate::ami::exec(action, session);
+        0
     })
 }

@@ -7,15 +7,21 @@
 //! - [`ast`]: safe wrappers, one per Asterisk subsystem (log, config, CLI, threads);
 //! - `module`: the module's lifecycle (load, reload, unload) and its running state;
 //! - `commands`: the CLI commands;
-//! - `link`: the queue and thread that talk to res-push-sidecar.
+//! - `link`: the queue and thread that talk to res-push-sidecar;
+//! - `registrar`: the REGISTER hook (RFC 8599 parameters, 400/555, Feature-Caps);
+//! - `bindings`: push bindings (store, astdb persistence, AMI events, refresh pushes);
+//! - `ami`: AMI actions.
 //!
 //! Pure logic (config model, backoff, status text) lives in the `res-push-core` crate so it is
 //! unit-tested without Asterisk; the wire protocol lives in `res-push-proto`.
 //! Thread and lifetime rules: `SAFETY.md`.
 
+mod ami;
 pub mod ast;
+mod bindings;
 mod commands;
 mod entry;
 pub mod ffi;
 mod link;
 mod module;
+mod registrar;

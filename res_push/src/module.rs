@@ -5,10 +5,15 @@
 
 use std::sync::{Arc, RwLock};
 
-use res_push_core::config::{PushConfig, Section};
+use std::sync::Mutex;
 
-use crate::ast::{cli, config, guard, log};
+use res_push_core::config::{General, PushConfig, Section};
+use res_push_core::pn::Rules;
+
+use crate::ast::{cli, config, guard, log, manager, pjsip};
+use crate::bindings::Bindings;
 use crate::link::Link;
+use crate::registrar::Registrar;
 
 /// The configuration file, in Asterisk's config directory.
 pub const CONFIG_FILE: &str = "push.conf";
@@ -19,7 +24,19 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 #[derive(Debug)]
 pub struct Running {
     /// The link to the sidecar.
-    pub link: Link,
+    pub link: Arc<Link>,
+    /// Push bindings.
+    pub bindings: Arc<Bindings>,
+    /// The REGISTER hook's state.
+    pub registrar: Registrar,
+    general: Mutex<General>,
+}
+
+impl Running {
+    /// The push-parameter rules in force (shared by SIP and AMI).
+    pub fn policy_rules(&self) -> Rules {
+        self.general.lock().unwrap_or_else(|p| p.into_inner()).policy.rules.clone()
+    }
 }
 
 /// Published state. Readers (CLI handlers, later the SIP hooks) take a clone of the `Arc` and
@@ -54,8 +71,7 @@ pub fn load() -> Result<(), ()> {
     guard::install_panic_hook();
     log::AsteriskLogger::install();
     match start() {
-        Ok(running) => {
-            *RUNNING.write().unwrap_or_else(|p| p.into_inner()) = Some(running);
+        Ok(_) => {
             tracing::info!("res_push {VERSION} loaded");
             Ok(())
         }
@@ -68,23 +84,53 @@ pub fn load() -> Result<(), ()> {
 }
 
 fn start() -> Result<Arc<Running>, String> {
-    let config = read_config(false)?.unwrap_or_default();
-    let link =
-        Link::start(config.general).map_err(|e| format!("cannot start the link thread: {e}"))?;
-    let running = Arc::new(Running { link });
-    if !cli::register() {
-        running.link.stop();
-        return Err("cannot register CLI commands".into());
+    let general = read_config(false)?.unwrap_or_default().general;
+    let link = Arc::new(
+        Link::start(general.clone()).map_err(|e| format!("cannot start the link thread: {e}"))?,
+    );
+    let bindings = match Bindings::start(&general, link.clone()) {
+        Ok(b) => b,
+        Err(e) => {
+            link.stop();
+            return Err(format!("cannot start the binding worker: {e}"));
+        }
+    };
+    let running = Arc::new(Running {
+        link,
+        bindings,
+        registrar: Registrar::new(general.policy.clone()),
+        general: Mutex::new(general),
+    });
+    // Published before the hooks exist: a REGISTER may arrive the moment they are installed.
+    *RUNNING.write().unwrap_or_else(|p| p.into_inner()) = Some(running.clone());
+    let hooks: [(fn() -> bool, &str); 3] = [
+        (pjsip::register_hooks, "REGISTER hooks"),
+        (cli::register, "CLI commands"),
+        (manager::register, "AMI actions"),
+    ];
+    for (install, what) in hooks {
+        if !install() {
+            stop(&running);
+            return Err(format!("cannot register {what}"));
+        }
     }
     Ok(running)
 }
 
-pub fn unload() {
-    // CLI first: once it returns, no handler can be running or start.
+/// Removes every hook, then stops the threads. Hooks first: once they are gone nothing can
+/// enter the module from Asterisk, so the threads can be joined safely.
+fn stop(running: &Running) {
+    manager::unregister();
     cli::unregister();
-    let running = RUNNING.write().unwrap_or_else(|p| p.into_inner()).take();
-    if let Some(running) = running {
-        running.link.stop();
+    pjsip::unregister_hooks();
+    RUNNING.write().unwrap_or_else(|p| p.into_inner()).take();
+    running.bindings.stop();
+    running.link.stop();
+}
+
+pub fn unload() {
+    if let Some(running) = running() {
+        stop(&running);
     }
     tracing::info!("res_push unloaded");
     guard::remove_panic_hook();
@@ -101,7 +147,11 @@ pub fn reload() -> bool {
             true
         }
         Ok(Some(config)) => {
-            running.link.reconfigure(config.general);
+            let g = config.general;
+            running.link.reconfigure(g.clone());
+            running.bindings.reconfigure(&g);
+            running.registrar.set_policy(g.policy.clone());
+            *running.general.lock().unwrap_or_else(|p| p.into_inner()) = g;
             tracing::info!("{CONFIG_FILE} reloaded");
             true
         }

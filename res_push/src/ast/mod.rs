@@ -3,10 +3,13 @@
 //! Each wrapper owns its `unsafe` and states why it is sound; callers above this layer never
 //! touch `ffi` directly.
 
+pub mod astdb;
 pub mod cli;
 pub mod config;
 pub mod guard;
 pub mod log;
+pub mod manager;
+pub mod pjsip;
 pub mod sync;
 pub mod thread;
 

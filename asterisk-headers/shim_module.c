@@ -38,6 +38,9 @@ static char *rp_cli_handler(struct ast_cli_entry *e, int cmd, struct ast_cli_arg
 static struct ast_cli_entry rp_cli_entries[RP_CLI_COUNT] = {
 	[RP_CLI_SHOW_STATUS] = AST_CLI_DEFINE(rp_cli_handler, "Show res_push status and sidecar link"),
 	[RP_CLI_PING] = AST_CLI_DEFINE(rp_cli_handler, "Round-trip a no-op job through the sidecar"),
+	[RP_CLI_SHOW_BINDINGS] = AST_CLI_DEFINE(rp_cli_handler, "List push bindings"),
+	[RP_CLI_SHOW_BINDING] = AST_CLI_DEFINE(rp_cli_handler, "Show the push bindings of an AOR in detail"),
+	[RP_CLI_DELETE_BINDING] = AST_CLI_DEFINE(rp_cli_handler, "Delete push bindings"),
 };
 
 static char *rp_cli_handler(struct ast_cli_entry *e, int cmd, struct ast_cli_args *a)

@@ -1,0 +1,228 @@
+/*
+ * res_pjsip hooks: a pjsip service that sees each REGISTER after authentication and before the
+ * registrar (so res_push can answer 400/555 itself), and a supplement that sees the registrar's
+ * response (to add Feature-Caps and commit bindings only once the registrar said 200).
+ * Everything here only copies data out for Rust or applies Rust's answer.
+ */
+#include "shim.h"
+
+#include <pjsip.h>
+
+#include "asterisk/res_pjsip.h"
+#include "asterisk/sorcery.h"
+
+static const char *pool_str(pj_pool_t *pool, const pj_str_t *s)
+{
+	char *out = pj_pool_alloc(pool, s->slen + 1);
+
+	memcpy(out, s->ptr, s->slen);
+	out[s->slen] = '\0';
+	return out;
+}
+
+static const char *header_value(pj_pool_t *pool, pjsip_msg *msg, const char *name)
+{
+	pj_str_t hname = pj_str((char *) name);
+	pjsip_generic_string_hdr *h = pjsip_msg_find_hdr_by_name(msg, &hname, NULL);
+
+	return h ? pool_str(pool, &h->hvalue) : NULL;
+}
+
+/* "Contact: <sip:...>;expires=60" -> "<sip:...>;expires=60". */
+static const char *print_contact(pj_pool_t *pool, pjsip_contact_hdr *hdr)
+{
+	pj_size_t size;
+
+	for (size = 1024; size <= 16384; size *= 4) {
+		char *buf = pj_pool_alloc(pool, size);
+		int len = pjsip_hdr_print_on(hdr, buf, size - 1);
+		char *colon;
+
+		if (len < 0) {
+			continue;
+		}
+		buf[len] = '\0';
+		colon = strchr(buf, ':');
+		if (!colon) {
+			return buf;
+		}
+		colon++;
+		while (*colon == ' ') {
+			colon++;
+		}
+		return colon;
+	}
+	return "";
+}
+
+static void collect_contacts(pj_pool_t *pool, pjsip_msg *msg, unsigned int *count, const char ***out)
+{
+	pjsip_contact_hdr *hdr = NULL;
+	unsigned int n = 0;
+
+	while ((hdr = pjsip_msg_find_hdr(msg, PJSIP_H_CONTACT, hdr ? hdr->next : NULL))) {
+		n++;
+	}
+	*out = pj_pool_calloc(pool, n ? n : 1, sizeof(char *));
+	*count = 0;
+	hdr = NULL;
+	while ((hdr = pjsip_msg_find_hdr(msg, PJSIP_H_CONTACT, hdr ? hdr->next : NULL)) && *count < n) {
+		(*out)[(*count)++] = hdr->star ? "*" : print_contact(pool, hdr);
+	}
+}
+
+int rp_shim_describe_register(pjsip_rx_data *rdata, struct rp_register *out)
+{
+	pj_pool_t *pool = rdata->tp_info.pool;
+	pjsip_msg *msg = rdata->msg_info.msg;
+	pjsip_expires_hdr *expires;
+	struct ast_sip_endpoint *endpoint;
+	char source[PJ_INET6_ADDRSTRLEN + 16];
+
+	memset(out, 0, sizeof(*out));
+	if (!msg || msg->type != PJSIP_REQUEST_MSG || msg->line.req.method.id != PJSIP_REGISTER_METHOD
+		|| !rdata->msg_info.cid || !rdata->msg_info.cseq) {
+		return -1;
+	}
+	out->call_id = pool_str(pool, &rdata->msg_info.cid->id);
+	out->cseq = rdata->msg_info.cseq->cseq;
+	if (rdata->msg_info.to) {
+		pjsip_uri *uri = pjsip_uri_get_uri(rdata->msg_info.to->uri);
+
+		if (PJSIP_URI_SCHEME_IS_SIP(uri) || PJSIP_URI_SCHEME_IS_SIPS(uri)) {
+			pjsip_sip_uri *sip = (pjsip_sip_uri *) uri;
+
+			out->to_user = pool_str(pool, &sip->user);
+			out->to_host = pool_str(pool, &sip->host);
+		}
+	}
+	endpoint = ast_pjsip_rdata_get_endpoint(rdata);
+	if (endpoint) {
+		pj_str_t id = pj_str((char *) ast_sorcery_object_get_id(endpoint));
+		pj_str_t aors = pj_str((char *) (endpoint->aors ? endpoint->aors : ""));
+
+		out->endpoint = pool_str(pool, &id);
+		out->endpoint_aors = pool_str(pool, &aors);
+		ao2_cleanup(endpoint);
+	}
+	out->user_agent = header_value(pool, msg, "User-Agent");
+	out->x_mpush = header_value(pool, msg, "X-MPUSH");
+	expires = pjsip_msg_find_hdr(msg, PJSIP_H_EXPIRES, NULL);
+	out->expires = expires ? (int) expires->ivalue : -1;
+	snprintf(source, sizeof(source), "%s:%d", rdata->pkt_info.src_name, rdata->pkt_info.src_port);
+	{
+		pj_str_t s = pj_str(source);
+
+		out->source = pool_str(pool, &s);
+	}
+	collect_contacts(pool, msg, &out->contact_count, &out->contacts);
+	return 0;
+}
+
+int rp_shim_describe_response(pjsip_tx_data *tdata, struct rp_response *out)
+{
+	pjsip_msg *msg = tdata->msg;
+	pjsip_cid_hdr *cid;
+	pjsip_cseq_hdr *cseq;
+
+	memset(out, 0, sizeof(*out));
+	if (!msg || msg->type != PJSIP_RESPONSE_MSG) {
+		return -1;
+	}
+	cid = pjsip_msg_find_hdr(msg, PJSIP_H_CALL_ID, NULL);
+	cseq = pjsip_msg_find_hdr(msg, PJSIP_H_CSEQ, NULL);
+	if (!cid || !cseq) {
+		return -1;
+	}
+	out->status = msg->line.status.code;
+	out->call_id = pool_str(tdata->pool, &cid->id);
+	out->cseq = cseq->cseq;
+	out->is_register = cseq->method.id == PJSIP_REGISTER_METHOD;
+	if (out->is_register) {
+		collect_contacts(tdata->pool, msg, &out->contact_count, &out->contacts);
+	}
+	return 0;
+}
+
+int rp_shim_respond(pjsip_rx_data *rdata, int status, const char *reason)
+{
+	pj_str_t text = pj_str((char *) reason);
+
+	return pjsip_endpt_respond_stateless(ast_sip_get_pjsip_endpoint(), rdata, status, &text, NULL, NULL)
+		== PJ_SUCCESS ? 0 : -1;
+}
+
+int rp_shim_add_header(pjsip_tx_data *tdata, const char *name, const char *value)
+{
+	return ast_sip_add_header(tdata, name, value);
+}
+
+static pj_bool_t rp_on_rx_request(pjsip_rx_data *rdata)
+{
+	if (rdata->msg_info.msg->line.req.method.id != PJSIP_REGISTER_METHOD) {
+		return PJ_FALSE;
+	}
+	return rp_sip_on_register(rdata) ? PJ_TRUE : PJ_FALSE;
+}
+
+/* After the request authenticator (APPLICATION - 2), before the registrar (APPLICATION). */
+static pjsip_module rp_register_module = {
+	.name = { "res_push REGISTER", 17 },
+	.id = -1,
+	.priority = PJSIP_MOD_PRIORITY_APPLICATION - 1,
+	.on_rx_request = rp_on_rx_request,
+};
+
+static void rp_outgoing_response(struct ast_sip_endpoint *endpoint, struct ast_sip_contact *contact,
+	pjsip_tx_data *tdata)
+{
+	rp_sip_on_response(tdata);
+}
+
+/* Linked into res_pjsip's supplement list while registered: static storage. */
+static struct ast_sip_supplement rp_register_supplement = {
+	.method = "REGISTER",
+	.outgoing_response = rp_outgoing_response,
+};
+
+int rp_shim_sip_register(void)
+{
+	if (ast_sip_register_service(&rp_register_module)) {
+		return -1;
+	}
+	ast_sip_register_supplement(&rp_register_supplement);
+	return 0;
+}
+
+void rp_shim_sip_unregister(void)
+{
+	ast_sip_unregister_supplement(&rp_register_supplement);
+	ast_sip_unregister_service(&rp_register_module);
+}
+
+int rp_shim_delete_contact(const char *aor_name, const char *uri)
+{
+	struct ast_sip_aor *aor = ast_sip_location_retrieve_aor(aor_name);
+	struct ao2_container *contacts;
+	struct ao2_iterator it;
+	struct ast_sip_contact *contact;
+	int deleted = 0;
+
+	if (!aor) {
+		return 0;
+	}
+	contacts = ast_sip_location_retrieve_aor_contacts(aor);
+	if (contacts) {
+		it = ao2_iterator_init(contacts, 0);
+		while ((contact = ao2_iterator_next(&it))) {
+			if (!strcmp(contact->uri, uri) && !ast_sip_location_delete_contact(contact)) {
+				deleted = 1;
+			}
+			ao2_ref(contact, -1);
+		}
+		ao2_iterator_destroy(&it);
+		ao2_ref(contacts, -1);
+	}
+	ao2_ref(aor, -1);
+	return deleted;
+}

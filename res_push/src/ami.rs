@@ -1,0 +1,91 @@
+//! AMI actions: bindings managed by a provisioning system without SIP (XiVO registers mobile
+//! tokens through its own API).
+
+use res_push_core::binding::redact;
+use res_push_core::pn::{Form, PushParams, Request, Rules, from_contact};
+use res_push_core::sip::Contact;
+use res_push_proto::Environment;
+
+use crate::ast::manager::Session;
+use crate::bindings::{event_fields, provisioned};
+use crate::ffi::rp_ami_action;
+use crate::module;
+
+/// Serves AMI action `action`.
+pub fn exec(action: i32, s: Session) {
+    let action = action as u32;
+    let Some(running) = module::running() else {
+        s.error("res_push is not running");
+        return;
+    };
+    let bindings = &running.bindings;
+    match action {
+        rp_ami_action::RP_AMI_BINDING_LIST => {
+            let aor = s.header("AOR");
+            let list = bindings.list((!aor.is_empty()).then_some(aor.as_str()));
+            s.list_start("Push bindings will follow");
+            for b in &list {
+                s.list_entry("PushBindingEntry", &event_fields(b, None));
+            }
+            s.list_complete("PushBindingListComplete", list.len());
+        }
+        rp_ami_action::RP_AMI_BINDING_ADD => match add(&s, &running.policy_rules()) {
+            Ok((aor, params, contact, expires)) => {
+                let b = bindings.provision(provisioned(&aor, params, contact, expires));
+                s.ack(&format!("Binding {} for {} ({})", b.id, b.aor, redact(&b.token)));
+            }
+            Err(e) => s.error(&e),
+        },
+        rp_ami_action::RP_AMI_BINDING_REMOVE => {
+            let aor = s.header("AOR");
+            if aor.is_empty() {
+                s.error("AOR: header required");
+                return;
+            }
+            let id = s.header("ID");
+            match bindings.delete(&aor, (!id.is_empty()).then_some(id.as_str())) {
+                0 => s.error("No such binding"),
+                n => s.ack(&format!("{n} binding(s) removed")),
+            }
+        }
+        _ => s.error("Unknown action"),
+    }
+}
+
+/// Validates `PushBindingAdd` with the same rules as a REGISTER.
+fn add(s: &Session, rules: &Rules) -> Result<(String, PushParams, String, u32), String> {
+    let aor = s.header("AOR");
+    if aor.is_empty() {
+        return Err("AOR: header required".into());
+    }
+    let (provider, app, token) = (s.header("Provider"), s.header("AppID"), s.header("Token"));
+    let env = match s.header("Environment").as_str() {
+        "" => None,
+        "sandbox" => Some(Environment::Sandbox),
+        "production" => Some(Environment::Production),
+        other => return Err(format!("Environment: '{other}' is not sandbox or production")),
+    };
+    // Reuse the REGISTER parser so AMI and SIP accept exactly the same values.
+    let contact = Contact {
+        uri_params: vec![
+            ("pn-provider".into(), Some(provider)),
+            ("pn-param".into(), Some(app)),
+            ("pn-prid".into(), Some(token)),
+        ],
+        ..Contact::default()
+    };
+    let mut params = match from_contact(&contact, rules) {
+        Request::Bind(p) => p,
+        Request::Malformed(reason) => return Err(reason),
+        Request::Unsupported(p) => return Err(format!("Provider '{p}' not supported")),
+        Request::Unbind(_) => return Err("Token 'null' unbinds; use PushBindingRemove".into()),
+        Request::Query(_) | Request::None => return Err("Provider, AppID and Token: headers required".into()),
+    };
+    params.environment = env.or(params.environment);
+    params.form = Form::Rfc8599;
+    let expires = match s.header("Expires").as_str() {
+        "" => 0,
+        e => e.parse().map_err(|_| format!("Expires: '{e}' is not a number of seconds"))?,
+    };
+    Ok((aor, params, s.header("ContactURI"), expires))
+}
