@@ -32,7 +32,12 @@ pub fn exec(action: i32, s: Session) {
         rp_ami_action::RP_AMI_BINDING_ADD => match add(&s, &running.policy_rules()) {
             Ok((aor, params, contact, expires)) => {
                 let b = bindings.provision(provisioned(&aor, params, contact, expires));
-                s.ack(&format!("Binding {} for {} ({})", b.id, b.aor, redact(&b.token)));
+                s.ack(&format!(
+                    "Binding {} for {} ({})",
+                    b.id,
+                    b.aor,
+                    redact(&b.token)
+                ));
             }
             Err(e) => s.error(&e),
         },
@@ -63,7 +68,11 @@ fn add(s: &Session, rules: &Rules) -> Result<(String, PushParams, String, u32), 
         "" => None,
         "sandbox" => Some(Environment::Sandbox),
         "production" => Some(Environment::Production),
-        other => return Err(format!("Environment: '{other}' is not sandbox or production")),
+        other => {
+            return Err(format!(
+                "Environment: '{other}' is not sandbox or production"
+            ));
+        }
     };
     // Reuse the REGISTER parser so AMI and SIP accept exactly the same values.
     let contact = Contact {
@@ -79,13 +88,17 @@ fn add(s: &Session, rules: &Rules) -> Result<(String, PushParams, String, u32), 
         Request::Malformed(reason) => return Err(reason),
         Request::Unsupported(p) => return Err(format!("Provider '{p}' not supported")),
         Request::Unbind(_) => return Err("Token 'null' unbinds; use PushBindingRemove".into()),
-        Request::Query(_) | Request::None => return Err("Provider, AppID and Token: headers required".into()),
+        Request::Query(_) | Request::None => {
+            return Err("Provider, AppID and Token: headers required".into());
+        }
     };
     params.environment = env.or(params.environment);
     params.form = Form::Rfc8599;
     let expires = match s.header("Expires").as_str() {
         "" => 0,
-        e => e.parse().map_err(|_| format!("Expires: '{e}' is not a number of seconds"))?,
+        e => e
+            .parse()
+            .map_err(|_| format!("Expires: '{e}' is not a number of seconds"))?,
     };
     Ok((aor, params, s.header("ContactURI"), expires))
 }

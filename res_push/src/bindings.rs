@@ -6,11 +6,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError, bounded, select};
-use res_push_core::binding::{Binding, Change, Registration, Store, redact};
+use res_push_core::binding::{Binding, Change, Registration, Store, redact, redact_uri};
 use res_push_core::config::General;
 use res_push_core::pn::PushParams;
 use res_push_core::registrar::Action;
-use res_push_proto::{Environment, Job, Outcome, Provider, PushData, PushKind, PushRequest, PushTarget};
+use res_push_proto::{
+    Environment, Job, Outcome, Provider, PushData, PushKind, PushRequest, PushTarget,
+};
 
 use crate::ast::thread::{self, Thread};
 use crate::ast::{astdb, manager, pjsip};
@@ -23,7 +25,9 @@ const TICK: Duration = Duration::from_secs(1);
 
 /// Unix time now.
 pub fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// Work handed to the worker thread.
@@ -53,7 +57,11 @@ struct Settings {
 
 impl From<&General> for Settings {
     fn from(g: &General) -> Self {
-        Settings { max_age: g.binding_max_age, refresh_before: g.refresh_before, server_pnsreg: g.policy.pnsreg.is_some() }
+        Settings {
+            max_age: g.binding_max_age,
+            refresh_before: g.refresh_before,
+            server_pnsreg: g.policy.pnsreg.is_some(),
+        }
     }
 }
 
@@ -74,7 +82,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl std::fmt::Debug for Work {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Work::Commit { aor, actions, .. } => write!(f, "Commit({aor}, {} actions)", actions.len()),
+            Work::Commit { aor, actions, .. } => {
+                write!(f, "Commit({aor}, {} actions)", actions.len())
+            }
             Work::InvalidToken(p, t) => write!(f, "InvalidToken({p:?}, {})", redact(t)),
         }
     }
@@ -89,7 +99,10 @@ impl Bindings {
                 Ok(b) => restored.push(b),
                 Err(e) => {
                     tracing::warn!("dropping unreadable stored binding {key}: {e}");
-                    let k = key.trim_start_matches('/').trim_start_matches(DB_FAMILY).trim_start_matches('/');
+                    let k = key
+                        .trim_start_matches('/')
+                        .trim_start_matches(DB_FAMILY)
+                        .trim_start_matches('/');
                     astdb::del(DB_FAMILY, k);
                 }
             }
@@ -108,7 +121,9 @@ impl Bindings {
             thread: Mutex::new(None),
         });
         let worker = b.clone();
-        let t = thread::spawn(c"res_push binds", move || worker.run(&work_rx, &stop_rx, &link))?;
+        let t = thread::spawn(c"res_push binds", move || {
+            worker.run(&work_rx, &stop_rx, &link)
+        })?;
         *lock(&b.thread) = Some(t);
         Ok(b)
     }
@@ -192,11 +207,22 @@ impl Bindings {
             let mut store = lock(&self.store);
             match work {
                 Work::InvalidToken(provider, token) => store.invalid_token(provider, &token),
-                Work::Commit { aor, actions, user_agent, granted } => {
+                Work::Commit {
+                    aor,
+                    actions,
+                    user_agent,
+                    granted,
+                } => {
                     let mut changes = Vec::new();
                     for action in actions {
                         changes.extend(match action {
-                            Action::Bind { params, contact_uri, instance, ua_pnsreg, expires } => {
+                            Action::Bind {
+                                params,
+                                contact_uri,
+                                instance,
+                                ua_pnsreg,
+                                expires,
+                            } => {
                                 let expires = granted
                                     .iter()
                                     .find(|(uri, _)| *uri == contact_uri)
@@ -234,7 +260,11 @@ impl Bindings {
         let (expired, due) = {
             let mut store = lock(&self.store);
             let expired = store.expire(now, settings.max_age.as_secs());
-            let due = store.due_for_refresh(now, settings.refresh_before.as_secs(), settings.server_pnsreg);
+            let due = store.due_for_refresh(
+                now,
+                settings.refresh_before.as_secs(),
+                settings.server_pnsreg,
+            );
             (expired, due)
         };
         self.publish(expired);
@@ -245,17 +275,28 @@ impl Bindings {
 
     /// Asks the sidecar for a refresh push (background on APNs, data on FCM: never a VoIP push).
     fn refresh(&self, b: &Binding, link: &Arc<Link>) {
-        tracing::info!("refresh push for {} binding {} ({})", b.aor, b.id, redact(&b.token));
+        tracing::info!(
+            "refresh push for {} binding {} ({})",
+            b.aor,
+            b.id,
+            redact(&b.token)
+        );
         let job = Job::Push(PushRequest {
             target: target(b),
             kind: PushKind::Refresh,
-            data: PushData { endpoint: Some(b.aor.clone()), ..Default::default() },
+            data: PushData {
+                endpoint: Some(b.aor.clone()),
+                ..Default::default()
+            },
         });
         let work = self.work.clone();
         let (provider, token, aor) = (b.provider, b.token.clone(), b.aor.clone());
         let done = Box::new(move |r: Result<Outcome, crate::link::LinkError>| match r {
             Ok(Outcome::InvalidToken { reason }) => {
-                tracing::info!("{aor}: token {} reported dead ({reason}); removing binding", redact(&token));
+                tracing::info!(
+                    "{aor}: token {} reported dead ({reason}); removing binding",
+                    redact(&token)
+                );
                 let _ = work.try_send(Work::InvalidToken(provider, token));
             }
             Ok(Outcome::Sent { .. }) => {}
@@ -273,24 +314,48 @@ impl Bindings {
             match change {
                 Change::Added(b) => {
                     self.persist(&b);
-                    tracing::info!("{}: push binding {} added ({:?}, {}, {})", b.aor, b.id, b.provider, b.app_id, redact(&b.token));
+                    tracing::info!(
+                        "{}: push binding {} added ({:?}, {}, {})",
+                        b.aor,
+                        b.id,
+                        b.provider,
+                        b.app_id,
+                        redact(&b.token)
+                    );
                     manager::event("PushBindingAdded", &event_fields(&b, None));
                 }
-                Change::Updated { binding: b, stale_contact } => {
+                Change::Updated {
+                    binding: b,
+                    stale_contact,
+                } => {
                     self.persist(&b);
                     if let Some(stale) = stale_contact {
                         // The device is back from a new address: the old contact would ring a
                         // dead address or the same device twice.
                         let removed = pjsip::delete_contact(&b.aor, &stale);
-                        tracing::info!("{}: binding {} moved; stale contact {} {}", b.aor, b.id, stale, if removed { "removed" } else { "already gone" });
+                        tracing::info!(
+                            "{}: binding {} moved; stale contact {} {}",
+                            b.aor,
+                            b.id,
+                            redact_uri(&stale),
+                            if removed { "removed" } else { "already gone" }
+                        );
                     }
                     tracing::debug!("{}: push binding {} refreshed", b.aor, b.id);
                     manager::event("PushBindingUpdated", &event_fields(&b, None));
                 }
                 Change::Removed { binding: b, reason } => {
                     astdb::del(DB_FAMILY, &format!("{DB_TREE}/{}", b.id));
-                    tracing::info!("{}: push binding {} removed ({})", b.aor, b.id, reason.as_str());
-                    manager::event("PushBindingRemoved", &event_fields(&b, Some(reason.as_str())));
+                    tracing::info!(
+                        "{}: push binding {} removed ({})",
+                        b.aor,
+                        b.id,
+                        reason.as_str()
+                    );
+                    manager::event(
+                        "PushBindingRemoved",
+                        &event_fields(&b, Some(reason.as_str())),
+                    );
                 }
             }
         }
@@ -310,7 +375,12 @@ impl Bindings {
 
 /// The push target of a binding.
 pub fn target(b: &Binding) -> PushTarget {
-    PushTarget { provider: b.provider, app_id: b.app_id.clone(), token: b.token.clone(), environment: b.environment }
+    PushTarget {
+        provider: b.provider,
+        app_id: b.app_id.clone(),
+        token: b.token.clone(),
+        environment: b.environment,
+    }
 }
 
 /// Lower-case name of a provider.
@@ -339,7 +409,7 @@ pub fn event_fields(b: &Binding, reason: Option<&str>) -> Vec<(&'static str, Str
         ("AppID", b.app_id.clone()),
         ("Token", redact(&b.token)),
         ("Environment", environment_name(b.environment).to_string()),
-        ("ContactURI", b.contact_uri.clone()),
+        ("ContactURI", redact_uri(&b.contact_uri)),
         ("UserAgent", b.user_agent.clone().unwrap_or_default()),
         ("RegistrationExpires", b.expires_at.to_string()),
         ("LastRegister", b.last_register.to_string()),
@@ -351,6 +421,19 @@ pub fn event_fields(b: &Binding, reason: Option<&str>) -> Vec<(&'static str, Str
 }
 
 /// The registration a provisioning system describes (AMI `PushBindingAdd`).
-pub fn provisioned(aor: &str, params: PushParams, contact_uri: String, expires: u32) -> Registration {
-    Registration { aor: aor.to_string(), params, contact_uri, user_agent: None, instance: None, ua_pnsreg: false, expires }
+pub fn provisioned(
+    aor: &str,
+    params: PushParams,
+    contact_uri: String,
+    expires: u32,
+) -> Registration {
+    Registration {
+        aor: aor.to_string(),
+        params,
+        contact_uri,
+        user_agent: None,
+        instance: None,
+        ua_pnsreg: false,
+        expires,
+    }
 }

@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
-use res_push_core::binding::{Binding, redact};
+use res_push_core::binding::{Binding, redact, redact_uri};
 use res_push_proto::{Job, Outcome as JobOutcome};
 
 use crate::ast::cli::{Outcome, Output, Spec};
@@ -57,7 +57,9 @@ pub fn spec(index: i32) -> Option<&'static Spec> {
 
 /// Runs command `index` with the words Asterisk matched (`args[0]` is `push`).
 pub fn exec(index: i32, out: Output, args: &[String]) -> Outcome {
-    let Some(spec) = spec(index) else { return Outcome::Failure };
+    let Some(spec) = spec(index) else {
+        return Outcome::Failure;
+    };
     let words = spec.words.to_bytes().split(|b| *b == b' ').count();
     let (min, max) = extra_args(spec.index);
     if args.len() < words + min || args.len() > words + max {
@@ -75,7 +77,10 @@ pub fn exec(index: i32, out: Output, args: &[String]) -> Outcome {
         }
         rp_cli_command::RP_CLI_PING => ping(&running, out),
         rp_cli_command::RP_CLI_SHOW_BINDINGS => {
-            out.write(&table(&running.bindings.list(extra.first().map(String::as_str)), now()));
+            out.write(&table(
+                &running.bindings.list(extra.first().map(String::as_str)),
+                now(),
+            ));
             Outcome::Success
         }
         rp_cli_command::RP_CLI_SHOW_BINDING => {
@@ -88,9 +93,15 @@ pub fn exec(index: i32, out: Output, args: &[String]) -> Outcome {
             Outcome::Success
         }
         rp_cli_command::RP_CLI_DELETE_BINDING => {
-            let n = running.bindings.delete(&extra[0], extra.get(1).map(String::as_str));
+            let n = running
+                .bindings
+                .delete(&extra[0], extra.get(1).map(String::as_str));
             out.write(&format!("{n} push binding(s) of '{}' deleted\n", extra[0]));
-            if n == 0 { Outcome::Failure } else { Outcome::Success }
+            if n == 0 {
+                Outcome::Failure
+            } else {
+                Outcome::Success
+            }
         }
         _ => Outcome::Failure,
     }
@@ -99,15 +110,25 @@ pub fn exec(index: i32, out: Output, args: &[String]) -> Outcome {
 /// "in 9m 59s" / "expired 3s ago".
 fn relative(at: u64, now: u64) -> String {
     if at > now {
-        format!("in {}", humantime::format_duration(Duration::from_secs(at - now)))
+        format!(
+            "in {}",
+            humantime::format_duration(Duration::from_secs(at - now))
+        )
     } else {
-        format!("expired {} ago", humantime::format_duration(Duration::from_secs(now - at)))
+        format!(
+            "expired {} ago",
+            humantime::format_duration(Duration::from_secs(now - at))
+        )
     }
 }
 
 fn table(list: &[Binding], now: u64) -> String {
     let mut o = String::new();
-    let _ = writeln!(o, "{:<20} {:<10} {:<8} {:<32} {:<9} {:<11} {}", "AOR", "ID", "Provider", "App", "Token", "Env", "Registration");
+    let _ = writeln!(
+        o,
+        "{:<20} {:<10} {:<8} {:<32} {:<9} {:<11} {}",
+        "AOR", "ID", "Provider", "App", "Token", "Env", "Registration"
+    );
     for b in list {
         let _ = writeln!(
             o,
@@ -138,11 +159,26 @@ fn details(list: &[Binding], now: u64) -> String {
         line("Token", &redact(&b.token));
         line("Environment", environment_name(b.environment));
         line("Syntax", &format!("{:?}", b.form));
-        line("Contact", &b.contact_uri);
+        line("Contact", &redact_uri(&b.contact_uri));
         line("User-Agent", b.user_agent.as_deref().unwrap_or("-"));
         line("Instance", b.instance.as_deref().unwrap_or("-"));
-        line("Self-refreshing", if b.ua_pnsreg { "yes (+sip.pnsreg)" } else { "no" });
-        line("Last REGISTER", &format!("{} ago", humantime::format_duration(Duration::from_secs(now.saturating_sub(b.last_register)))));
+        line(
+            "Self-refreshing",
+            if b.ua_pnsreg {
+                "yes (+sip.pnsreg)"
+            } else {
+                "no"
+            },
+        );
+        line(
+            "Last REGISTER",
+            &format!(
+                "{} ago",
+                humantime::format_duration(Duration::from_secs(
+                    now.saturating_sub(b.last_register)
+                ))
+            ),
+        );
         line("Registration", &relative(b.expires_at, now));
         line("Push failures", &b.failures.to_string());
         o.push('\n');
@@ -154,7 +190,10 @@ fn ping(running: &Running, out: Output) -> Outcome {
     const BUDGET: Duration = Duration::from_secs(3);
     let (filler, slot) = sync::slot();
     let started = Instant::now();
-    if let Err(e) = running.link.submit(Job::Ping, Some(BUDGET), Box::new(move |r| filler.fill(r))) {
+    if let Err(e) = running
+        .link
+        .submit(Job::Ping, Some(BUDGET), Box::new(move |r| filler.fill(r)))
+    {
         out.write(&format!("Ping not sent: {e}\n"));
         return Outcome::Failure;
     }
@@ -162,7 +201,10 @@ fn ping(running: &Running, out: Output) -> Outcome {
     // latest at its deadline, so this wait is bounded.
     match slot.wait(BUDGET + Duration::from_secs(2)) {
         Some(Ok(JobOutcome::Pong)) => {
-            out.write(&format!("Pong from sidecar in {:.1} ms\n", started.elapsed().as_secs_f64() * 1000.0));
+            out.write(&format!(
+                "Pong from sidecar in {:.1} ms\n",
+                started.elapsed().as_secs_f64() * 1000.0
+            ));
             Outcome::Success
         }
         Some(Ok(other)) => {

@@ -100,7 +100,11 @@ pub extern "C" fn rp_sip_on_response(tdata: *mut crate::ffi::pjsip_tx_data) {
 
 /// An AMI action.
 #[unsafe(no_mangle)]
-pub extern "C" fn rp_ami_exec(action: i32, s: *mut crate::ffi::mansession, m: *const crate::ffi::message) -> i32 {
+pub extern "C" fn rp_ami_exec(
+    action: i32,
+    s: *mut crate::ffi::mansession,
+    m: *const crate::ffi::message,
+) -> i32 {
     let session = manager::Session::new(s, m);
     guard("AMI action", 0, || {
         crate::ami::exec(action, session);

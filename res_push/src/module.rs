@@ -35,7 +35,12 @@ pub struct Running {
 impl Running {
     /// The push-parameter rules in force (shared by SIP and AMI).
     pub fn policy_rules(&self) -> Rules {
-        self.general.lock().unwrap_or_else(|p| p.into_inner()).policy.rules.clone()
+        self.general
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .policy
+            .rules
+            .clone()
     }
 }
 

@@ -37,7 +37,12 @@ pub struct Registrar {
 /// The AOR the registrar will use: the To user (or user@host) when the endpoint serves it.
 fn resolve_aor(r: &Register) -> Option<String> {
     let user = r.to_user.as_deref().filter(|u| !u.is_empty())?;
-    let aors: Vec<&str> = r.endpoint_aors.as_deref()?.split(',').map(str::trim).collect();
+    let aors: Vec<&str> = r
+        .endpoint_aors
+        .as_deref()?
+        .split(',')
+        .map(str::trim)
+        .collect();
     let full = r.to_host.as_deref().map(|h| format!("{user}@{h}"));
     if let Some(full) = full.filter(|f| aors.contains(&f.as_str())) {
         return Some(full);
@@ -48,7 +53,10 @@ fn resolve_aor(r: &Register) -> Option<String> {
 impl Registrar {
     /// A registrar applying `policy`.
     pub fn new(policy: Policy) -> Self {
-        Self { policy: Mutex::new(policy), pending: Mutex::new(HashMap::new()) }
+        Self {
+            policy: Mutex::new(policy),
+            pending: Mutex::new(HashMap::new()),
+        }
     }
 
     /// Replaces the policy (reload).
@@ -58,8 +66,14 @@ impl Registrar {
 
     /// Runs before the registrar. Returns true when we answered the request ourselves.
     pub fn on_register(&self, rdata: RxData) -> bool {
-        let Some(reg) = rdata.register() else { return false };
-        let request = RegisterRequest { contacts: reg.contacts.clone(), expires: reg.expires, x_mpush: reg.x_mpush.clone() };
+        let Some(reg) = rdata.register() else {
+            return false;
+        };
+        let request = RegisterRequest {
+            contacts: reg.contacts.clone(),
+            expires: reg.expires,
+            x_mpush: reg.x_mpush.clone(),
+        };
         let verdict = {
             let policy = self.policy.lock().unwrap_or_else(|p| p.into_inner());
             decide(&request, &policy)
@@ -75,7 +89,10 @@ impl Registrar {
                 rdata.respond(status, &reason);
                 true
             }
-            Verdict::Accept { feature_caps, actions } => {
+            Verdict::Accept {
+                feature_caps,
+                actions,
+            } => {
                 let Some(aor) = resolve_aor(&reg) else {
                     // The registrar will refuse it (unknown AOR); nothing of ours to keep.
                     return false;
@@ -84,7 +101,13 @@ impl Registrar {
                 pending.retain(|_, p| p.since.elapsed() < PENDING_TTL);
                 pending.insert(
                     (reg.call_id, reg.cseq),
-                    Pending { aor, feature_caps, actions, user_agent: reg.user_agent, since: Instant::now() },
+                    Pending {
+                        aor,
+                        feature_caps,
+                        actions,
+                        user_agent: reg.user_agent,
+                        since: Instant::now(),
+                    },
                 );
                 false
             }
@@ -93,8 +116,15 @@ impl Registrar {
 
     /// Runs on each REGISTER response about to be sent.
     pub fn on_response(&self, tdata: TxData, bindings: &Bindings) {
-        let Some(resp) = tdata.register_response() else { return };
-        let Some(p) = self.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&(resp.call_id.clone(), resp.cseq)) else {
+        let Some(resp) = tdata.register_response() else {
+            return;
+        };
+        let Some(p) = self
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(resp.call_id.clone(), resp.cseq))
+        else {
             return;
         };
         if resp.status != 200 {
@@ -112,6 +142,11 @@ impl Registrar {
             .map(|c| parse_contact(c))
             .filter_map(|c| Some((c.uri.clone(), c.expires()?)))
             .collect();
-        bindings.submit(Work::Commit { aor: p.aor, actions: p.actions, user_agent: p.user_agent, granted });
+        bindings.submit(Work::Commit {
+            aor: p.aor,
+            actions: p.actions,
+            user_agent: p.user_agent,
+            granted,
+        });
     }
 }

@@ -13,7 +13,8 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::net::UdpSocket;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -30,6 +31,7 @@ const CONFIG_TEMPLATES: &[&str] = &[
     "pjsip.conf",
     "rtp.conf",
     "extensions.conf",
+    "manager.conf",
     "push.conf",
 ];
 /// Where Debian's package installs modules, as seen inside the chroot.
@@ -94,6 +96,14 @@ pub fn free_udp_port() -> u16 {
         .expect("free UDP port")
 }
 
+/// A TCP port free right now on 127.0.0.1.
+pub fn free_tcp_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("free TCP port")
+}
+
 /// Polls `check` every 100 ms until it returns `Some` or `timeout` passes. Used to wait for
 /// asynchronous effects; never to assert on timing.
 pub fn wait_for<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
@@ -136,6 +146,8 @@ pub struct Asterisk {
     pub dir: String,
     /// SIP port of the UDP transport.
     pub sip_port: u16,
+    /// AMI port.
+    pub ami_port: u16,
     root: PathBuf,
     child: Option<Child>,
 }
@@ -156,11 +168,13 @@ impl Asterisk {
             fs::create_dir_all(host_dir.join(sub)).expect("create test dir");
         }
         let sip_port = free_udp_port();
+        let ami_port = free_tcp_port();
         // RTP ranges must not overlap between concurrent tests: derive them from the SIP port.
         let rtp_start = 20000 + (u32::from(sip_port) % 2000) * 20;
         let vars: HashMap<&str, String> = HashMap::from([
             ("@DIR@", dir.clone()),
             ("@SIP_PORT@", sip_port.to_string()),
+            ("@AMI_PORT@", ami_port.to_string()),
             ("@RTP_START@", rtp_start.to_string()),
             ("@RTP_END@", (rtp_start + 19).to_string()),
             ("@SOCKET@", format!("{dir}/run/sidecar.sock")),
@@ -198,11 +212,28 @@ impl Asterisk {
             host_dir,
             dir,
             sip_port,
+            ami_port,
             root,
             child: None,
         };
         a.install_module();
-        let console = fs::File::create(a.host_dir.join("log/console.log")).expect("console log");
+        a.boot();
+        a
+    }
+
+    /// Stops Asterisk and starts it again on the same directory (same config, astdb, ports).
+    pub fn restart(&mut self) {
+        self.stop();
+        self.boot();
+    }
+
+    fn boot(&mut self) {
+        let a = self;
+        let console = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(a.host_dir.join("log/console.log"))
+            .expect("console log");
         let script = format!(
             "mount -t proc proc {r}/proc && mount --rbind /dev {r}/dev && exec chroot {r} /usr/sbin/asterisk -C {d}/etc/asterisk.conf -f -n -vvv",
             r = a.root.display(),
@@ -237,7 +268,6 @@ impl Asterisk {
             "Asterisk did not finish booting\n{}",
             a.log()
         );
-        a
     }
 
     /// Copies the module under test into the test's module directory (as res_push.so).
@@ -351,6 +381,282 @@ impl Drop for Asterisk {
         } else if std::env::var_os("RES_PUSH_KEEP_TEST_DIRS").is_none() {
             let _ = fs::remove_dir_all(&self.host_dir);
         }
+    }
+}
+
+/// One REGISTER sent by SIPp.
+#[derive(Debug, Clone)]
+pub struct Register {
+    /// User (and AOR) registering.
+    pub user: String,
+    /// Local UDP port SIPp sends from (the contact's port).
+    pub port: u16,
+    /// Appended to the Contact URI, e.g. `;pn-provider=apns;pn-param=...;pn-prid=...`.
+    pub uri_params: String,
+    /// Appended after the Contact's `>`, e.g. `;+sip.instance="<urn:uuid:1>"`.
+    pub header_params: String,
+    /// `Expires` header.
+    pub expires: u32,
+    /// Extra header lines.
+    pub headers: Vec<String>,
+    /// The response code SIPp must receive.
+    pub expect: u16,
+}
+
+impl Register {
+    /// A REGISTER of `user` from a fresh port, expecting 200.
+    pub fn new(user: &str, uri_params: &str) -> Register {
+        Register {
+            user: user.into(),
+            port: free_udp_port(),
+            uri_params: uri_params.into(),
+            header_params: String::new(),
+            expires: 600,
+            headers: Vec::new(),
+            expect: 200,
+        }
+    }
+}
+
+/// What SIPp saw.
+#[derive(Debug, Clone)]
+pub struct SipExchange {
+    /// SIPp's exit status was success (the expected response arrived).
+    pub ok: bool,
+    /// The response received, as SIPp logged it.
+    pub response: String,
+    /// SIPp's full message trace and errors, for failure messages.
+    pub trace: String,
+}
+
+impl SipExchange {
+    /// A header of the response (first match, case-insensitive name).
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.response.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_string())
+        })
+    }
+
+    /// The status line of the response.
+    pub fn status_line(&self) -> String {
+        self.response
+            .lines()
+            .find(|l| l.starts_with("SIP/2.0"))
+            .unwrap_or("")
+            .to_string()
+    }
+}
+
+impl Asterisk {
+    /// Sends one REGISTER with SIPp (from the chroot's sip-tester) and returns the exchange.
+    pub fn register(&self, r: &Register) -> SipExchange {
+        let n = SEQ.fetch_add(1, Ordering::Relaxed);
+        let name = format!("reg-{n}");
+        let extra: String = r.headers.iter().map(|h| format!("      {h}\n")).collect();
+        let scenario = format!(
+            r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="register">
+  <send retrans="500">
+    <![CDATA[
+      REGISTER sip:[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: <sip:{user}@[remote_ip]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:{user}@[remote_ip]>
+      Call-ID: [call_id]
+      CSeq: 1 REGISTER
+      Contact: <sip:{user}@[local_ip]:[local_port];transport=udp{uri}>{hdr}
+      Max-Forwards: 70
+      Expires: {expires}
+      User-Agent: res-push-test/1.0
+{extra}      Content-Length: 0
+
+    ]]>
+  </send>
+  <recv response="{expect}" timeout="5000"/>
+</scenario>
+"#,
+            user = r.user,
+            uri = r.uri_params,
+            hdr = r.header_params,
+            expires = r.expires,
+            expect = r.expect,
+        );
+        let host = |f: &str| self.host_dir.join(format!("run/{name}.{f}"));
+        let chroot_path = |f: &str| format!("{}/run/{name}.{f}", self.dir);
+        fs::write(host("xml"), scenario).expect("write scenario");
+        let out = Command::new("chroot")
+            .arg(&self.root)
+            .args([
+                "/usr/bin/sipp",
+                &format!("127.0.0.1:{}", self.sip_port),
+                "-sf",
+                &chroot_path("xml"),
+            ])
+            .args([
+                "-m",
+                "1",
+                "-i",
+                "127.0.0.1",
+                "-p",
+                &r.port.to_string(),
+                "-nostdin",
+                "-timeout",
+                "10s",
+            ])
+            .args([
+                "-trace_msg",
+                "-message_file",
+                &chroot_path("msg"),
+                "-trace_err",
+                "-error_file",
+                &chroot_path("err"),
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run sipp");
+        let trace = format!(
+            "{}{}\n{}",
+            fs::read_to_string(host("msg")).unwrap_or_default(),
+            fs::read_to_string(host("err")).unwrap_or_default(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // The received response is the block after SIPp's "received" marker.
+        let response = trace
+            .split("----------------------------------------------- ")
+            .filter(|b| b.contains("message received"))
+            .map(|b| b.lines().skip(1).collect::<Vec<_>>().join("\n"))
+            .last()
+            .unwrap_or_default();
+        SipExchange {
+            ok: out.status.success(),
+            response,
+            trace,
+        }
+    }
+
+    /// Connects to this Asterisk's AMI and logs in.
+    pub fn ami(&self) -> Ami {
+        Ami::connect(self.ami_port)
+    }
+}
+
+/// One AMI packet: its `Key: value` lines.
+pub type Packet = Vec<(String, String)>;
+
+/// Looks a key up in a packet.
+pub fn field<'a>(p: &'a Packet, key: &str) -> Option<&'a str> {
+    p.iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(key))
+        .map(|(_, v)| v.as_str())
+}
+
+/// A logged-in AMI connection. Events read while waiting for something else are kept.
+#[derive(Debug)]
+pub struct Ami {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+    backlog: Vec<Packet>,
+    seq: u32,
+}
+
+impl Ami {
+    /// Connects and logs in as the test user.
+    pub fn connect(port: u16) -> Ami {
+        let stream = TcpStream::connect(("127.0.0.1", port)).expect("AMI connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let mut ami = Ami {
+            reader: BufReader::new(stream.try_clone().expect("dup")),
+            writer: stream,
+            backlog: Vec::new(),
+            seq: 0,
+        };
+        let mut banner = String::new();
+        ami.reader.read_line(&mut banner).expect("AMI banner");
+        let r = ami.action("Login", &[("Username", "test"), ("Secret", "test")]);
+        assert_eq!(
+            field(&r[0], "Response"),
+            Some("Success"),
+            "AMI login: {r:?}"
+        );
+        ami
+    }
+
+    fn read_packet(&mut self) -> Option<Packet> {
+        let mut p = Vec::new();
+        loop {
+            let mut line = String::new();
+            match self.reader.read_line(&mut line) {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {}
+            }
+            let line = line.trim_end();
+            if line.is_empty() {
+                if p.is_empty() {
+                    continue;
+                }
+                return Some(p);
+            }
+            if let Some((k, v)) = line.split_once(':') {
+                p.push((k.trim().to_string(), v.trim().to_string()));
+            }
+        }
+    }
+
+    /// Sends an action and returns its response, plus list entries up to the list's end.
+    pub fn action(&mut self, name: &str, headers: &[(&str, &str)]) -> Vec<Packet> {
+        self.seq += 1;
+        let id = format!("t{}", self.seq);
+        let mut text = format!("Action: {name}\r\nActionID: {id}\r\n");
+        for (k, v) in headers {
+            text.push_str(&format!("{k}: {v}\r\n"));
+        }
+        text.push_str("\r\n");
+        self.writer.write_all(text.as_bytes()).expect("AMI write");
+        let mut out = Vec::new();
+        let mut listing = false;
+        while let Some(p) = self.read_packet() {
+            if field(&p, "ActionID") != Some(id.as_str()) {
+                self.backlog.push(p);
+                continue;
+            }
+            if field(&p, "EventList") == Some("start") {
+                listing = true;
+            }
+            let done = !listing || field(&p, "EventList") == Some("Complete");
+            out.push(p);
+            if done {
+                break;
+            }
+        }
+        out
+    }
+
+    /// Waits for an event matching `pred` (looking at already-read events first).
+    pub fn wait_event(
+        &mut self,
+        timeout: Duration,
+        pred: impl Fn(&Packet) -> bool,
+    ) -> Option<Packet> {
+        if let Some(i) = self
+            .backlog
+            .iter()
+            .position(|p| field(p, "Event").is_some() && pred(p))
+        {
+            return Some(self.backlog.remove(i));
+        }
+        let end = Instant::now() + timeout;
+        while Instant::now() < end {
+            let p = self.read_packet()?;
+            if field(&p, "Event").is_some() && pred(&p) {
+                return Some(p);
+            }
+        }
+        None
     }
 }
 

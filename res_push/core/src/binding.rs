@@ -173,6 +173,23 @@ pub fn redact(token: &str) -> String {
     format!("…{tail}")
 }
 
+/// A contact URI as shown to people: token parameters redacted like [`redact`].
+pub fn redact_uri(uri: &str) -> String {
+    const TOKEN_PARAMS: [&str; 3] = ["pn-prid=", "pn-tok=", "push-token-id="];
+    uri.split(';')
+        .map(|part| {
+            TOKEN_PARAMS
+                .iter()
+                .find(|p| part.len() >= p.len() && part[..p.len()].eq_ignore_ascii_case(p))
+                .map_or_else(
+                    || part.to_string(),
+                    |p| format!("{}{}", &part[..p.len()], redact(&part[p.len()..])),
+                )
+        })
+        .collect::<Vec<_>>()
+        .join(";")
+}
+
 impl Store {
     /// An empty store.
     pub fn new() -> Self {
@@ -538,6 +555,16 @@ mod tests {
             1,
             "new expiry, new refresh"
         );
+    }
+
+    #[test]
+    fn uri_redaction() {
+        assert_eq!(
+            redact_uri("sip:a@h:5060;pn-provider=fcm;PN-PRID=abcdef123456;pn-param=p"),
+            "sip:a@h:5060;pn-provider=fcm;PN-PRID=…123456;pn-param=p"
+        );
+        assert_eq!(redact_uri("sip:a@h;pn-tok=x"), "sip:a@h;pn-tok=…x");
+        assert_eq!(redact_uri("sip:a@h"), "sip:a@h");
     }
 
     #[test]

@@ -32,7 +32,9 @@ pub fn tree(family: &str, tree: &str) -> Vec<(String, String)> {
         unsafe {
             let entry = &*e;
             let key = CStr::from_ptr(entry.key).to_string_lossy().into_owned();
-            let data = CStr::from_ptr(entry.data.as_ptr()).to_string_lossy().into_owned();
+            let data = CStr::from_ptr(entry.data.as_ptr())
+                .to_string_lossy()
+                .into_owned();
             out.push((key, data));
             e = entry.next;
         }

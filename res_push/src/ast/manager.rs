@@ -11,7 +11,10 @@ use crate::ffi;
 pub fn fields(pairs: &[(&str, String)]) -> String {
     let mut body = String::new();
     for (k, v) in pairs {
-        let clean: String = v.chars().map(|c| if c == '\r' || c == '\n' { ' ' } else { c }).collect();
+        let clean: String = v
+            .chars()
+            .map(|c| if c == '\r' || c == '\n' { ' ' } else { c })
+            .collect();
         let _ = write!(body, "{k}: {clean}\r\n");
     }
     body
@@ -46,7 +49,10 @@ impl Session {
             return String::new();
         }
         // SAFETY: non-null, NUL-terminated, owned by the message.
-        unsafe { CStr::from_ptr(v) }.to_string_lossy().trim().to_string()
+        unsafe { CStr::from_ptr(v) }
+            .to_string_lossy()
+            .trim()
+            .to_string()
     }
 
     /// Success response.

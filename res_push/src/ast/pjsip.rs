@@ -107,7 +107,9 @@ impl TxData {
         // SAFETY: as in `RxData::register`.
         let mut r: ffi::rp_response = unsafe { std::mem::zeroed() };
         // SAFETY: `self.0` is the live response of the current callback.
-        if unsafe { ffi::rp_shim_describe_response(self.0.cast(), &mut r) } != 0 || r.is_register == 0 {
+        if unsafe { ffi::rp_shim_describe_response(self.0.cast(), &mut r) } != 0
+            || r.is_register == 0
+        {
             return None;
         }
         Some(Response {
