@@ -220,14 +220,30 @@ impl Store {
         self.bindings.values()
     }
 
+    /// The bindings of one AOR, found by range: keys sort by AOR first, so they are adjacent.
+    fn aor_entries<'a>(
+        &'a self,
+        aor: &'a str,
+    ) -> impl Iterator<Item = (&'a Key, &'a Binding)> + 'a {
+        let first = Key(
+            aor.to_string(),
+            Provider::Apns,
+            String::new(),
+            String::new(),
+        );
+        self.bindings
+            .range(first..)
+            .take_while(move |(k, _)| k.0 == aor)
+    }
+
     /// The bindings of one AOR.
     pub fn of_aor<'a>(&'a self, aor: &'a str) -> impl Iterator<Item = &'a Binding> + 'a {
-        self.bindings.values().filter(move |b| b.aor == aor)
+        self.aor_entries(aor).map(|(_, b)| b)
     }
 
     /// A binding by AOR and id.
-    pub fn get(&self, aor: &str, id: &str) -> Option<&Binding> {
-        self.bindings.values().find(|b| b.aor == aor && b.id == id)
+    pub fn get<'a>(&'a self, aor: &'a str, id: &str) -> Option<&'a Binding> {
+        self.of_aor(aor).find(|b| b.id == id)
     }
 
     /// Records a REGISTER that carries push parameters.
@@ -238,11 +254,8 @@ impl Store {
         // tokens on reinstall or token rotation, and the old one would ring nothing.
         if let Some(instance) = &r.instance {
             let replaced: Vec<Key> = self
-                .bindings
-                .iter()
-                .filter(|(k, b)| {
-                    **k != key && b.aor == r.aor && b.instance.as_deref() == Some(instance)
-                })
+                .aor_entries(&r.aor)
+                .filter(|(k, b)| **k != key && b.instance.as_deref() == Some(instance))
                 .map(|(k, _)| k.clone())
                 .collect();
             for k in replaced {
@@ -301,6 +314,24 @@ impl Store {
         changes
     }
 
+    /// Like `remove_where`, looking only at one AOR's bindings.
+    fn remove_in_aor(
+        &mut self,
+        aor: &str,
+        reason: RemoveReason,
+        pred: impl Fn(&Binding) -> bool,
+    ) -> Vec<Change> {
+        let keys: Vec<Key> = self
+            .aor_entries(aor)
+            .filter(|(_, b)| pred(b))
+            .map(|(k, _)| k.clone())
+            .collect();
+        keys.into_iter()
+            .filter_map(|k| self.bindings.remove(&k))
+            .map(|binding| Change::Removed { binding, reason })
+            .collect()
+    }
+
     fn remove_where(
         &mut self,
         reason: RemoveReason,
@@ -321,12 +352,14 @@ impl Store {
     /// Applies an unbind request of `aor`.
     pub fn unbind(&mut self, aor: &str, what: &Unbind) -> Vec<Change> {
         match what {
-            Unbind::App { provider, app_id } => self.remove_where(RemoveReason::Unbound, |b| {
-                b.aor == aor && b.provider == *provider && b.app_id == *app_id
-            }),
-            Unbind::Mpush => self.remove_where(RemoveReason::Unbound, |b| {
-                b.aor == aor && b.form == Form::Mpush
-            }),
+            Unbind::App { provider, app_id } => {
+                self.remove_in_aor(aor, RemoveReason::Unbound, |b| {
+                    b.provider == *provider && b.app_id == *app_id
+                })
+            }
+            Unbind::Mpush => {
+                self.remove_in_aor(aor, RemoveReason::Unbound, |b| b.form == Form::Mpush)
+            }
         }
     }
 
@@ -345,7 +378,7 @@ impl Store {
 
     /// `Contact: *` with `Expires: 0`: every binding of the AOR.
     pub fn unregister_all(&mut self, aor: &str) -> Vec<Change> {
-        self.remove_where(RemoveReason::Unbound, |b| b.aor == aor)
+        self.remove_in_aor(aor, RemoveReason::Unbound, |_| true)
     }
 
     /// The provider said the token is dead: every binding with it goes, whatever the AOR.
@@ -357,8 +390,8 @@ impl Store {
 
     /// Operator removal: one binding by id, or all of the AOR when `id` is `None`.
     pub fn delete(&mut self, aor: &str, id: Option<&str>) -> Vec<Change> {
-        self.remove_where(RemoveReason::Operator, |b| {
-            b.aor == aor && id.is_none_or(|i| b.id == i)
+        self.remove_in_aor(aor, RemoveReason::Operator, |b| {
+            id.is_none_or(|i| b.id == i)
         })
     }
 
