@@ -8,7 +8,7 @@ echo "== build" >&2
 cargo build --locked --workspace --bins --lib
 
 echo "== unit tests (no Asterisk)" >&2
-cargo test --locked -p res-push-core -p res-push-proto -p res-push-sidecar
+cargo test --locked -p res-push-core -p res-push-proto -p res-push-sidecar -p res-push-mocks
 
 echo "== integration tests (real Asterisk 22 in $RES_PUSH_CHROOT)" >&2
 # Two at a time: each test runs its own Asterisk, and CI machines have two cores.

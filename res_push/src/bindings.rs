@@ -327,8 +327,12 @@ impl Bindings {
                 Change::Updated {
                     binding: b,
                     stale_contact,
+                    changed,
+                    persist,
                 } => {
-                    self.persist(&b);
+                    if persist {
+                        self.persist(&b);
+                    }
                     if let Some(stale) = stale_contact {
                         // The device is back from a new address: the old contact would ring a
                         // dead address or the same device twice.
@@ -341,8 +345,9 @@ impl Bindings {
                             if removed { "removed" } else { "already gone" }
                         );
                     }
-                    tracing::debug!("{}: push binding {} refreshed", b.aor, b.id);
-                    manager::event("PushBindingUpdated", &event_fields(&b, None));
+                    if changed {
+                        manager::event("PushBindingUpdated", &event_fields(&b, None));
+                    }
                 }
                 Change::Removed { binding: b, reason } => {
                     astdb::del(DB_FAMILY, &format!("{DB_TREE}/{}", b.id));

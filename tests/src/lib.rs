@@ -126,6 +126,8 @@ pub struct Options {
     pub load_res_push: bool,
     /// Extra or replacement lines for push.conf (replaces the template when set).
     pub push_conf: Option<String>,
+    /// Appended to pjsip.conf (more endpoints, for benchmarks).
+    pub pjsip_append: String,
 }
 
 impl Default for Options {
@@ -133,6 +135,7 @@ impl Default for Options {
         Self {
             load_res_push: true,
             push_conf: None,
+            pjsip_append: String::new(),
         }
     }
 }
@@ -192,6 +195,9 @@ impl Asterisk {
             let mut text = fs::read_to_string(templates.join(file)).expect("read config template");
             if let (true, Some(custom)) = (*file == "push.conf", &opts.push_conf) {
                 text = custom.clone();
+            }
+            if *file == "pjsip.conf" {
+                text.push_str(&opts.pjsip_append);
             }
             for (k, v) in &vars {
                 text = text.replace(k, v);
@@ -275,6 +281,11 @@ impl Asterisk {
         let dest = self.host_dir.join("modules/res_push.so");
         let _ = fs::remove_file(&dest);
         fs::copy(module_path(), &dest).expect("copy module");
+    }
+
+    /// The chroot this Asterisk runs in.
+    pub fn root(&self) -> &Path {
+        &self.root
     }
 
     /// Host path of a file in the test's etc directory.

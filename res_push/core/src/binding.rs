@@ -51,6 +51,9 @@ pub struct Binding {
     /// Registration expiry for which a refresh push was already requested (one per expiry).
     #[serde(default)]
     pub refresh_sent_for: Option<u64>,
+    /// `last_register` as last written to storage.
+    #[serde(default)]
+    pub persisted_register: u64,
 }
 
 impl Binding {
@@ -104,6 +107,12 @@ pub enum Change {
     Updated {
         binding: Binding,
         stale_contact: Option<String>,
+        /// Something an operator or a call cares about changed (contact, user agent,
+        /// instance, environment, self-refresh): worth an AMI event. Plain refreshes are not.
+        changed: bool,
+        /// Worth writing to storage: changed, or the stored copy's REGISTER time is older than
+        /// [`PERSIST_EVERY`] (so `binding_max_age` survives a restart to within that).
+        persist: bool,
     },
     /// A binding removed (unbind, dead token, max age, operator, or replaced: the same
     /// `+sip.instance` registered a new token).
@@ -140,6 +149,11 @@ impl RemoveReason {
         }
     }
 }
+
+/// How stale the stored REGISTER time of an unchanged binding may get. A phone refreshing
+/// every minute must not cost a database write each time (REGISTER storms after a network
+/// outage are when it hurts).
+pub const PERSIST_EVERY: u64 = 300;
 
 /// All bindings, ordered by AOR for listing.
 #[derive(Debug, Default, Clone)]
@@ -272,16 +286,30 @@ impl Store {
             Some(b) => {
                 let stale_contact = (b.contact_uri != r.contact_uri)
                     .then(|| std::mem::replace(&mut b.contact_uri, r.contact_uri));
+                let instance = r.instance.or(b.instance.take());
+                let environment = r.params.environment.or(b.environment);
+                let changed = stale_contact.is_some()
+                    || b.user_agent != r.user_agent
+                    || b.instance != instance
+                    || b.ua_pnsreg != r.ua_pnsreg
+                    || b.environment != environment
+                    || b.failures != 0;
                 b.user_agent = r.user_agent;
-                b.instance = r.instance.or(b.instance.take());
+                b.instance = instance;
                 b.ua_pnsreg = r.ua_pnsreg;
-                b.environment = r.params.environment.or(b.environment);
+                b.environment = environment;
                 b.last_register = now;
                 b.expires_at = expires_at;
                 b.failures = 0;
+                let persist = changed || now.saturating_sub(b.persisted_register) >= PERSIST_EVERY;
+                if persist {
+                    b.persisted_register = now;
+                }
                 changes.push(Change::Updated {
                     binding: b.clone(),
                     stale_contact,
+                    changed,
+                    persist,
                 });
             }
             None => {
@@ -306,6 +334,7 @@ impl Store {
                     expires_at,
                     failures: 0,
                     refresh_sent_for: None,
+                    persisted_register: now,
                 };
                 self.bindings.insert(key, b.clone());
                 changes.push(Change::Added(b));
@@ -478,6 +507,8 @@ mod tests {
         let Change::Updated {
             binding,
             stale_contact,
+            changed: true,
+            persist: true,
         } = &c[0]
         else {
             panic!("{c:?}")
@@ -493,6 +524,21 @@ mod tests {
             &c[0],
             Change::Updated {
                 stale_contact: None,
+                changed: false,
+                persist: false,
+                ..
+            }
+        ));
+        // An unchanged refresh is still written now and then, so max age survives restarts.
+        let c = s.register(
+            reg("alice", "aa11", "sip:alice@10.0.0.9:40000"),
+            1100 + PERSIST_EVERY,
+        );
+        assert!(matches!(
+            &c[0],
+            Change::Updated {
+                changed: false,
+                persist: true,
                 ..
             }
         ));
