@@ -21,6 +21,11 @@ static int rp_ami_binding_remove(struct mansession *s, const struct message *m)
 	return rp_ami_exec(RP_AMI_BINDING_REMOVE, s, m);
 }
 
+static int rp_ami_push_send(struct mansession *s, const struct message *m)
+{
+	return rp_ami_exec(RP_AMI_PUSH_SEND, s, m);
+}
+
 int rp_shim_manager_register(void)
 {
 	int res = 0;
@@ -34,6 +39,10 @@ int rp_shim_manager_register(void)
 	res |= ast_manager_register2("PushBindingRemove", EVENT_FLAG_SYSTEM | EVENT_FLAG_CONFIG,
 		rp_ami_binding_remove, AST_MODULE_SELF, "Remove push bindings",
 		"Headers: AOR, optional ID (all bindings of the AOR when absent).");
+	res |= ast_manager_register2("PushSend", EVENT_FLAG_SYSTEM | EVENT_FLAG_CALL,
+		rp_ami_push_send, AST_MODULE_SELF, "Send a push to the devices of an AOR",
+		"Headers: AOR, optional Kind (call|cancel|refresh|alert, default alert), optional Text. "
+		"One PushSendResult event per device.");
 	return res;
 }
 
@@ -42,6 +51,7 @@ void rp_shim_manager_unregister(void)
 	ast_manager_unregister("PushBindingList");
 	ast_manager_unregister("PushBindingAdd");
 	ast_manager_unregister("PushBindingRemove");
+	ast_manager_unregister("PushSend");
 }
 
 void rp_shim_manager_event(const char *event, const char *body)

@@ -4,12 +4,12 @@
 use res_push_core::binding::redact;
 use res_push_core::pn::{Form, PushParams, Request, Rules, from_contact};
 use res_push_core::sip::Contact;
-use res_push_proto::Environment;
+use res_push_proto::{Environment, Outcome, PushKind};
 
 use crate::ast::manager::Session;
 use crate::bindings::{event_fields, provisioned};
 use crate::ffi::rp_ami_action;
-use crate::module;
+use crate::{module, push};
 
 /// Serves AMI action `action`.
 pub fn exec(action: i32, s: Session) {
@@ -52,6 +52,50 @@ pub fn exec(action: i32, s: Session) {
                 0 => s.error("No such binding"),
                 n => s.ack(&format!("{n} binding(s) removed")),
             }
+        }
+        rp_ami_action::RP_AMI_PUSH_SEND => {
+            let aor = s.header("AOR");
+            if aor.is_empty() {
+                s.error("AOR: header required");
+                return;
+            }
+            let kind = match s.header("Kind").as_str() {
+                "" => PushKind::Message,
+                k => match push::parse_kind(k) {
+                    Some(k) => k,
+                    None => {
+                        s.error("Kind: must be call, cancel, refresh or alert");
+                        return;
+                    }
+                },
+            };
+            let text = s.header("Text");
+            let results =
+                push::send_to_aor(&running, &aor, kind, (!text.is_empty()).then_some(text));
+            if results.is_empty() {
+                s.error("No push bindings for this AOR");
+                return;
+            }
+            s.list_start("Push results will follow");
+            for (b, r) in &results {
+                let status = match r {
+                    Ok(Outcome::Sent { .. }) => "sent",
+                    Ok(Outcome::InvalidToken { .. }) => "invalid-token",
+                    Ok(Outcome::Expired) => "expired",
+                    _ => "failed",
+                };
+                s.list_entry(
+                    "PushSendResult",
+                    &[
+                        ("AOR", b.aor.clone()),
+                        ("ID", b.id.clone()),
+                        ("Token", redact(&b.token)),
+                        ("Status", status.to_string()),
+                        ("Detail", push::describe(r)),
+                    ],
+                );
+            }
+            s.list_complete("PushSendComplete", results.len());
         }
         _ => s.error("Unknown action"),
     }

@@ -4,13 +4,14 @@ use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use res_push_core::binding::{Binding, redact, redact_uri};
-use res_push_proto::{Job, Outcome as JobOutcome};
+use res_push_proto::{Environment, Job, Outcome as JobOutcome, Provider, PushKind, PushTarget};
 
 use crate::ast::cli::{Outcome, Output, Spec};
 use crate::ast::sync;
 use crate::bindings::{environment_name, now, provider_name};
 use crate::ffi::rp_cli_command;
 use crate::module::{self, Running, VERSION};
+use crate::push;
 
 const SPECS: &[Spec] = &[
     Spec {
@@ -34,6 +35,16 @@ const SPECS: &[Spec] = &[
         usage: c"Usage: push show binding <aor>\n       Shows every field of the push bindings of an AOR.\n",
     },
     Spec {
+        index: rp_cli_command::RP_CLI_SEND,
+        words: c"push send",
+        usage: c"Usage: push send <aor> [call|cancel|refresh|alert] [<text>]\n       Sends a push to every device bound to the AOR (default: alert) through the\n       sidecar and prints each outcome. A token the provider reports dead is removed.\n       'call' is a VoIP push on iOS: the app will show an incoming call.\n",
+    },
+    Spec {
+        index: rp_cli_command::RP_CLI_TEST,
+        words: c"push test",
+        usage: c"Usage: push test <apns|fcm> <app> <token> [sandbox|production]\n       Sends a test alert push to a token, without a binding, and prints the outcome.\n",
+    },
+    Spec {
         index: rp_cli_command::RP_CLI_DELETE_BINDING,
         words: c"push delete binding",
         usage: c"Usage: push delete binding <aor> [<id>]\n       Deletes one push binding of an AOR (by the id shown by 'push show bindings'),\n       or all of them.\n",
@@ -46,6 +57,9 @@ fn extra_args(index: u32) -> (usize, usize) {
         rp_cli_command::RP_CLI_SHOW_BINDINGS => (0, 1),
         rp_cli_command::RP_CLI_SHOW_BINDING => (1, 1),
         rp_cli_command::RP_CLI_DELETE_BINDING => (1, 2),
+        // Free text may span several words.
+        rp_cli_command::RP_CLI_SEND => (1, 64),
+        rp_cli_command::RP_CLI_TEST => (3, 4),
         _ => (0, 0),
     }
 }
@@ -103,7 +117,76 @@ pub fn exec(index: i32, out: Output, args: &[String]) -> Outcome {
                 Outcome::Success
             }
         }
+        rp_cli_command::RP_CLI_SEND => send(&running, out, extra),
+        rp_cli_command::RP_CLI_TEST => test(&running, out, extra),
         _ => Outcome::Failure,
+    }
+}
+
+fn send(running: &Running, out: Output, extra: &[String]) -> Outcome {
+    let aor = &extra[0];
+    let (kind, text) = match extra.get(1).map(|w| (w, push::parse_kind(w))) {
+        Some((_, Some(kind))) => (kind, extra[2..].join(" ")),
+        Some((w, None)) if extra.len() == 2 && !w.is_empty() => {
+            (PushKind::Message, extra[1..].join(" "))
+        }
+        Some(_) => return Outcome::ShowUsage,
+        None => (PushKind::Message, String::new()),
+    };
+    let results = push::send_to_aor(running, aor, kind, (!text.is_empty()).then_some(text));
+    if results.is_empty() {
+        out.write(&format!("No push bindings for '{aor}'\n"));
+        return Outcome::Failure;
+    }
+    let mut all_ok = true;
+    for (b, r) in &results {
+        all_ok &= matches!(r, Ok(JobOutcome::Sent { .. }));
+        out.write(&format!(
+            "{} {} {} {}: {}\n",
+            b.aor,
+            b.id,
+            provider_name(b.provider),
+            redact(&b.token),
+            push::describe(r)
+        ));
+    }
+    if all_ok {
+        Outcome::Success
+    } else {
+        Outcome::Failure
+    }
+}
+
+fn test(running: &Running, out: Output, extra: &[String]) -> Outcome {
+    let provider = match extra[0].as_str() {
+        "apns" => Provider::Apns,
+        "fcm" => Provider::Fcm,
+        _ => return Outcome::ShowUsage,
+    };
+    let environment = match extra.get(3).map(String::as_str) {
+        None => None,
+        Some("sandbox") => Some(Environment::Sandbox),
+        Some("production") => Some(Environment::Production),
+        Some(_) => return Outcome::ShowUsage,
+    };
+    let target = PushTarget {
+        provider,
+        app_id: extra[1].clone(),
+        token: extra[2].clone(),
+        environment,
+    };
+    let r = push::send_to_token(running, target, "res_push test".into());
+    out.write(&format!(
+        "{} {} {}: {}\n",
+        extra[0],
+        extra[1],
+        redact(&extra[2]),
+        push::describe(&r)
+    ));
+    if matches!(r, Ok(JobOutcome::Sent { .. })) {
+        Outcome::Success
+    } else {
+        Outcome::Failure
     }
 }
 

@@ -24,4 +24,5 @@ mod entry;
 pub mod ffi;
 mod link;
 mod module;
+mod push;
 mod registrar;

@@ -89,9 +89,11 @@ pub fn load() -> Result<(), ()> {
 }
 
 fn start() -> Result<Arc<Running>, String> {
-    let general = read_config(false)?.unwrap_or_default().general;
+    let config = read_config(false)?.unwrap_or_default();
+    let general = config.general;
     let link = Arc::new(
-        Link::start(general.clone()).map_err(|e| format!("cannot start the link thread: {e}"))?,
+        Link::start(general.clone(), config.apps)
+            .map_err(|e| format!("cannot start the link thread: {e}"))?,
     );
     let bindings = match Bindings::start(&general, link.clone()) {
         Ok(b) => b,
@@ -154,6 +156,7 @@ pub fn reload() -> bool {
         Ok(Some(config)) => {
             let g = config.general;
             running.link.reconfigure(g.clone());
+            running.link.set_apps(config.apps);
             running.bindings.reconfigure(&g);
             running.registrar.set_policy(g.policy.clone());
             *running.general.lock().unwrap_or_else(|p| p.into_inner()) = g;

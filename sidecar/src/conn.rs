@@ -26,7 +26,8 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::{
     Config,
-    jobs::{Dispatcher, deadline_from},
+    jobs::{Dispatcher, Session, Ticket, deadline_from},
+    metrics::GaugeGuard,
     stats::Counters,
 };
 
@@ -68,6 +69,7 @@ fn codec() -> LengthDelimitedCodec {
 
 /// Serves one connection until the peer leaves, breaks the protocol, or `shutdown` fires.
 pub(crate) async fn serve(stream: UnixStream, shared: Arc<Shared>, shutdown: CancellationToken) {
+    let _open = GaugeGuard::inc(shared.dispatcher.metrics().module_connections());
     let (rd, wr) = stream.into_split();
     let (tx, rx) = mpsc::channel(OUTBOX);
     // Cancelled by the writer when the peer can no longer be written to.
@@ -212,6 +214,7 @@ async fn read_side(
         return;
     }
 
+    let session = Arc::new(Session::new());
     let mut jobs = JoinSet::new();
     let end = loop {
         let room = jobs.len() < shared.config.max_jobs_per_connection;
@@ -227,7 +230,12 @@ async fn read_side(
             // When full, stop reading: the peer's writes back up instead of our memory.
             frame = next_frame(&mut reader), if room => match frame {
                 Ok(Some(ClientFrame::Submit { id, deadline_ms, job })) => {
-                    spawn_job(&mut jobs, shared, &tx, id, deadline_ms, job);
+                    // The deadline counts from receipt, not from when a busy connection gets
+                    // round to the job.
+                    let deadline = deadline_from(Instant::now(), deadline_ms);
+                    // In frame order, so a push sees the configuration sent before it.
+                    let ticket = shared.dispatcher.admit(&session, &job).await;
+                    spawn_job(&mut jobs, shared, &session, &tx, id, deadline, job, ticket);
                 }
                 Ok(Some(ClientFrame::Hello { .. })) => {
                     break End::Violation("hello after the handshake".to_owned());
@@ -262,20 +270,22 @@ async fn read_side(
 }
 
 /// Starts one job; its outcome goes to the writer whenever it is ready, in whatever order.
+#[allow(clippy::too_many_arguments)] // one call site; a struct would only rename the list
 fn spawn_job(
     jobs: &mut JoinSet<()>,
     shared: &Arc<Shared>,
+    session: &Arc<Session>,
     tx: &mpsc::Sender<ServerFrame>,
     id: u64,
-    deadline_ms: u64,
+    deadline: Instant,
     job: Job,
+    ticket: Ticket,
 ) {
-    // The deadline counts from receipt, not from when a busy connection gets round to the job.
-    let deadline = deadline_from(Instant::now(), deadline_ms);
     let shared = Arc::clone(shared);
+    let session = Arc::clone(session);
     let tx = tx.clone();
     let task = async move {
-        let run = shared.dispatcher.run(job, deadline);
+        let run = shared.dispatcher.run(&session, job, ticket, deadline);
         // Exactly one outcome per submit, even when a job has a bug.
         let outcome = AssertUnwindSafe(run)
             .catch_unwind()

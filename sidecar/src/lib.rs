@@ -4,23 +4,39 @@
 //! [`run`] together with a future that completes on SIGTERM/SIGINT. Everything else lives here so
 //! the tests can drive a real server in-process.
 //!
-//! The protocol is [`res_push_proto`]'s; job kinds are executed by [`jobs::Dispatcher`].
+//! The protocol is [`res_push_proto`]'s; job kinds are executed by [`jobs::Dispatcher`]. Pushes
+//! go out through per-app clients ([`apps`]): APNs over HTTP/2 with token or certificate auth,
+//! FCM HTTP v1 with a service account. Metrics can be served for Prometheus ([`run_with`]).
 
 use std::{future::Future, io, sync::Arc, time::Duration};
 
 use tokio::{
-    net::{UnixListener, UnixStream},
+    net::{TcpListener, UnixListener, UnixStream},
     sync::{OwnedSemaphorePermit, Semaphore},
     task::JoinSet,
 };
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
+mod apns;
+pub mod apps;
+mod classify;
+pub mod clock;
 mod conn;
+mod fcm;
 pub mod jobs;
+pub mod metrics;
+pub mod payload;
+pub mod retry;
 mod socket;
 mod stats;
+mod tls;
 
+pub use apns::{PRODUCTION_URL as APNS_PRODUCTION_URL, SANDBOX_URL as APNS_SANDBOX_URL};
+pub use clock::{Clock, ManualClock, TimeSource};
+pub use fcm::FCM_URL;
+pub use metrics::Metrics;
+pub use retry::RetryPolicy;
 pub use socket::{BindError, SocketOptions, bind};
 pub use stats::Stats;
 
@@ -37,6 +53,13 @@ pub struct Config {
     pub handshake_timeout: Duration,
     /// How long shutdown waits for connections to finish their jobs before aborting them.
     pub shutdown_grace: Duration,
+    /// Most pushes out to providers at once, across all connections (`--max-inflight`). Pushes
+    /// beyond it wait; one still waiting at its deadline is answered `Expired`, never sent.
+    pub max_inflight: usize,
+    /// How passing provider failures are retried.
+    pub retry: RetryPolicy,
+    /// The wall clock credentials are aged by (tests inject a [`ManualClock`]).
+    pub clock: Clock,
 }
 
 impl Default for Config {
@@ -46,6 +69,9 @@ impl Default for Config {
             max_jobs_per_connection: 1024,
             handshake_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(5),
+            max_inflight: 256,
+            retry: RetryPolicy::default(),
+            clock: Clock::system(),
         }
     }
 }
@@ -56,15 +82,30 @@ impl Default for Config {
 /// read), wait up to [`Config::shutdown_grace`] for that, abort whatever is left, and remove the
 /// socket file. Returns what was done.
 pub async fn run(listener: UnixListener, config: Config, shutdown: impl Future) -> Stats {
+    run_with(listener, config, None, shutdown).await
+}
+
+/// Like [`run`], and also serves Prometheus metrics (`GET /metrics`) on `metrics` when given.
+pub async fn run_with(
+    listener: UnixListener,
+    config: Config,
+    metrics: Option<TcpListener>,
+    shutdown: impl Future,
+) -> Stats {
     let socket = socket::SocketFile::of(&listener);
     let grace = config.shutdown_grace;
     let slots = Arc::new(Semaphore::new(config.max_connections.max(1)));
+    let dispatcher = jobs::Dispatcher::new(&config, Arc::new(Metrics::new()));
+    let stopping = CancellationToken::new();
+    if let Some(metrics) = metrics {
+        let task = metrics::serve(metrics, Arc::clone(dispatcher.metrics()), stopping.clone());
+        tokio::spawn(task.instrument(info_span!("metrics")));
+    }
     let shared = Arc::new(conn::Shared {
         config,
-        dispatcher: jobs::Dispatcher::new(),
+        dispatcher,
         counters: Default::default(),
     });
-    let stopping = CancellationToken::new();
     let mut connections = JoinSet::new();
     let mut next_id: u64 = 0;
     match &socket {

@@ -1,6 +1,6 @@
 //! `res-push-sidecar`: parses options, binds the socket, and serves until SIGTERM or SIGINT.
 
-use std::{io::IsTerminal, path::PathBuf, process::ExitCode};
+use std::{io::IsTerminal, net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use anyhow::Context;
 use clap::Parser;
@@ -34,6 +34,18 @@ struct Args {
         value_parser = clap::value_parser!(u32).range(1..)
     )]
     max_connections: u32,
+    /// Most pushes out to APNs/FCM at once; more wait, and one still waiting at its deadline
+    /// is dropped (answered "expired") rather than sent late.
+    #[arg(
+        long,
+        env = "RES_PUSH_SIDECAR_MAX_INFLIGHT",
+        default_value_t = 256,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    max_inflight: u32,
+    /// Serve Prometheus metrics on http://ADDR/metrics (e.g. 127.0.0.1:9464). Off by default.
+    #[arg(long, env = "RES_PUSH_SIDECAR_METRICS_LISTEN", value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
     /// Log filter: a level (error, warn, info, debug, trace) or tracing directives.
     /// Without it RUST_LOG is used, and without that, info.
     #[arg(long, env = "RES_PUSH_SIDECAR_LOG_LEVEL")]
@@ -86,8 +98,17 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     })
     .await?;
 
+    let metrics = match args.metrics_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding --metrics-listen {addr}"))?,
+        ),
+        None => None,
+    };
     let config = Config {
         max_connections: args.max_connections as usize,
+        max_inflight: args.max_inflight as usize,
         ..Config::default()
     };
     let shutdown = async move {
@@ -96,7 +117,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
             _ = sigint.recv() => info!("SIGINT received"),
         }
     };
-    res_push_sidecar::run(listener, config, shutdown).await;
+    res_push_sidecar::run_with(listener, config, metrics, shutdown).await;
     Ok(())
 }
 
@@ -119,6 +140,8 @@ mod tests {
         let args = Args::try_parse_from(["res-push-sidecar"]).expect("defaults parse");
         assert_eq!(args.socket_mode, 0o660);
         assert_eq!(args.max_connections, 16);
+        assert_eq!(args.max_inflight, 256);
+        assert_eq!(args.metrics_listen, None);
         let args = Args::try_parse_from([
             "res-push-sidecar",
             "--socket",
@@ -129,12 +152,19 @@ mod tests {
             "asterisk",
             "--max-connections",
             "4",
+            "--max-inflight",
+            "8",
+            "--metrics-listen",
+            "127.0.0.1:9464",
         ])
         .expect("options parse");
         assert_eq!(args.socket, PathBuf::from("/tmp/x.sock"));
         assert_eq!(args.socket_mode, 0o600);
         assert_eq!(args.socket_group.as_deref(), Some("asterisk"));
         assert_eq!(args.max_connections, 4);
+        assert_eq!(args.max_inflight, 8);
+        assert_eq!(args.metrics_listen, Some("127.0.0.1:9464".parse().unwrap()));
+        assert!(Args::try_parse_from(["res-push-sidecar", "--max-inflight", "0"]).is_err());
         assert!(Args::try_parse_from(["res-push-sidecar", "--max-connections", "0"]).is_err());
     }
 

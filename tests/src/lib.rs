@@ -305,7 +305,10 @@ impl Asterisk {
 
     /// Runs a CLI command; `None` if the console could not connect.
     pub fn try_cli(&self, command: &str) -> Option<String> {
-        let out = Command::new("chroot")
+        // Bounded: a CLI handler that hangs must fail the test, not stall the suite.
+        let out = Command::new("timeout")
+            .arg("20")
+            .arg("chroot")
             .arg(&self.root)
             .args([
                 "/usr/sbin/asterisk",

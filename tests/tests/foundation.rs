@@ -230,6 +230,7 @@ fn invalid_config_is_refused_and_asterisk_keeps_running() {
         Options {
             load_res_push: false,
             push_conf: Some("[general]\nqueue_size = lots\n".into()),
+            ..Options::default()
         },
     );
     let out = a.cli("module load res_push.so");

@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use res_push_proto::Provider;
+use res_push_proto::{AppConfig, Environment, Provider};
 
 use crate::registrar::{Policy, UnsupportedPolicy};
 
@@ -66,6 +66,8 @@ impl Default for General {
 pub struct PushConfig {
     /// `[general]`.
     pub general: General,
+    /// App sections (`type = app`), passed to the sidecar, which owns their credentials.
+    pub apps: Vec<AppConfig>,
 }
 
 /// A value the module will not run with.
@@ -99,8 +101,15 @@ impl PushConfig {
         for section in sections {
             match section.name.as_str() {
                 "general" => parse_general(section, &mut config.general, &mut warnings)?,
+                _ if section
+                    .entries
+                    .iter()
+                    .any(|(k, v)| k == "type" && v.trim() == "app") =>
+                {
+                    config.apps.push(parse_app(section)?);
+                }
                 other => warnings.push(format!(
-                    "push.conf: section [{other}] is not used yet, ignored"
+                    "push.conf: section [{other}] has no 'type = app', ignored"
                 )),
             }
         }
@@ -204,6 +213,73 @@ fn parse_general(
         }
     }
     Ok(())
+}
+
+/// An app section: the options res_push itself understands are checked here; the rest
+/// (credentials, endpoints, templates) go to the sidecar verbatim, which validates them and
+/// reports problems back (logged at load and reload).
+fn parse_app(s: &Section) -> Result<AppConfig, ConfigError> {
+    let err = |option: &str, value: &str, reason: &str| ConfigError {
+        section: s.name.clone(),
+        option: option.into(),
+        value: value.into(),
+        reason: reason.into(),
+    };
+    let mut provider = None;
+    let mut app_ids = Vec::new();
+    let mut environment = None;
+    let mut options = std::collections::BTreeMap::new();
+    for (option, value) in &s.entries {
+        let v = value.trim();
+        match option.as_str() {
+            "type" => {}
+            "provider" => {
+                provider = Some(match v {
+                    "apns" => Provider::Apns,
+                    "fcm" => Provider::Fcm,
+                    _ => return Err(err(option, v, "must be apns or fcm")),
+                })
+            }
+            "app_ids" | "app_id" => app_ids.extend(
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|a| !a.is_empty())
+                    .map(str::to_string),
+            ),
+            "environment" => {
+                environment = match v {
+                    "sandbox" => Some(Environment::Sandbox),
+                    "production" => Some(Environment::Production),
+                    "" | "any" => None,
+                    _ => return Err(err(option, v, "must be sandbox, production or any")),
+                }
+            }
+            _ => {
+                options.insert(option.clone(), v.to_string());
+            }
+        }
+    }
+    let Some(provider) = provider else {
+        return Err(err(
+            "provider",
+            "",
+            "an app section needs provider = apns or fcm",
+        ));
+    };
+    if app_ids.is_empty() {
+        return Err(err(
+            "app_ids",
+            "",
+            "an app section needs app_ids (bundle ids, FCM project ids or package names)",
+        ));
+    }
+    Ok(AppConfig {
+        name: s.name.clone(),
+        provider,
+        app_ids,
+        environment,
+        options,
+    })
 }
 
 fn parse_bool(v: &str) -> Option<bool> {
@@ -335,6 +411,45 @@ mod tests {
             let e = PushConfig::from_sections(&general(&[(k, v)])).unwrap_err();
             assert_eq!(e.option, k);
         }
+    }
+
+    #[test]
+    fn app_sections_pass_through() {
+        let sections = vec![Section {
+            name: "ios".into(),
+            entries: [
+                ("type", "app"),
+                ("provider", "apns"),
+                ("app_ids", "com.example.phone, com.example.beta"),
+                ("environment", "sandbox"),
+                ("key_file", "/etc/asterisk/push/AuthKey_K.p8"),
+                ("key_id", "K"),
+            ]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        }];
+        let p = PushConfig::from_sections(&sections).unwrap();
+        let app = &p.config.apps[0];
+        assert_eq!(app.name, "ios");
+        assert_eq!(app.provider, Provider::Apns);
+        assert_eq!(app.app_ids, ["com.example.phone", "com.example.beta"]);
+        assert_eq!(app.environment, Some(Environment::Sandbox));
+        assert_eq!(app.options.get("key_id").map(String::as_str), Some("K"));
+        assert!(!app.options.contains_key("provider"));
+
+        let mut bad = sections.clone();
+        bad[0].entries.retain(|(k, _)| k != "app_ids");
+        assert_eq!(
+            PushConfig::from_sections(&bad).unwrap_err().option,
+            "app_ids"
+        );
+        let mut bad = sections;
+        bad[0].entries[1].1 = "webpush".into();
+        assert_eq!(
+            PushConfig::from_sections(&bad).unwrap_err().option,
+            "provider"
+        );
     }
 
     #[test]

@@ -59,6 +59,10 @@ pub struct StatusSnapshot {
     pub in_flight: usize,
     /// Counters.
     pub counters: Counters,
+    /// Apps the sidecar accepted at the last configuration, `None` before any.
+    pub apps: Option<Vec<String>>,
+    /// Problems the sidecar reported with app sections.
+    pub app_errors: Vec<String>,
     /// The time the snapshot was taken, for "ago" figures.
     pub now: SystemTime,
 }
@@ -99,6 +103,14 @@ impl StatusSnapshot {
                 line("Last error", &last_error.as_deref().unwrap_or("-"));
             }
         }
+        match &self.apps {
+            None => line("Apps", &"(not sent to the sidecar yet)"),
+            Some(a) if a.is_empty() => line("Apps", &"none configured"),
+            Some(a) => line("Apps", &a.join(", ")),
+        }
+        for e in &self.app_errors {
+            line("App error", e);
+        }
         line(
             "Queue depth",
             &format!("{}/{}", self.queue_depth, self.queue_capacity),
@@ -137,6 +149,8 @@ mod tests {
                 disconnects: 0,
             },
             now: UNIX_EPOCH + Duration::from_secs(1_800_000_100),
+            apps: Some(vec!["ios".into(), "android".into()]),
+            app_errors: vec!["ios: key_file: not found".into()],
         }
     }
 
@@ -154,6 +168,11 @@ mod tests {
             "{s}"
         );
         assert!(s.contains("Protocol version    : 1\n"), "{s}");
+        assert!(s.contains("Apps                : ios, android\n"), "{s}");
+        assert!(
+            s.contains("App error           : ios: key_file: not found\n"),
+            "{s}"
+        );
         assert!(s.contains("Queue depth         : 3/1024\n"), "{s}");
         assert!(s.contains("Queue full drops    : 2\n"), "{s}");
     }

@@ -14,6 +14,8 @@ use res_push_proto::{
     write_frame,
 };
 
+use std::sync::Arc;
+
 use super::{Control, Done, End, LinkError, Request, Shared};
 use crate::ast::thread;
 
@@ -25,6 +27,8 @@ const TICK: Duration = Duration::from_millis(250);
 /// Extra time granted after a job's deadline before the link stops waiting for its outcome:
 /// the sidecar enforces the deadline itself and should answer `expired` first.
 const GRACE: Duration = Duration::from_secs(1);
+/// Time the sidecar gets to set up the apps (reading key files, building clients).
+const CONFIGURE_DEADLINE: Duration = Duration::from_secs(10);
 
 pub(crate) struct Connection {
     stream: UnixStream,
@@ -78,7 +82,7 @@ impl Connection {
     /// Runs until shutdown, a reconnect request, or the connection fails.
     pub(crate) fn serve(
         mut self,
-        shared: &Shared,
+        shared: &Arc<Shared>,
         jobs: &Receiver<Request>,
         control: &Receiver<Control>,
     ) -> End {
@@ -103,86 +107,107 @@ impl Connection {
 
         let mut pending: HashMap<u64, Pending> = HashMap::new();
         let mut next_id: u64 = 1;
+        // The sidecar learns our apps before any push can reach it (frames are handled in order).
+        let configure = ClientFrame::Submit {
+            id: next_id,
+            deadline_ms: CONFIGURE_DEADLINE.as_millis() as u64,
+            job: shared.configure_job(),
+        };
+        pending.insert(
+            next_id,
+            Pending {
+                deadline: Instant::now() + CONFIGURE_DEADLINE,
+                done: shared.configure_done(),
+            },
+        );
+        next_id += 1;
+        let early_end = write_frame(&mut self.stream, &configure)
+            .err()
+            .map(|e| End::Lost(format!("write: {e}")));
         let heartbeat_every = shared.config().heartbeat_interval;
         // The outstanding heartbeat, if any: (job id, when sent).
         let mut heartbeat: Option<(u64, Instant)> = None;
         let mut last_traffic = Instant::now();
         let ticker = crossbeam_channel::tick(TICK);
 
-        let end = loop {
-            shared.in_flight.store(pending.len(), Ordering::Relaxed);
-            select! {
-                recv(jobs) -> req => {
-                    let Ok(req) = req else { break End::Shutdown };
-                    let now = Instant::now();
-                    if req.deadline <= now {
-                        shared.finish(req.done, Err(LinkError::TimedOut));
-                        continue;
+        let end = if let Some(end) = early_end {
+            end
+        } else {
+            loop {
+                shared.in_flight.store(pending.len(), Ordering::Relaxed);
+                select! {
+                    recv(jobs) -> req => {
+                        let Ok(req) = req else { break End::Shutdown };
+                        let now = Instant::now();
+                        if req.deadline <= now {
+                            shared.finish(req.done, Err(LinkError::TimedOut));
+                            continue;
+                        }
+                        let id = next_id;
+                        next_id += 1;
+                        let frame = ClientFrame::Submit {
+                            id,
+                            deadline_ms: (req.deadline - now).as_millis() as u64,
+                            job: req.job,
+                        };
+                        pending.insert(id, Pending { deadline: req.deadline, done: req.done });
+                        if let Err(e) = write_frame(&mut self.stream, &frame) {
+                            break End::Lost(format!("write: {e}"));
+                        }
+                        last_traffic = now;
                     }
-                    let id = next_id;
-                    next_id += 1;
-                    let frame = ClientFrame::Submit {
-                        id,
-                        deadline_ms: (req.deadline - now).as_millis() as u64,
-                        job: req.job,
-                    };
-                    pending.insert(id, Pending { deadline: req.deadline, done: req.done });
-                    if let Err(e) = write_frame(&mut self.stream, &frame) {
-                        break End::Lost(format!("write: {e}"));
+                    recv(frames) -> frame => {
+                        last_traffic = Instant::now();
+                        match frame {
+                            Ok(Ok(ServerFrame::Outcome { id, outcome })) => {
+                                if heartbeat.is_some_and(|(hb, _)| hb == id) {
+                                    heartbeat = None;
+                                } else if let Some(p) = pending.remove(&id) {
+                                    shared.finish(p.done, Ok(outcome));
+                                } else {
+                                    tracing::debug!("outcome for job {id} arrived after it was given up");
+                                }
+                            }
+                            Ok(Ok(ServerFrame::Error { message })) => {
+                                break End::Lost(format!("sidecar reported a protocol error: {message}"));
+                            }
+                            Ok(Ok(other)) => break End::Lost(format!("unexpected frame from sidecar: {other:?}")),
+                            Ok(Err(FrameError::Closed)) => break End::Lost("sidecar closed the connection".into()),
+                            Ok(Err(FrameError::Io(e))) if e.kind() == ErrorKind::UnexpectedEof => {
+                                break End::Lost("sidecar closed the connection mid-frame".into());
+                            }
+                            Ok(Err(e)) => break End::Lost(e.to_string()),
+                            Err(_) => break End::Lost("reader thread ended".into()),
+                        }
                     }
-                    last_traffic = now;
-                }
-                recv(frames) -> frame => {
-                    last_traffic = Instant::now();
-                    match frame {
-                        Ok(Ok(ServerFrame::Outcome { id, outcome })) => {
-                            if heartbeat.is_some_and(|(hb, _)| hb == id) {
-                                heartbeat = None;
-                            } else if let Some(p) = pending.remove(&id) {
-                                shared.finish(p.done, Ok(outcome));
-                            } else {
-                                tracing::debug!("outcome for job {id} arrived after it was given up");
+                    recv(control) -> msg => match msg {
+                        Ok(Control::Reconnect) => break End::Reconnect,
+                        Err(_) => break End::Shutdown,
+                    },
+                    recv(ticker) -> _ => {
+                        let now = Instant::now();
+                        let late: Vec<u64> =
+                            pending.iter().filter(|(_, p)| p.deadline + GRACE <= now).map(|(id, _)| *id).collect();
+                        for id in late {
+                            if let Some(p) = pending.remove(&id) {
+                                shared.finish(p.done, Err(LinkError::TimedOut));
                             }
                         }
-                        Ok(Ok(ServerFrame::Error { message })) => {
-                            break End::Lost(format!("sidecar reported a protocol error: {message}"));
-                        }
-                        Ok(Ok(other)) => break End::Lost(format!("unexpected frame from sidecar: {other:?}")),
-                        Ok(Err(FrameError::Closed)) => break End::Lost("sidecar closed the connection".into()),
-                        Ok(Err(FrameError::Io(e))) if e.kind() == ErrorKind::UnexpectedEof => {
-                            break End::Lost("sidecar closed the connection mid-frame".into());
-                        }
-                        Ok(Err(e)) => break End::Lost(e.to_string()),
-                        Err(_) => break End::Lost("reader thread ended".into()),
-                    }
-                }
-                recv(control) -> msg => match msg {
-                    Ok(Control::Reconnect) => break End::Reconnect,
-                    Err(_) => break End::Shutdown,
-                },
-                recv(ticker) -> _ => {
-                    let now = Instant::now();
-                    let late: Vec<u64> =
-                        pending.iter().filter(|(_, p)| p.deadline + GRACE <= now).map(|(id, _)| *id).collect();
-                    for id in late {
-                        if let Some(p) = pending.remove(&id) {
-                            shared.finish(p.done, Err(LinkError::TimedOut));
-                        }
-                    }
-                    if let Some(every) = heartbeat_every {
-                        if let Some((_, sent)) = heartbeat {
-                            if now.duration_since(sent) >= every {
-                                break End::Lost(format!("no heartbeat answer within {}s", every.as_secs()));
+                        if let Some(every) = heartbeat_every {
+                            if let Some((_, sent)) = heartbeat {
+                                if now.duration_since(sent) >= every {
+                                    break End::Lost(format!("no heartbeat answer within {}s", every.as_secs()));
+                                }
+                            } else if now.duration_since(last_traffic) >= every {
+                                let id = next_id;
+                                next_id += 1;
+                                let ping = ClientFrame::Submit { id, deadline_ms: every.as_millis() as u64, job: Job::Ping };
+                                if let Err(e) = write_frame(&mut self.stream, &ping) {
+                                    break End::Lost(format!("write: {e}"));
+                                }
+                                heartbeat = Some((id, now));
+                                last_traffic = now;
                             }
-                        } else if now.duration_since(last_traffic) >= every {
-                            let id = next_id;
-                            next_id += 1;
-                            let ping = ClientFrame::Submit { id, deadline_ms: every.as_millis() as u64, job: Job::Ping };
-                            if let Err(e) = write_frame(&mut self.stream, &ping) {
-                                break End::Lost(format!("write: {e}"));
-                            }
-                            heartbeat = Some((id, now));
-                            last_traffic = now;
                         }
                     }
                 }

@@ -17,7 +17,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError, bounded, select};
 use res_push_core::backoff::Backoff;
 use res_push_core::config::General;
 use res_push_core::status::{Counters, LinkState, StatusSnapshot};
-use res_push_proto::{Job, Outcome};
+use res_push_proto::{AppConfig, Job, Outcome};
 
 use crate::ast::thread::{self, Thread};
 
@@ -70,9 +70,47 @@ pub(crate) struct Shared {
     connects: AtomicU64,
     disconnects: AtomicU64,
     in_flight: AtomicUsize,
+    /// push.conf's app sections, sent to the sidecar after each handshake and on reload.
+    apps: Mutex<Vec<AppConfig>>,
+    /// What the sidecar answered to the last configuration: (active apps, errors).
+    configured: Mutex<Option<(Vec<String>, Vec<String>)>>,
 }
 
 impl Shared {
+    /// The job that hands the sidecar our app configuration.
+    pub(crate) fn configure_job(&self) -> Job {
+        Job::Configure {
+            apps: self.apps.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+        }
+    }
+
+    /// Completion of a configuration job: logged once, kept for `push show status`.
+    pub(crate) fn configure_done(self: &Arc<Self>) -> Done {
+        let shared = self.clone();
+        Box::new(move |r| {
+            let result = match r {
+                Ok(Outcome::Configured { apps, errors }) => {
+                    if !apps.is_empty() {
+                        tracing::info!("sidecar serves apps: {}", apps.join(", "));
+                    }
+                    for e in &errors {
+                        tracing::error!("push.conf app not usable: {e}");
+                    }
+                    (apps, errors)
+                }
+                Ok(other) => (
+                    Vec::new(),
+                    vec![format!("sidecar answered the configuration with {other:?}")],
+                ),
+                Err(e) => (
+                    Vec::new(),
+                    vec![format!("configuration not delivered: {e}")],
+                ),
+            };
+            *shared.configured.lock().unwrap_or_else(|p| p.into_inner()) = Some(result);
+        })
+    }
+
     fn config(&self) -> General {
         self.config
             .lock()
@@ -110,7 +148,7 @@ pub struct Link {
 
 impl Link {
     /// Starts the link thread. The queue capacity is fixed for the life of the link.
-    pub fn start(config: General) -> std::io::Result<Link> {
+    pub fn start(config: General, apps: Vec<AppConfig>) -> std::io::Result<Link> {
         let (jobs, jobs_rx) = bounded(config.queue_size);
         let (control, control_rx) = bounded(4);
         let shared = Arc::new(Shared {
@@ -127,6 +165,8 @@ impl Link {
             connects: AtomicU64::new(0),
             disconnects: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
+            apps: Mutex::new(apps),
+            configured: Mutex::new(None),
         });
         let for_thread = shared.clone();
         let t = thread::spawn(c"res_push link", move || {
@@ -204,10 +244,28 @@ impl Link {
         }
     }
 
+    /// Replaces the app sections and sends them to the sidecar (when connected; otherwise they
+    /// go after the next handshake).
+    pub fn set_apps(&self, apps: Vec<AppConfig>) {
+        *self.shared.apps.lock().unwrap_or_else(|p| p.into_inner()) = apps;
+        if matches!(self.shared.state(), LinkState::Connected { .. }) {
+            let job = self.shared.configure_job();
+            if let Err(e) = self.submit(job, None, self.shared.configure_done()) {
+                tracing::warn!("app configuration not sent to the sidecar: {e}");
+            }
+        }
+    }
+
     /// A snapshot for `push show status`.
     pub fn status(&self, module_version: &str) -> StatusSnapshot {
         let s = &self.shared;
         let c = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        // One lock, released before the snapshot is built: a guard created inside the struct
+        // literal would live to the end of the statement, and a second lock() would deadlock.
+        let (apps, app_errors) = match &*s.configured.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some((apps, errors)) => (Some(apps.clone()), errors.clone()),
+            None => (None, Vec::new()),
+        };
         StatusSnapshot {
             module_version: module_version.to_string(),
             socket: s.config().sidecar_socket,
@@ -224,6 +282,8 @@ impl Link {
                 disconnects: c(&s.disconnects),
             },
             now: SystemTime::now(),
+            apps,
+            app_errors,
         }
     }
 
@@ -256,7 +316,7 @@ pub(crate) enum End {
     Lost(String),
 }
 
-fn run(shared: &Shared, jobs: &Receiver<Request>, control: &Receiver<Control>) {
+fn run(shared: &Arc<Shared>, jobs: &Receiver<Request>, control: &Receiver<Control>) {
     let cfg = shared.config();
     let mut backoff = Backoff::new(cfg.reconnect_min, cfg.reconnect_max);
     let mut last_error: Option<String> = None;
