@@ -13,7 +13,7 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 CHROOT=${RES_PUSH_CHROOT:-/var/lib/res-push/sid-chroot}
 OUT=${RES_PUSH_HEADERS_OUT:-$here/build}
 # Packages the chroot needs; changing this list rebuilds the chroot.
-PACKAGES="asterisk,asterisk-dev,sip-tester,procps"
+PACKAGES="asterisk,asterisk-dev,sip-tester,procps,lintian,systemd"
 
 log() { printf '[prepare] %s\n' "$*" >&2; }
 die() { printf '[prepare] error: %s\n' "$*" >&2; exit 1; }

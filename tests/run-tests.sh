@@ -13,3 +13,6 @@ cargo test --locked -p res-push-core -p res-push-proto -p res-push-sidecar -p re
 echo "== integration tests (real Asterisk 22 in $RES_PUSH_CHROOT)" >&2
 # Two at a time: each test runs its own Asterisk, and CI machines have two cores.
 cargo test --locked -p res-push-itests -- --test-threads=2
+
+echo "== Debian package: release build, .deb + lintian, apt install/upgrade/remove/purge in a copy of the chroot" >&2
+tests/package-test.sh

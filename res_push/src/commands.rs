@@ -125,13 +125,10 @@ pub fn exec(index: i32, out: Output, args: &[String]) -> Outcome {
 
 fn send(running: &Running, out: Output, extra: &[String]) -> Outcome {
     let aor = &extra[0];
-    let (kind, text) = match extra.get(1).map(|w| (w, push::parse_kind(w))) {
-        Some((_, Some(kind))) => (kind, extra[2..].join(" ")),
-        Some((w, None)) if extra.len() == 2 && !w.is_empty() => {
-            (PushKind::Message, extra[1..].join(" "))
-        }
-        Some(_) => return Outcome::ShowUsage,
-        None => (PushKind::Message, String::new()),
+    // The kind word is optional: without it, every word after the AOR is the alert's text.
+    let (kind, text) = match extra.get(1).and_then(|w| push::parse_kind(w)) {
+        Some(kind) => (kind, extra[2..].join(" ")),
+        None => (PushKind::Message, extra[1..].join(" ")),
     };
     let results = push::send_to_aor(running, aor, kind, (!text.is_empty()).then_some(text));
     if results.is_empty() {
