@@ -14,5 +14,12 @@ echo "== integration tests (real Asterisk 22 in $RES_PUSH_CHROOT)" >&2
 # Two at a time: each test runs its own Asterisk, and CI machines have two cores.
 cargo test --locked -p res-push-itests -- --test-threads=2
 
+echo "== benchmarks (figures only, no assertions on time)" >&2
+cargo bench --locked -p res-push-core --bench register
+cargo build --locked --release -p res_push
+cargo build --locked -p res-push-itests --bins
+# The release module: the figure is about the product, not about debug assertions.
+RES_PUSH_MODULE="$RES_PUSH_ROOT/target/release/libres_push.so" target/debug/res-push-bench-register 6000 2
+
 echo "== Debian package: release build, .deb + lintian, apt install/upgrade/remove/purge in a copy of the chroot" >&2
 tests/package-test.sh

@@ -206,8 +206,8 @@ fn table(list: &[Binding], now: u64) -> String {
     let mut o = String::new();
     let _ = writeln!(
         o,
-        "{:<20} {:<10} {:<8} {:<32} {:<9} {:<11} {}",
-        "AOR", "ID", "Provider", "App", "Token", "Env", "Registration"
+        "{:<20} {:<10} {:<8} {:<32} {:<9} {:<11} Registration",
+        "AOR", "ID", "Provider", "App", "Token", "Env"
     );
     for b in list {
         let _ = writeln!(

@@ -110,7 +110,8 @@ fn start() -> Result<Arc<Running>, String> {
     });
     // Published before the hooks exist: a REGISTER may arrive the moment they are installed.
     *RUNNING.write().unwrap_or_else(|p| p.into_inner()) = Some(running.clone());
-    let hooks: [(fn() -> bool, &str); 3] = [
+    type Install = fn() -> bool;
+    let hooks: [(Install, &str); 3] = [
         (pjsip::register_hooks, "REGISTER hooks"),
         (cli::register, "CLI commands"),
         (manager::register, "AMI actions"),

@@ -583,7 +583,7 @@ mod tests {
         s.register(reg("bob", "aa11", "sip:z"), 1);
         assert_eq!(s.invalid_token(Provider::Apns, "aa11").len(), 2);
         assert_eq!(s.len(), 1);
-        assert_eq!(s.unregister(&"alice".to_string(), &params("bb22")).len(), 1);
+        assert_eq!(s.unregister("alice", &params("bb22")).len(), 1);
         assert!(s.is_empty());
 
         s.register(reg("alice", "aa11", "sip:x"), 1);

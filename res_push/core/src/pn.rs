@@ -7,8 +7,9 @@
 //!   APNs environment);
 //! - `push-token-type`, `push-token-app`, `push-token-id`;
 //! - Flexisip values: provider `apns.dev` (sandbox), `pn-param=TEAM.bundle.voip&remote`,
-//!   `pn-prid=TOKEN:voip&TOKEN2:remote` (the VoIP token is the one used for calls);
-//! and per REGISTER, when enabled, Mizu's `X-MPUSH: [s:|p:|d:]PROVIDER:PACKAGE:TOKEN`.
+//!   `pn-prid=TOKEN:voip&TOKEN2:remote` (the VoIP token is the one used for calls).
+//!
+//! And per REGISTER, when enabled, Mizu's `X-MPUSH: [s:|p:|d:]PROVIDER:PACKAGE:TOKEN`.
 
 use res_push_proto::{Environment, Provider};
 
