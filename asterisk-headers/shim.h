@@ -113,7 +113,38 @@ void rp_shim_astman_error(struct mansession *s, const struct message *m, const c
 void rp_shim_astman_listack(struct mansession *s, const struct message *m, const char *text);
 void rp_shim_astman_list_complete(struct mansession *s, const struct message *m, const char *event, int count);
 
+/* ---- Call wake-up (shim_wake.c) ---- */
+struct ast_channel;
+
+enum rp_wake_app {
+	RP_APP_PUSH_DIAL = 0,
+	RP_APP_PUSH_DEVICE,
+	RP_APP_PUSH_WAKE,
+};
+
+int rp_shim_wake_register(void);
+void rp_shim_wake_unregister(void);
+/* ast_safe_sleep_conditional: returns -1 on hangup; stops early when keep_waiting returns 0. */
+int rp_shim_wait(struct ast_channel *chan, int ms, int (*keep_waiting)(void *), void *data);
+struct ast_channel *rp_shim_channel_ref(struct ast_channel *chan);
+void rp_shim_channel_unref(struct ast_channel *chan);
+/* Queues a null frame: wakes a thread sleeping in rp_shim_wait on that channel. */
+void rp_shim_channel_wake(struct ast_channel *chan);
+int rp_shim_indicate(struct ast_channel *chan, int ringing);
+void rp_shim_moh(struct ast_channel *chan, int on);
+int rp_shim_exec(struct ast_channel *chan, const char *app, const char *data);
+void rp_shim_setvar(struct ast_channel *chan, const char *name, const char *value);
+int rp_shim_getvar(struct ast_channel *chan, const char *name, char *buf, size_t len);
+int rp_shim_check_hangup(struct ast_channel *chan);
+void rp_shim_caller(struct ast_channel *chan, char *number, char *name, size_t len);
+int rp_shim_endpoint_aors(const char *endpoint, char *buf, size_t len);
+int rp_shim_aor_contacts(const char *aor, void (*each)(void *ctx, const char *uri), void *ctx);
+int rp_shim_device_state(const char *device);
+
 /* Implemented in Rust (res_push/src/entry.rs). */
+int rp_wake_local_destination(const char *endpoint, char *dest, size_t len);
+int rp_wake_devicestate(const char *endpoint);
+int rp_wake_app(int app, struct ast_channel *chan, const char *data);
 int rp_sip_on_register(struct pjsip_rx_data *rdata);
 void rp_sip_on_response(struct pjsip_tx_data *tdata);
 int rp_ami_exec(int action, struct mansession *s, const struct message *m);

@@ -93,7 +93,7 @@ pub extern "C" fn rp_sip_on_register(rdata: *mut crate::ffi::pjsip_rx_data) -> i
 pub extern "C" fn rp_sip_on_response(tdata: *mut crate::ffi::pjsip_tx_data) {
     guard("REGISTER response hook", (), || {
         if let Some(r) = module::running() {
-            r.registrar.on_response(pjsip::TxData(tdata), &r.bindings);
+            r.registrar.on_response(pjsip::TxData(tdata), &r);
         }
     })
 }
@@ -109,5 +109,86 @@ pub extern "C" fn rp_ami_exec(
     guard("AMI action", 0, || {
         crate::ami::exec(action, session);
         0
+    })
+}
+
+/// `Push/<endpoint>` requested: fills `dest` with the Local destination; 0 on success.
+///
+/// # Safety
+/// `endpoint` is a C string; `dest` points to `len` writable bytes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn rp_wake_local_destination(
+    endpoint: *const c_char,
+    dest: *mut c_char,
+    len: usize,
+) -> i32 {
+    guard("Push channel request", -1, || {
+        // SAFETY: per this function's contract.
+        let endpoint = unsafe { std::ffi::CStr::from_ptr(endpoint) }
+            .to_string_lossy()
+            .into_owned();
+        match crate::wake::local_destination(&endpoint) {
+            Some(d) if d.len() < len => {
+                // SAFETY: `dest` has room for `len` bytes; we write d.len() + 1 < len + 1.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(d.as_ptr(), dest.cast(), d.len());
+                    *dest.add(d.len()) = 0;
+                }
+                0
+            }
+            _ => {
+                tracing::warn!("Push/{endpoint}: no such PJSIP endpoint");
+                -1
+            }
+        }
+    })
+}
+
+/// Device state of `Push/<endpoint>`.
+///
+/// # Safety
+/// `endpoint` is a C string.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn rp_wake_devicestate(endpoint: *const c_char) -> i32 {
+    guard("Push device state", 0, || {
+        // SAFETY: per this function's contract.
+        let endpoint = unsafe { std::ffi::CStr::from_ptr(endpoint) }
+            .to_string_lossy()
+            .into_owned();
+        module::running().map_or(0, |r| crate::wake::devicestate(&r, &endpoint))
+    })
+}
+
+/// The wake-up applications.
+///
+/// # Safety
+/// `chan` is the live channel running the application; `data` a C string or NULL.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn rp_wake_app(
+    app: i32,
+    chan: *mut crate::ffi::ast_channel,
+    data: *const c_char,
+) -> i32 {
+    guard("wake-up application", -1, || {
+        let data = if data.is_null() {
+            String::new()
+        } else {
+            // SAFETY: per this function's contract.
+            unsafe { std::ffi::CStr::from_ptr(data) }
+                .to_string_lossy()
+                .into_owned()
+        };
+        let Some(r) = module::running() else {
+            return -1;
+        };
+        let chan = crate::ast::channel::Chan(chan);
+        match app as u32 {
+            crate::ffi::rp_wake_app::RP_APP_PUSH_DIAL => crate::wake::push_dial(&r, chan, &data),
+            crate::ffi::rp_wake_app::RP_APP_PUSH_DEVICE => {
+                crate::wake::push_device(&r, chan, &data)
+            }
+            crate::ffi::rp_wake_app::RP_APP_PUSH_WAKE => crate::wake::push_wake(&r, chan, &data),
+            _ => -1,
+        }
     })
 }

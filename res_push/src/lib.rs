@@ -10,7 +10,8 @@
 //! - `link`: the queue and thread that talk to res-push-sidecar;
 //! - `registrar`: the REGISTER hook (RFC 8599 parameters, 400/555, Feature-Caps);
 //! - `bindings`: push bindings (store, astdb persistence, AMI events, refresh pushes);
-//! - `ami`: AMI actions.
+//! - `ami`: AMI actions;
+//! - `wake`: call wake-up (`Dial(Push/...)`, `PushWake`).
 //!
 //! Pure logic (config model, backoff, status text) lives in the `res-push-core` crate so it is
 //! unit-tested without Asterisk; the wire protocol lives in `res-push-proto`.
@@ -26,3 +27,4 @@ mod link;
 mod module;
 mod push;
 mod registrar;
+mod wake;

@@ -10,10 +10,11 @@ use std::sync::Mutex;
 use res_push_core::config::{General, PushConfig, Section};
 use res_push_core::pn::Rules;
 
-use crate::ast::{cli, config, guard, log, manager, pjsip};
+use crate::ast::{channel, cli, config, guard, log, manager, pjsip};
 use crate::bindings::Bindings;
 use crate::link::Link;
 use crate::registrar::Registrar;
+use crate::wake::Wake;
 
 /// The configuration file, in Asterisk's config directory.
 pub const CONFIG_FILE: &str = "push.conf";
@@ -29,10 +30,20 @@ pub struct Running {
     pub bindings: Arc<Bindings>,
     /// The REGISTER hook's state.
     pub registrar: Registrar,
+    /// Calls waiting for devices to wake.
+    pub wake: Wake,
     general: Mutex<General>,
 }
 
 impl Running {
+    /// The `[general]` settings in force.
+    pub fn general(&self) -> General {
+        self.general
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// The push-parameter rules in force (shared by SIP and AMI).
     pub fn policy_rules(&self) -> Rules {
         self.general
@@ -106,13 +117,18 @@ fn start() -> Result<Arc<Running>, String> {
         link,
         bindings,
         registrar: Registrar::new(general.policy.clone()),
+        wake: Wake::default(),
         general: Mutex::new(general),
     });
     // Published before the hooks exist: a REGISTER may arrive the moment they are installed.
     *RUNNING.write().unwrap_or_else(|p| p.into_inner()) = Some(running.clone());
     type Install = fn() -> bool;
-    let hooks: [(Install, &str); 3] = [
+    let hooks: [(Install, &str); 4] = [
         (pjsip::register_hooks, "REGISTER hooks"),
+        (
+            channel::register_wake,
+            "the Push channel technology and applications",
+        ),
         (cli::register, "CLI commands"),
         (manager::register, "AMI actions"),
     ];
@@ -130,6 +146,7 @@ fn start() -> Result<Arc<Running>, String> {
 fn stop(running: &Running) {
     manager::unregister();
     cli::unregister();
+    channel::unregister_wake();
     pjsip::unregister_hooks();
     RUNNING.write().unwrap_or_else(|p| p.into_inner()).take();
     running.bindings.stop();

@@ -12,7 +12,8 @@ use res_push_core::registrar::{Action, Policy, RegisterRequest, Verdict, decide}
 use res_push_core::sip::parse_contact;
 
 use crate::ast::pjsip::{Register, RxData, TxData};
-use crate::bindings::{Bindings, Work};
+use crate::bindings::Work;
+use crate::module::Running;
 
 /// A REGISTER we accepted, waiting for the registrar's answer.
 #[derive(Debug)]
@@ -115,7 +116,7 @@ impl Registrar {
     }
 
     /// Runs on each REGISTER response about to be sent.
-    pub fn on_response(&self, tdata: TxData, bindings: &Bindings) {
+    pub fn on_response(&self, tdata: TxData, running: &Running) {
         let Some(resp) = tdata.register_response() else {
             return;
         };
@@ -136,13 +137,24 @@ impl Registrar {
         if p.actions.is_empty() {
             return;
         }
+        // Calls waiting for these devices ring them now, not after the registry's bookkeeping.
+        for a in &p.actions {
+            if let Action::Bind {
+                params,
+                contact_uri,
+                ..
+            } = a
+            {
+                running.wake.registered(&p.aor, params, contact_uri);
+            }
+        }
         let granted = resp
             .contacts
             .iter()
             .map(|c| parse_contact(c))
             .filter_map(|c| Some((c.uri.clone(), c.expires()?)))
             .collect();
-        bindings.submit(Work::Commit {
+        running.bindings.submit(Work::Commit {
             aor: p.aor,
             actions: p.actions,
             user_agent: p.user_agent,

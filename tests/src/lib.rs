@@ -22,6 +22,8 @@ use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
+
+pub mod push_env;
 use nix::unistd::Pid;
 
 const CONFIG_TEMPLATES: &[&str] = &[
@@ -415,6 +417,9 @@ pub struct Register {
     pub headers: Vec<String>,
     /// The response code SIPp must receive.
     pub expect: u16,
+    /// Port in the Contact, when it differs from the source port (a phone whose SIP stack
+    /// listens on another socket than it sends REGISTER from).
+    pub contact_port: Option<u16>,
 }
 
 impl Register {
@@ -428,6 +433,7 @@ impl Register {
             expires: 600,
             headers: Vec::new(),
             expect: 200,
+            contact_port: None,
         }
     }
 }
@@ -481,7 +487,7 @@ impl Asterisk {
       To: <sip:{user}@[remote_ip]>
       Call-ID: [call_id]
       CSeq: 1 REGISTER
-      Contact: <sip:{user}@[local_ip]:[local_port];transport=udp{uri}>{hdr}
+      Contact: <sip:{user}@[local_ip]:{cport};transport=udp{uri}>{hdr}
       Max-Forwards: 70
       Expires: {expires}
       User-Agent: res-push-test/1.0
@@ -495,6 +501,9 @@ impl Asterisk {
             user = r.user,
             uri = r.uri_params,
             hdr = r.header_params,
+            cport = r
+                .contact_port
+                .map_or("[local_port]".to_string(), |p| p.to_string()),
             expires = r.expires,
             expect = r.expect,
         );
@@ -551,9 +560,86 @@ impl Asterisk {
         }
     }
 
+    /// Starts SIPp on `scenario` (XML text) from `port` in the background; `args` are extra
+    /// SIPp arguments (e.g. `-s` for the request user). Collect it with [`SippRun::wait`].
+    pub fn sipp(&self, name: &str, scenario: &str, port: u16, args: &[&str]) -> SippRun {
+        let n = SEQ.fetch_add(1, Ordering::Relaxed);
+        let stem = format!("{name}-{n}");
+        let host = |f: &str| self.host_dir.join(format!("run/{stem}.{f}"));
+        let inside = |f: &str| format!("{}/run/{stem}.{f}", self.dir);
+        fs::write(host("xml"), scenario).expect("write scenario");
+        let child = Command::new("chroot")
+            .arg(&self.root)
+            .args([
+                "/usr/bin/sipp",
+                &format!("127.0.0.1:{}", self.sip_port),
+                "-sf",
+                &inside("xml"),
+            ])
+            .args([
+                "-m",
+                "1",
+                "-i",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-nostdin",
+                "-timeout",
+                "60s",
+            ])
+            .args([
+                "-trace_msg",
+                "-message_file",
+                &inside("msg"),
+                "-trace_err",
+                "-error_file",
+                &inside("err"),
+            ])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run sipp");
+        SippRun {
+            child,
+            msg: host("msg"),
+            err: host("err"),
+        }
+    }
+
     /// Connects to this Asterisk's AMI and logs in.
     pub fn ami(&self) -> Ami {
         Ami::connect(self.ami_port)
+    }
+}
+
+/// A SIPp run in the background.
+#[derive(Debug)]
+pub struct SippRun {
+    child: Child,
+    msg: PathBuf,
+    err: PathBuf,
+}
+
+impl SippRun {
+    /// Waits for SIPp to finish; `ok` when its scenario completed.
+    pub fn wait(mut self) -> SipExchange {
+        let status = self.child.wait().expect("sipp wait");
+        let mut stderr = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut e, &mut stderr);
+        }
+        let trace = format!(
+            "{}{}\n{stderr}",
+            fs::read_to_string(&self.msg).unwrap_or_default(),
+            fs::read_to_string(&self.err).unwrap_or_default()
+        );
+        SipExchange {
+            ok: status.success(),
+            response: String::new(),
+            trace,
+        }
     }
 }
 

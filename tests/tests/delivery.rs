@@ -4,110 +4,13 @@
 use std::path::Path;
 use std::time::Duration;
 
+use res_push_itests::push_env::{Mocks, setup};
 use res_push_itests::{Asterisk, Options, Register, Sidecar, field, status_field, wait_for};
-use res_push_mocks::{
-    ApnsOptions, Behavior, FcmOptions, MockApns, MockFcm, RecordedRequest, TestCa,
-};
+use res_push_mocks::Behavior;
 
 const APNS_TOKEN: &str = "00fc13adff785122b4ad28809a3420982341241421348097878e577c991de8f0";
 const DEAD_TOKEN: &str = "dead0000ff785122b4ad28809a3420982341241421348097878e577c991de8f0";
 const WAIT: Duration = Duration::from_secs(15);
-
-/// The mocks, their credentials on disk, and a runtime to serve them.
-struct Mocks {
-    rt: tokio::runtime::Runtime,
-    apns: MockApns,
-    fcm: MockFcm,
-    dir: tempdir::Dir,
-}
-
-mod tempdir {
-    /// A temporary directory removed on drop.
-    pub struct Dir(pub std::path::PathBuf);
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
-
-impl Mocks {
-    fn start(name: &str) -> Mocks {
-        let rt = tokio::runtime::Runtime::new().expect("runtime");
-        let ca = TestCa::new().expect("test CA");
-        let apns = rt
-            .block_on(MockApns::start_with_ca(ApnsOptions::default(), &ca))
-            .expect("mock APNs");
-        let fcm = rt
-            .block_on(MockFcm::start_with_ca(FcmOptions::default(), &ca))
-            .expect("mock FCM");
-        let dir =
-            std::env::temp_dir().join(format!("res-push-delivery-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("creds dir");
-        Mocks {
-            rt,
-            apns,
-            fcm,
-            dir: tempdir::Dir(dir),
-        }
-    }
-
-    /// push.conf with one APNs and one FCM app pointing at the mocks.
-    fn push_conf(&self, socket: &str, general: &str) -> String {
-        let creds = self
-            .apns
-            .write_credentials(&self.dir.0)
-            .expect("apns creds");
-        let sa = self.fcm.write_service_account(&self.dir.0);
-        format!(
-            "[general]\nsidecar_socket = {socket}\n{general}\n\n\
-             [ios]\ntype = app\nprovider = apns\napp_ids = {bundle}\nkey_file = {key}\nkey_id = {kid}\nteam_id = {team}\n\
-             apns_url = {prod}\napns_sandbox_url = {sandbox}\nca_file = {ca}\n\n\
-             [android]\ntype = app\nprovider = fcm\napp_ids = {project}\nservice_account_file = {sa}\nfcm_url = {fcm}\nca_file = {ca}\n",
-            bundle = self.apns.bundle_ids()[0],
-            key = creds.key_path.display(),
-            kid = creds.key_id,
-            team = creds.team_id,
-            prod = self.apns.production_url(),
-            sandbox = self.apns.sandbox_url(),
-            ca = creds.ca_path.display(),
-            project = self.fcm.project_id(),
-            sa = sa.display(),
-            fcm = self.fcm.url(),
-        )
-    }
-
-    fn wait_apns(&self, pred: impl Fn(&RecordedRequest) -> bool) -> Option<RecordedRequest> {
-        self.rt.block_on(self.apns.wait_for_request(pred, WAIT))
-    }
-}
-
-/// Asterisk + sidecar + mocks, with the apps configured.
-fn setup(name: &str, general: &str) -> (Mocks, Asterisk, Sidecar) {
-    let mocks = Mocks::start(name);
-    let a = Asterisk::start(
-        name,
-        Options {
-            push_conf: Some(String::new()),
-            ..Options::default()
-        },
-    );
-    let socket = format!("{}/run/sidecar.sock", a.dir);
-    std::fs::write(a.etc("push.conf"), mocks.push_conf(&socket, general)).expect("push.conf");
-    a.cli("module reload res_push");
-    let sidecar = Sidecar::start(&a.socket_host_path());
-    let ready = wait_for(WAIT, || {
-        let s = a.cli("push show status");
-        (status_field(&s, "Apps").as_deref() == Some("ios, android")).then_some(())
-    });
-    assert!(
-        ready.is_some(),
-        "apps not configured:\n{}\n{}",
-        a.cli("push show status"),
-        sidecar.log()
-    );
-    (mocks, a, sidecar)
-}
 
 fn apns_binding(token: &str) -> String {
     format!(";pn-provider=apns;pn-param=TEAM123456.com.example.phone.voip;pn-prid={token}")
@@ -137,7 +40,7 @@ fn push_send_call_is_a_voip_push_at_mock_apns() {
     let out = a.cli("push send alice call");
     assert!(out.contains(": sent (id "), "{out}");
     let req = mocks
-        .wait_apns(|r| r.device_token.as_deref() == Some(APNS_TOKEN))
+        .wait_apns(WAIT, |r| r.device_token.as_deref() == Some(APNS_TOKEN))
         .expect("APNs request");
     assert_eq!(req.path, format!("/3/device/{APNS_TOKEN}"));
     assert_eq!(req.header("apns-push-type"), Some("voip"));
@@ -151,7 +54,7 @@ fn push_send_call_is_a_voip_push_at_mock_apns() {
     let out = a.cli("push send alice cancel");
     assert!(out.contains(": sent"), "{out}");
     let cancel = mocks
-        .wait_apns(|r| r.seq > req.seq)
+        .wait_apns(WAIT, |r| r.seq > req.seq)
         .expect("cancel request");
     assert_eq!(cancel.header("apns-push-type"), Some("alert"));
     assert_eq!(cancel.header("apns-topic"), Some("com.example.phone"));
@@ -192,7 +95,7 @@ fn refresh_push_before_expiry_is_a_background_push() {
     r.expires = 30;
     assert!(a.register(&r).ok);
     let req = mocks
-        .wait_apns(|r| r.device_token.as_deref() == Some(APNS_TOKEN))
+        .wait_apns(WAIT, |r| r.device_token.as_deref() == Some(APNS_TOKEN))
         .expect("refresh push");
     assert_eq!(req.header("apns-push-type"), Some("background"));
     assert_eq!(req.header("apns-priority"), Some("5"));
@@ -273,5 +176,5 @@ fn app_errors_are_shown_in_status() {
         err.contains("ios") && err.contains("key_file") && err.contains(".missing.p8"),
         "{status}"
     );
-    assert!(Path::new(&mocks.dir.0).exists());
+    assert!(Path::new(&mocks.dir).exists());
 }

@@ -79,7 +79,6 @@ fn unload_load_reload_repeatedly_leave_nothing_behind() {
     let a = Asterisk::start("cycles", Options::default());
     let _sidecar = Sidecar::start(&a.socket_host_path());
     wait_link(&a, "connected");
-    let baseline = a.thread_names().len();
     assert!(
         a.maps_contain("res_push.so"),
         "the maps check must see the loaded library"
@@ -90,6 +89,10 @@ fn unload_load_reload_repeatedly_leave_nothing_behind() {
         a.thread_names()
     );
 
+    // Our own threads are checked by name each round. The total is compared between later
+    // rounds (Asterisk starts some of its threads lazily on first use): a leak grows with
+    // every cycle.
+    let mut after_round = Vec::new();
     for round in 0..5 {
         let out = a.cli("module unload res_push.so");
         assert!(out.contains("Unloaded res_push.so"), "round {round}: {out}");
@@ -116,14 +119,15 @@ fn unload_load_reload_repeatedly_leave_nothing_behind() {
         let out = a.cli("module reload res_push");
         assert!(!out.contains("fail"), "round {round}: {out}");
         assert!(module_running(&a), "round {round}");
+        after_round.push(a.thread_names().len());
     }
     let log = a.log();
     assert!(!log.contains("could not be completely unloaded"), "{log}");
     assert!(!log.contains("panic"), "{log}");
-    assert_eq!(
-        a.thread_names().len(),
-        baseline,
-        "thread count changed: {:?}",
+    // ±1 is the console thread serving the CLI command itself, which comes and goes.
+    assert!(
+        after_round[4] <= after_round[1] + 1,
+        "thread count grows with load/unload cycles: {after_round:?} {:?}",
         a.thread_names()
     );
     assert!(a.cli("push ping").starts_with("Pong"));

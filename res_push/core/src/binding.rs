@@ -174,6 +174,15 @@ fn fnv1a(parts: &[&str]) -> u64 {
     h
 }
 
+/// The id of the binding of `aor` for this provider, app and token: stable, so the same device
+/// keeps its id across restarts and the REGISTER hook can name the binding a call waits for.
+pub fn binding_id(aor: &str, provider: Provider, app_id: &str, token: &str) -> String {
+    format!(
+        "{:010x}",
+        fnv1a(&[aor, &format!("{provider:?}"), app_id, token]) >> 24
+    )
+}
+
 /// A token as shown to people: its last 6 characters.
 pub fn redact(token: &str) -> String {
     let tail: String = token
@@ -313,10 +322,7 @@ impl Store {
                 });
             }
             None => {
-                let id = format!(
-                    "{:010x}",
-                    fnv1a(&[&key.0, &format!("{:?}", key.1), &key.2, &key.3]) >> 24
-                );
+                let id = binding_id(&key.0, key.1, &key.2, &key.3);
                 let b = Binding {
                     id,
                     aor: r.aor,

@@ -43,6 +43,23 @@ pub struct General {
     pub binding_max_age: Duration,
     /// Refresh pushes this long before a registration expires; zero disables them.
     pub refresh_before: Duration,
+    /// How long a call waits for a pushed device to register.
+    pub wake_timeout: Duration,
+    /// What the caller hears while devices wake up.
+    pub wait_audio: WaitAudio,
+    /// Send a missed-call push to devices that were woken but never answered in time.
+    pub missed_call_push: bool,
+}
+
+/// What the caller hears while devices wake up (XiVO's `XIVO_MAPP_WAIT_WITH_MUSIC`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitAudio {
+    /// Ringback.
+    Ringing,
+    /// Music on hold (default class).
+    Moh,
+    /// Silence.
+    None,
 }
 
 impl Default for General {
@@ -57,6 +74,9 @@ impl Default for General {
             policy: Policy::default(),
             binding_max_age: Duration::from_secs(30 * 86400),
             refresh_before: Duration::from_secs(60),
+            wake_timeout: Duration::from_secs(30),
+            wait_audio: WaitAudio::Ringing,
+            missed_call_push: false,
         }
     }
 }
@@ -206,6 +226,24 @@ fn parse_general(
                 g.binding_max_age = d;
             }
             "refresh_before" => g.refresh_before = parse_duration(v).map_err(|r| err(&r))?,
+            "wake_timeout" => {
+                let d = parse_duration(v).map_err(|r| err(&r))?;
+                if d.is_zero() || d > Duration::from_secs(600) {
+                    return Err(err("must be between 1s and 10m"));
+                }
+                g.wake_timeout = d;
+            }
+            "wait_audio" => {
+                g.wait_audio = match v {
+                    "ringing" => WaitAudio::Ringing,
+                    "moh" => WaitAudio::Moh,
+                    "none" => WaitAudio::None,
+                    _ => return Err(err("must be ringing, moh or none")),
+                }
+            }
+            "missed_call_push" => {
+                g.missed_call_push = parse_bool(v).ok_or_else(|| err("must be yes or no"))?
+            }
             _ => warnings.push(format!(
                 "push.conf [{}]: unknown option '{option}', ignored",
                 s.name

@@ -4,6 +4,7 @@
 //! touch `ffi` directly.
 
 pub mod astdb;
+pub mod channel;
 pub mod cli;
 pub mod config;
 pub mod guard;

@@ -1,0 +1,235 @@
+/*
+ * Call wake-up: the Push channel technology, the dialplan applications and the contexts they
+ * run in, and the channel operations Rust needs while a device is being woken.
+ *
+ * Asterisk cannot add a destination to a running Dial(), so Push/<endpoint> is a Local channel
+ * into res-push-wake, whose PushDial() dials the endpoint's plain contacts at once and one
+ * Local leg per push device into res-push-device, whose PushDevice() pushes, waits for that
+ * device's REGISTER and dials its fresh contact. First answer wins: Dial semantics.
+ */
+#include "shim.h"
+
+#include "asterisk/app.h"
+#include "asterisk/causes.h"
+#include "asterisk/channel.h"
+#include "asterisk/devicestate.h"
+#include "asterisk/format_cap.h"
+#include "asterisk/musiconhold.h"
+#include "asterisk/pbx.h"
+#include "asterisk/res_pjsip.h"
+#include "asterisk/sorcery.h"
+
+#define RP_REGISTRAR "res_push"
+
+static struct ast_channel *rp_push_requester(const char *type, struct ast_format_cap *cap,
+	const struct ast_assigned_ids *assignedids, const struct ast_channel *requestor,
+	const char *addr, int *cause)
+{
+	char dest[512];
+
+	if (rp_wake_local_destination(addr, dest, sizeof(dest))) {
+		*cause = AST_CAUSE_NO_ROUTE_DESTINATION;
+		return NULL;
+	}
+	return ast_request("Local", cap, assignedids, requestor, dest, cause);
+}
+
+static int rp_push_devicestate(const char *data)
+{
+	return rp_wake_devicestate(data);
+}
+
+/* Linked into Asterisk's channel technology list while registered: static storage. */
+static struct ast_channel_tech rp_push_tech = {
+	.type = "Push",
+	.description = "Wake mobile devices with push notifications (res_push)",
+	.requester = rp_push_requester,
+	.devicestate = rp_push_devicestate,
+};
+
+static int rp_app_push_dial(struct ast_channel *chan, const char *data)
+{
+	return rp_wake_app(RP_APP_PUSH_DIAL, chan, data);
+}
+
+static int rp_app_push_device(struct ast_channel *chan, const char *data)
+{
+	return rp_wake_app(RP_APP_PUSH_DEVICE, chan, data);
+}
+
+static int rp_app_push_wake(struct ast_channel *chan, const char *data)
+{
+	return rp_wake_app(RP_APP_PUSH_WAKE, chan, data);
+}
+
+static int add_context(const char *name, const char *pattern, const char *app, const char *data)
+{
+	struct ast_context *con = ast_context_find_or_create(NULL, NULL, name, RP_REGISTRAR);
+
+	if (!con) {
+		return -1;
+	}
+	return ast_add_extension2(con, 1, pattern, 1, NULL, NULL, app, ast_strdup(data), ast_free_ptr,
+		RP_REGISTRAR, __FILE__, __LINE__);
+}
+
+int rp_shim_wake_register(void)
+{
+	rp_push_tech.capabilities = ast_format_cap_alloc(AST_FORMAT_CAP_FLAG_DEFAULT);
+	if (!rp_push_tech.capabilities) {
+		return -1;
+	}
+	ast_format_cap_append_by_type(rp_push_tech.capabilities, AST_MEDIA_TYPE_UNKNOWN);
+	if (ast_register_application2("PushDial", rp_app_push_dial, "Ring an endpoint, waking its push devices",
+			"PushDial(endpoint[,timeout]): what Dial(Push/endpoint) runs.", AST_MODULE_SELF)
+		|| ast_register_application2("PushDevice", rp_app_push_device, "Wake one push device and ring it",
+			"PushDevice(binding-id): one device leg of PushDial (internal).", AST_MODULE_SELF)
+		|| ast_register_application2("PushWake", rp_app_push_wake, "Wake an endpoint's push devices and wait",
+			"PushWake(endpoint[,timeout[,options]]): pushes every device of the endpoint, waits for a "
+			"REGISTER, then sets PUSHSTATUS (WOKEN, TIMEOUT, NOBINDING, FAILED, HANGUP) and "
+			"PUSH_CONTACTS (a dial string of the fresh contacts).", AST_MODULE_SELF)
+		|| add_context("res-push-wake", "_w.", "PushDial", "${EXTEN:1}")
+		|| add_context("res-push-device", "_d.", "PushDevice", "${EXTEN:1}")
+		|| ast_channel_register(&rp_push_tech)) {
+		rp_shim_wake_unregister();
+		return -1;
+	}
+	return 0;
+}
+
+void rp_shim_wake_unregister(void)
+{
+	ast_channel_unregister(&rp_push_tech);
+	ast_context_destroy_by_name("res-push-wake", RP_REGISTRAR);
+	ast_context_destroy_by_name("res-push-device", RP_REGISTRAR);
+	ast_unregister_application("PushDial");
+	ast_unregister_application("PushDevice");
+	ast_unregister_application("PushWake");
+	ao2_cleanup(rp_push_tech.capabilities);
+	rp_push_tech.capabilities = NULL;
+}
+
+int rp_shim_wait(struct ast_channel *chan, int ms, int (*keep_waiting)(void *), void *data)
+{
+	return ast_safe_sleep_conditional(chan, ms, keep_waiting, data);
+}
+
+struct ast_channel *rp_shim_channel_ref(struct ast_channel *chan)
+{
+	return ast_channel_ref(chan);
+}
+
+void rp_shim_channel_unref(struct ast_channel *chan)
+{
+	ast_channel_unref(chan);
+}
+
+void rp_shim_channel_wake(struct ast_channel *chan)
+{
+	ast_queue_frame(chan, &ast_null_frame);
+}
+
+int rp_shim_indicate(struct ast_channel *chan, int ringing)
+{
+	return ast_indicate(chan, ringing ? AST_CONTROL_RINGING : AST_CONTROL_PROGRESS);
+}
+
+void rp_shim_moh(struct ast_channel *chan, int on)
+{
+	if (on) {
+		ast_moh_start(chan, NULL, NULL);
+	} else {
+		ast_moh_stop(chan);
+	}
+}
+
+int rp_shim_exec(struct ast_channel *chan, const char *app_name, const char *data)
+{
+	struct ast_app *app = pbx_findapp(app_name);
+
+	return app ? pbx_exec(chan, app, data) : -1;
+}
+
+void rp_shim_setvar(struct ast_channel *chan, const char *name, const char *value)
+{
+	pbx_builtin_setvar_helper(chan, name, value);
+}
+
+int rp_shim_getvar(struct ast_channel *chan, const char *name, char *buf, size_t len)
+{
+	const char *v;
+	int found = 0;
+
+	ast_channel_lock(chan);
+	v = pbx_builtin_getvar_helper(chan, name);
+	if (v) {
+		ast_copy_string(buf, v, len);
+		found = 1;
+	}
+	ast_channel_unlock(chan);
+	return found;
+}
+
+int rp_shim_check_hangup(struct ast_channel *chan)
+{
+	return ast_check_hangup_locked(chan);
+}
+
+void rp_shim_caller(struct ast_channel *chan, char *number, char *name, size_t len)
+{
+	struct ast_party_caller *caller;
+
+	number[0] = name[0] = '\0';
+	ast_channel_lock(chan);
+	caller = ast_channel_caller(chan);
+	if (caller->id.number.valid && caller->id.number.str) {
+		ast_copy_string(number, caller->id.number.str, len);
+	}
+	if (caller->id.name.valid && caller->id.name.str) {
+		ast_copy_string(name, caller->id.name.str, len);
+	}
+	ast_channel_unlock(chan);
+}
+
+int rp_shim_endpoint_aors(const char *endpoint, char *buf, size_t len)
+{
+	struct ast_sip_endpoint *ep = ast_sorcery_retrieve_by_id(ast_sip_get_sorcery(), "endpoint", endpoint);
+
+	if (!ep) {
+		return 0;
+	}
+	ast_copy_string(buf, ep->aors ? ep->aors : "", len);
+	ao2_ref(ep, -1);
+	return 1;
+}
+
+int rp_shim_aor_contacts(const char *aor_name, void (*each)(void *ctx, const char *uri), void *ctx)
+{
+	struct ast_sip_aor *aor = ast_sip_location_retrieve_aor(aor_name);
+	struct ao2_container *contacts;
+	struct ao2_iterator it;
+	struct ast_sip_contact *contact;
+	int n = 0;
+
+	if (!aor) {
+		return 0;
+	}
+	contacts = ast_sip_location_retrieve_aor_contacts(aor);
+	if (contacts) {
+		it = ao2_iterator_init(contacts, 0);
+		while ((contact = ao2_iterator_next(&it))) {
+			each(ctx, contact->uri);
+			n++;
+			ao2_ref(contact, -1);
+		}
+		ao2_iterator_destroy(&it);
+		ao2_ref(contacts, -1);
+	}
+	ao2_ref(aor, -1);
+	return n;
+}
+
+int rp_shim_device_state(const char *device)
+{
+	return ast_device_state(device);
+}

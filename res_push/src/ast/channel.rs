@@ -1,0 +1,225 @@
+//! Channels, as the wake-up applications use them: variables, indications, running another
+//! application, and an event-driven wait another thread can end.
+
+use std::ffi::{CStr, c_char, c_int, c_void};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use super::c_string;
+use crate::ffi;
+
+/// A channel borrowed for the duration of an application call.
+#[derive(Debug, Clone, Copy)]
+pub struct Chan(pub *mut ffi::ast_channel);
+
+/// A counted reference to a channel that another thread may hold (to wake a waiter).
+#[derive(Debug)]
+pub struct ChanRef(*mut ffi::ast_channel);
+
+// SAFETY: ast_channel objects are reference counted and their wake-up (ast_queue_frame) locks
+// the channel itself; the pointer stays valid until our reference is dropped.
+unsafe impl Send for ChanRef {}
+// SAFETY: as above; `wake` takes `&self` and Asterisk serializes access internally.
+unsafe impl Sync for ChanRef {}
+
+impl ChanRef {
+    /// Ends a [`Chan::wait`] in progress on this channel (queues a null frame).
+    pub fn wake(&self) {
+        // SAFETY: we hold a reference, so the channel is alive.
+        unsafe { ffi::rp_shim_channel_wake(self.0) };
+    }
+}
+
+impl Drop for ChanRef {
+    fn drop(&mut self) {
+        // SAFETY: releasing the reference taken in `Chan::handle`.
+        unsafe { ffi::rp_shim_channel_unref(self.0) };
+    }
+}
+
+/// How a wait ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitEnd {
+    /// The flag was set.
+    Woken,
+    /// The time ran out.
+    Timeout,
+    /// The channel hung up.
+    Hangup,
+}
+
+extern "C" fn keep_waiting(data: *mut c_void) -> c_int {
+    // SAFETY: `data` is the `&AtomicBool` passed by `Chan::wait`, alive for the whole wait.
+    let flag = unsafe { &*(data as *const AtomicBool) };
+    (!flag.load(Ordering::Acquire)) as c_int
+}
+
+impl Chan {
+    /// A reference another thread can use to wake this channel's waiter.
+    pub fn handle(&self) -> ChanRef {
+        // SAFETY: the channel is alive during the application call; the reference keeps it so.
+        ChanRef(unsafe { ffi::rp_shim_channel_ref(self.0) })
+    }
+
+    /// A channel variable.
+    pub fn var(&self, name: &str) -> Option<String> {
+        let name = c_string(name);
+        let mut buf = vec![0u8; 1024];
+        // SAFETY: live channel; the shim copies at most `buf.len()` bytes, NUL-terminated.
+        let found = unsafe {
+            ffi::rp_shim_getvar(self.0, name.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
+        };
+        if found == 0 {
+            return None;
+        }
+        let v = CStr::from_bytes_until_nul(&buf)
+            .ok()?
+            .to_string_lossy()
+            .into_owned();
+        Some(v)
+    }
+
+    /// Sets a channel variable (`__NAME` is inherited by channels this one dials).
+    pub fn set_var(&self, name: &str, value: &str) {
+        let (n, v) = (c_string(name), c_string(value));
+        // SAFETY: live channel; Asterisk copies both strings.
+        unsafe { ffi::rp_shim_setvar(self.0, n.as_ptr(), v.as_ptr()) };
+    }
+
+    /// Runs a dialplan application on this channel (e.g. Dial); its return value.
+    pub fn exec(&self, app: &str, data: &str) -> i32 {
+        let (a, d) = (c_string(app), c_string(data));
+        // SAFETY: live channel, valid strings; runs on the channel's own thread (ours).
+        unsafe { ffi::rp_shim_exec(self.0, a.as_ptr(), d.as_ptr()) }
+    }
+
+    /// Ringback to the caller.
+    pub fn ringing(&self) {
+        // SAFETY: live channel.
+        unsafe { ffi::rp_shim_indicate(self.0, 1) };
+    }
+
+    /// Starts or stops music on hold.
+    pub fn moh(&self, on: bool) {
+        // SAFETY: live channel.
+        unsafe {
+            if on {
+                ffi::rp_shim_indicate(self.0, 0);
+            }
+            ffi::rp_shim_moh(self.0, on as c_int)
+        };
+    }
+
+    /// Caller id number and name.
+    pub fn caller(&self) -> (Option<String>, Option<String>) {
+        let mut num = [0u8; 256];
+        let mut name = [0u8; 256];
+        // SAFETY: live channel; both buffers are 256 bytes and the shim NUL-terminates.
+        unsafe {
+            ffi::rp_shim_caller(
+                self.0,
+                num.as_mut_ptr() as *mut c_char,
+                name.as_mut_ptr() as *mut c_char,
+                256,
+            )
+        };
+        let s = |b: &[u8]| {
+            CStr::from_bytes_until_nul(b)
+                .ok()
+                .map(|c| c.to_string_lossy().into_owned())
+                .filter(|s| !s.is_empty())
+        };
+        (s(&num), s(&name))
+    }
+
+    /// Waits up to `timeout` for `flag`, servicing the channel meanwhile (so a hangup ends the
+    /// wait at once). Whoever sets `flag` must then [`ChanRef::wake`] the channel: the wait
+    /// sleeps on the channel's frames, it does not poll the flag.
+    pub fn wait(&self, timeout: Duration, flag: &AtomicBool) -> WaitEnd {
+        let ms = timeout.as_millis().min(i32::MAX as u128) as c_int;
+        // SAFETY: live channel; `flag` outlives the call.
+        let r = unsafe {
+            ffi::rp_shim_wait(
+                self.0,
+                ms,
+                Some(keep_waiting),
+                flag as *const AtomicBool as *mut c_void,
+            )
+        };
+        if flag.load(Ordering::Acquire) {
+            WaitEnd::Woken
+        } else if r != 0 || self.hung_up() {
+            WaitEnd::Hangup
+        } else {
+            WaitEnd::Timeout
+        }
+    }
+
+    /// Whether the channel is hung up.
+    pub fn hung_up(&self) -> bool {
+        // SAFETY: live channel.
+        unsafe { ffi::rp_shim_check_hangup(self.0) != 0 }
+    }
+}
+
+/// The `aors` setting of a PJSIP endpoint, `None` when there is no such endpoint.
+pub fn endpoint_aors(endpoint: &str) -> Option<Vec<String>> {
+    let name = c_string(endpoint);
+    let mut buf = vec![0u8; 2048];
+    // SAFETY: valid strings; the shim copies at most `buf.len()` bytes, NUL-terminated.
+    if unsafe { ffi::rp_shim_endpoint_aors(name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) } == 0
+    {
+        return None;
+    }
+    let text = CStr::from_bytes_until_nul(&buf)
+        .ok()?
+        .to_string_lossy()
+        .into_owned();
+    Some(
+        text.split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .map(str::to_string)
+            .collect(),
+    )
+}
+
+extern "C" fn push_uri(ctx: *mut c_void, uri: *const c_char) {
+    // SAFETY: `ctx` is the Vec passed by `aor_contacts`; `uri` a NUL-terminated string.
+    let (list, uri) = unsafe { (&mut *(ctx as *mut Vec<String>), CStr::from_ptr(uri)) };
+    list.push(uri.to_string_lossy().into_owned());
+}
+
+/// The contact URIs currently registered to an AOR.
+pub fn aor_contacts(aor: &str) -> Vec<String> {
+    let name = c_string(aor);
+    let mut list: Vec<String> = Vec::new();
+    // SAFETY: the callback only runs during this call and `list` outlives it.
+    unsafe {
+        ffi::rp_shim_aor_contacts(
+            name.as_ptr(),
+            Some(push_uri),
+            &mut list as *mut Vec<String> as *mut c_void,
+        )
+    };
+    list
+}
+
+/// Asterisk's device state of `device` (e.g. `PJSIP/alice`), as the raw enum value.
+pub fn device_state(device: &str) -> i32 {
+    let d = c_string(device);
+    // SAFETY: valid string.
+    unsafe { ffi::rp_shim_device_state(d.as_ptr()) }
+}
+
+/// Registers the Push channel technology, the applications and their contexts.
+pub fn register_wake() -> bool {
+    // SAFETY: static structures in the shim, removed by `unregister_wake` before unload.
+    unsafe { ffi::rp_shim_wake_register() == 0 }
+}
+
+/// Removes them.
+pub fn unregister_wake() {
+    // SAFETY: see `register_wake`.
+    unsafe { ffi::rp_shim_wake_unregister() };
+}

@@ -1,0 +1,279 @@
+//! Call wake-up end to end: a caller (SIPp) dials a mobile user; res_push pushes the sleeping
+//! phone through the sidecar to mock APNs; when the mock records the push, the simulated phone
+//! (SIPp) registers from a new address and answers; the call connects and ends cleanly.
+
+use std::time::{Duration, Instant};
+
+use res_push_itests::push_env::setup;
+use res_push_itests::{Register, field, free_udp_port, wait_for};
+
+const TOKEN: &str = "00fc13adff785122b4ad28809a3420982341241421348097878e577c991de8f0";
+const WAIT: Duration = Duration::from_secs(20);
+
+fn pn(token: &str) -> String {
+    format!(";pn-provider=apns;pn-param=TEAM123456.com.example.phone.voip;pn-prid={token}")
+}
+
+/// The caller: INVITE `[service]` as bob, expect an answer, hold 1 s, hang up.
+const CALLER: &str = r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="caller">
+  <send retrans="500">
+    <![CDATA[
+      INVITE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: "Bob" <sip:bob@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:[service]@[remote_ip]:[remote_port]>
+      Call-ID: [call_id]
+      CSeq: 1 INVITE
+      Contact: <sip:bob@[local_ip]:[local_port]>
+      Max-Forwards: 70
+      Content-Type: application/sdp
+      Content-Length: [len]
+
+      v=0
+      o=bob 53655765 2353687637 IN IP[local_ip_type] [local_ip]
+      s=-
+      c=IN IP[media_ip_type] [media_ip]
+      t=0 0
+      m=audio [media_port] RTP/AVP 0
+      a=rtpmap:0 PCMU/8000
+    ]]>
+  </send>
+  <recv response="100" optional="true"/>
+  <recv response="180" optional="true"/>
+  <recv response="183" optional="true"/>
+  <recv response="200" rtd="true"/>
+  <send>
+    <![CDATA[
+      ACK sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: "Bob" <sip:bob@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
+      Call-ID: [call_id]
+      CSeq: 1 ACK
+      Contact: <sip:bob@[local_ip]:[local_port]>
+      Max-Forwards: 70
+      Content-Length: 0
+    ]]>
+  </send>
+  <pause milliseconds="1000"/>
+  <send retrans="500">
+    <![CDATA[
+      BYE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: "Bob" <sip:bob@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
+      Call-ID: [call_id]
+      CSeq: 2 BYE
+      Contact: <sip:bob@[local_ip]:[local_port]>
+      Max-Forwards: 70
+      Content-Length: 0
+    ]]>
+  </send>
+  <recv response="200"/>
+</scenario>
+"#;
+
+/// The woken phone's SIP stack: answers one INVITE, then takes the BYE.
+const PHONE: &str = r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="phone">
+  <recv request="INVITE" crlf="true"/>
+  <send>
+    <![CDATA[
+      SIP/2.0 180 Ringing
+      [last_Via:]
+      [last_From:]
+      [last_To:];tag=[pid]SIPpTag01[call_number]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Contact: <sip:alice@[local_ip]:[local_port];transport=[transport]>
+      Content-Length: 0
+    ]]>
+  </send>
+  <send retrans="500">
+    <![CDATA[
+      SIP/2.0 200 OK
+      [last_Via:]
+      [last_From:]
+      [last_To:];tag=[pid]SIPpTag01[call_number]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Contact: <sip:alice@[local_ip]:[local_port];transport=[transport]>
+      Content-Type: application/sdp
+      Content-Length: [len]
+
+      v=0
+      o=alice 53655765 2353687637 IN IP[local_ip_type] [local_ip]
+      s=-
+      c=IN IP[media_ip_type] [media_ip]
+      t=0 0
+      m=audio [media_port] RTP/AVP 0
+      a=rtpmap:0 PCMU/8000
+    ]]>
+  </send>
+  <recv request="ACK" crlf="true"/>
+  <recv request="BYE"/>
+  <send>
+    <![CDATA[
+      SIP/2.0 200 OK
+      [last_Via:]
+      [last_From:]
+      [last_To:]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Content-Length: 0
+    ]]>
+  </send>
+</scenario>
+"#;
+
+#[test]
+fn sleeping_phone_is_woken_and_answers() {
+    let (mocks, a, _sidecar) = setup("wake-mobile", "");
+    let mut ami = a.ami();
+    // The phone registers with push parameters, then sleeps (nothing listens on that port).
+    let sleeping = Register::new("alice", &pn(TOKEN));
+    assert!(a.register(&sleeping).ok);
+    wait_for(WAIT, || {
+        a.cli("push show bindings alice")
+            .contains("…1de8f0")
+            .then_some(())
+    })
+    .expect("binding");
+
+    let t0 = Instant::now();
+    let caller = a.sipp("caller", CALLER, free_udp_port(), &["-s", "mobile"]);
+
+    // The push arrives at the (mock) APNs: a VoIP push carrying the caller and a call UUID.
+    let push = mocks
+        .wait_apns(WAIT, |r| r.device_token.as_deref() == Some(TOKEN))
+        .expect("call push");
+    let pushed_at = t0.elapsed();
+    assert_eq!(push.header("apns-push-type"), Some("voip"));
+    let payload = push.json.clone().expect("payload");
+    assert!(
+        payload.to_string().contains("bob") || payload.to_string().contains("Bob"),
+        "{payload}"
+    );
+
+    // The phone wakes: its SIP stack listens on a new port and registers from there.
+    let phone_port = free_udp_port();
+    let phone = a.sipp("phone", PHONE, phone_port, &[]);
+    std::thread::sleep(Duration::from_millis(300));
+    let mut wake = Register::new("alice", &pn(TOKEN));
+    wake.contact_port = Some(phone_port);
+    assert!(a.register(&wake).ok);
+    let registered_at = t0.elapsed();
+
+    let phone = phone.wait();
+    let caller = caller.wait();
+    assert!(phone.ok, "phone:\n{}", phone.trace);
+    assert!(caller.ok, "caller:\n{}\n{}", caller.trace, a.log());
+    assert_eq!(
+        phone.trace.matches("INVITE sip:").count(),
+        1,
+        "exactly one INVITE reached the phone"
+    );
+
+    let ev = ami
+        .wait_event(WAIT, |p| field(p, "Event") == Some("PushWakeRegistered"))
+        .expect("PushWakeRegistered");
+    assert_eq!(field(&ev, "Endpoint"), Some("alice"));
+    println!(
+        "timeline: call in 0 ms, push sent {} ms, REGISTER in {} ms, answered and hung up {} ms; waited {} ms",
+        pushed_at.as_millis(),
+        registered_at.as_millis(),
+        t0.elapsed().as_millis(),
+        field(&ev, "WaitMs").unwrap_or("?")
+    );
+    // The device answered: no cancel push.
+    std::thread::sleep(Duration::from_millis(500));
+    let pushes: Vec<_> = mocks
+        .apns
+        .requests()
+        .into_iter()
+        .filter(|r| r.device_token.as_deref() == Some(TOKEN))
+        .collect();
+    assert_eq!(
+        pushes.len(),
+        1,
+        "{:?}",
+        pushes
+            .iter()
+            .map(|r| r.header("apns-push-type"))
+            .collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn unanswered_wake_times_out_and_cancels() {
+    let (mocks, a, _sidecar) = setup("wake-timeout", "wake_timeout = 2");
+    let mut ami = a.ami();
+    assert!(a.register(&Register::new("alice", &pn(TOKEN))).ok);
+    wait_for(WAIT, || {
+        a.cli("push show bindings alice")
+            .contains("…1de8f0")
+            .then_some(())
+    })
+    .expect("binding");
+
+    // The caller expects the call to fail (no answer): SIPp gets a final error, not a 200.
+    let caller = a.sipp("caller", CALLER, free_udp_port(), &["-s", "mobile"]);
+    let ev = ami
+        .wait_event(WAIT, |p| field(p, "Event") == Some("PushWakeTimeout"))
+        .expect("PushWakeTimeout");
+    assert_eq!(field(&ev, "Timeout"), Some("2"));
+    let caller = caller.wait();
+    assert!(!caller.ok, "nobody answered, the caller must not see a 200");
+    // Cancel as an alert push, never a second VoIP push.
+    let cancel = mocks
+        .wait_apns(WAIT, |r| r.header("apns-push-type") == Some("alert"))
+        .expect("cancel push");
+    assert_eq!(cancel.device_token.as_deref(), Some(TOKEN));
+    let voip = mocks
+        .apns
+        .requests()
+        .iter()
+        .filter(|r| r.header("apns-push-type") == Some("voip"))
+        .count();
+    assert_eq!(voip, 1);
+}
+
+#[test]
+fn invalid_token_fails_fast_and_removes_the_binding() {
+    let (mocks, a, _sidecar) = setup("wake-invalid", "wake_timeout = 20");
+    let mut ami = a.ami();
+    mocks
+        .apns
+        .script(TOKEN, vec![res_push_mocks::Behavior::Unregistered]);
+    assert!(a.register(&Register::new("alice", &pn(TOKEN))).ok);
+    wait_for(WAIT, || {
+        a.cli("push show bindings alice")
+            .contains("…1de8f0")
+            .then_some(())
+    })
+    .expect("binding");
+
+    let caller = a.sipp("caller", CALLER, free_udp_port(), &["-s", "mobile"]);
+    let ev = ami.wait_event(WAIT, |p| {
+        matches!(
+            field(p, "Event"),
+            Some("PushWakeFailed") | Some("PushWakeTimeout")
+        )
+    });
+    // Given up on the push's failure, not by waiting out wake_timeout.
+    let ev = ev.expect("a wake outcome");
+    assert_eq!(field(&ev, "Event"), Some("PushWakeFailed"), "{ev:?}");
+    assert!(
+        field(&ev, "Reason").is_some_and(|r| r.contains("Unregistered")),
+        "{ev:?}"
+    );
+    let caller = caller.wait();
+    assert!(!caller.ok);
+    let gone = wait_for(WAIT, || {
+        a.cli("push show bindings alice")
+            .contains("0 push binding(s)")
+            .then_some(())
+    });
+    assert!(gone.is_some(), "{}", a.cli("push show bindings alice"));
+}
