@@ -140,6 +140,7 @@ void rp_shim_caller(struct ast_channel *chan, char *number, char *name, size_t l
 int rp_shim_endpoint_aors(const char *endpoint, char *buf, size_t len);
 int rp_shim_aor_contacts(const char *aor, void (*each)(void *ctx, const char *uri), void *ctx);
 int rp_shim_device_state(const char *device);
+void rp_shim_devstate_changed(const char *device);
 
 /* Implemented in Rust (res_push/src/entry.rs). */
 int rp_wake_local_destination(const char *endpoint, char *dest, size_t len);

@@ -233,3 +233,9 @@ int rp_shim_device_state(const char *device)
 {
 	return ast_device_state(device);
 }
+
+void rp_shim_devstate_changed(const char *device)
+{
+	/* UNKNOWN: subscribers (app_queue, hints) ask the Push technology for the new state. */
+	ast_devstate_changed(AST_DEVICE_UNKNOWN, AST_DEVSTATE_CACHABLE, "%s", device);
+}

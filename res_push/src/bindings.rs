@@ -15,7 +15,7 @@ use res_push_proto::{
 };
 
 use crate::ast::thread::{self, Thread};
-use crate::ast::{astdb, manager, pjsip};
+use crate::ast::{astdb, channel, manager, pjsip};
 use crate::link::Link;
 
 const DB_FAMILY: &str = "res_push";
@@ -323,6 +323,8 @@ impl Bindings {
                         redact(&b.token)
                     );
                     manager::event("PushBindingAdded", &event_fields(&b, None));
+                    // Push/<endpoint> becomes reachable (AOR and endpoint usually share a name).
+                    channel::devstate_changed(&format!("Push/{}", b.aor));
                 }
                 Change::Updated {
                     binding: b,
@@ -361,6 +363,7 @@ impl Bindings {
                         "PushBindingRemoved",
                         &event_fields(&b, Some(reason.as_str())),
                     );
+                    channel::devstate_changed(&format!("Push/{}", b.aor));
                 }
             }
         }

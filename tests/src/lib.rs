@@ -34,6 +34,7 @@ const CONFIG_TEMPLATES: &[&str] = &[
     "rtp.conf",
     "extensions.conf",
     "manager.conf",
+    "queues.conf",
     "push.conf",
 ];
 /// Where Debian's package installs modules, as seen inside the chroot.

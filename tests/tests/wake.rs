@@ -169,3 +169,240 @@ fn invalid_token_fails_fast_and_removes_the_binding() {
     });
     assert!(gone.is_some(), "{}", a.cli("push show bindings alice"));
 }
+
+const DESK: &str = include_str!("../sipp/desk.xml");
+const CALLER_CANCEL: &str = include_str!("../sipp/caller-cancel.xml");
+const TOKEN2: &str = "22fc13adff785122b4ad28809a3420982341241421348097878e577c991de8f0";
+
+fn pushes(mocks: &res_push_itests::push_env::Mocks, token: &str, kind: &str) -> usize {
+    mocks
+        .apns
+        .requests()
+        .iter()
+        .filter(|r| {
+            r.device_token.as_deref() == Some(token) && r.header("apns-push-type") == Some(kind)
+        })
+        .count()
+}
+
+fn bind(a: &res_push_itests::Asterisk, token: &str) {
+    assert!(a.register(&Register::new("alice", &pn(token))).ok);
+    let tail = &token[token.len() - 6..];
+    wait_for(WAIT, || {
+        a.cli("push show bindings alice")
+            .contains(tail)
+            .then_some(())
+    })
+    .expect("binding");
+}
+
+#[test]
+fn desk_phone_rings_at_once_and_its_answer_cancels_the_mobile() {
+    let (mocks, a, _sidecar) = setup("wake-desk", "");
+    let mut ami = a.ami();
+    bind(&a, TOKEN);
+    // A desk phone: plain contact, no push parameters; it answers after 1.5 s of ringing.
+    let desk_port = free_udp_port();
+    let desk = a.sipp("desk", DESK, desk_port, &[]);
+    let mut reg = Register::new("alice", "");
+    reg.contact_port = Some(desk_port);
+    assert!(a.register(&reg).ok);
+
+    let caller = a.sipp("caller", CALLER, free_udp_port(), &["-s", "mobile"]);
+    // The mobile is pushed while the desk rings; it never wakes.
+    assert!(
+        mocks
+            .wait_apns(WAIT, |r| r.header("apns-push-type") == Some("voip"))
+            .is_some()
+    );
+    let (desk, caller) = (desk.wait(), caller.wait());
+    assert!(desk.ok, "desk:\n{}", desk.trace);
+    assert!(caller.ok, "caller:\n{}", caller.trace);
+    // Answered elsewhere: the mobile gets a cancel, as an alert push.
+    let ev = ami
+        .wait_event(WAIT, |p| field(p, "Event") == Some("PushCancel"))
+        .expect("PushCancel");
+    assert_eq!(field(&ev, "Endpoint"), Some("alice"));
+    assert!(
+        mocks
+            .wait_apns(WAIT, |r| r.header("apns-push-type") == Some("alert"))
+            .is_some()
+    );
+    assert_eq!(pushes(&mocks, TOKEN, "voip"), 1);
+}
+
+#[test]
+fn caller_hanging_up_cancels_the_pushed_device() {
+    let (mocks, a, _sidecar) = setup("wake-caller-cancel", "");
+    let mut ami = a.ami();
+    bind(&a, TOKEN);
+    let caller = a.sipp("caller", CALLER_CANCEL, free_udp_port(), &["-s", "mobile"]);
+    assert!(
+        mocks
+            .wait_apns(WAIT, |r| r.header("apns-push-type") == Some("voip"))
+            .is_some()
+    );
+    let caller = caller.wait();
+    assert!(caller.ok, "caller:\n{}", caller.trace);
+    let ev = ami
+        .wait_event(WAIT, |p| field(p, "Event") == Some("PushCancel"))
+        .expect("PushCancel");
+    assert_eq!(field(&ev, "Reason"), Some("hangup"));
+    assert!(
+        mocks
+            .wait_apns(WAIT, |r| r.header("apns-push-type") == Some("alert"))
+            .is_some()
+    );
+    assert_eq!(pushes(&mocks, TOKEN, "voip"), 1);
+}
+
+#[test]
+fn two_devices_are_pushed_and_the_one_that_answers_wins() {
+    let (mocks, a, _sidecar) = setup("wake-two", "");
+    bind(&a, TOKEN);
+    bind(&a, TOKEN2);
+    let caller = a.sipp("caller", CALLER, free_udp_port(), &["-s", "mobile"]);
+    for t in [TOKEN, TOKEN2] {
+        assert!(
+            mocks
+                .wait_apns(WAIT, |r| r.device_token.as_deref() == Some(t))
+                .is_some(),
+            "push to {t}"
+        );
+    }
+    // Only the second device wakes; it does not wait for the first.
+    let port = free_udp_port();
+    let phone = a.sipp("phone", PHONE, port, &[]);
+    std::thread::sleep(Duration::from_millis(300));
+    let mut wake = Register::new("alice", &pn(TOKEN2));
+    wake.contact_port = Some(port);
+    assert!(a.register(&wake).ok);
+    let (phone, caller) = (phone.wait(), caller.wait());
+    assert!(
+        phone.ok && caller.ok,
+        "phone:\n{}\ncaller:\n{}",
+        phone.trace,
+        caller.trace
+    );
+    // The device that did not answer gets its cancel; the one that answered does not.
+    let cancel = mocks
+        .wait_apns(WAIT, |r| r.header("apns-push-type") == Some("alert"))
+        .expect("cancel");
+    assert_eq!(cancel.device_token.as_deref(), Some(TOKEN));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(pushes(&mocks, TOKEN2, "alert"), 0);
+    assert_eq!(
+        (
+            pushes(&mocks, TOKEN, "voip"),
+            pushes(&mocks, TOKEN2, "voip")
+        ),
+        (1, 1)
+    );
+}
+
+#[test]
+fn three_registers_make_exactly_one_invite() {
+    let (mocks, a, _sidecar) = setup("wake-three", "");
+    bind(&a, TOKEN);
+    let caller = a.sipp("caller", CALLER, free_udp_port(), &["-s", "mobile"]);
+    assert!(
+        mocks
+            .wait_apns(WAIT, |r| r.header("apns-push-type") == Some("voip"))
+            .is_some()
+    );
+    let port = free_udp_port();
+    let phone = a.sipp("phone", PHONE, port, &[]);
+    std::thread::sleep(Duration::from_millis(300));
+    // Apps often register several times on wake-up (network change, app start, refresh).
+    for _ in 0..3 {
+        let mut r = Register::new("alice", &pn(TOKEN));
+        r.contact_port = Some(port);
+        assert!(a.register(&r).ok);
+    }
+    let (phone, caller) = (phone.wait(), caller.wait());
+    assert!(
+        phone.ok && caller.ok,
+        "phone:\n{}\ncaller:\n{}",
+        phone.trace,
+        caller.trace
+    );
+    assert_eq!(
+        phone.trace.matches("INVITE sip:").count(),
+        1,
+        "{}",
+        phone.trace
+    );
+}
+
+#[test]
+fn pushwake_application_sets_status_and_contacts() {
+    let (mocks, a, _sidecar) = setup("wake-app", "");
+    bind(&a, TOKEN);
+    let caller = a.sipp("caller", CALLER, free_udp_port(), &["-s", "wake"]);
+    assert!(
+        mocks
+            .wait_apns(WAIT, |r| r.header("apns-push-type") == Some("voip"))
+            .is_some()
+    );
+    let port = free_udp_port();
+    let phone = a.sipp("phone", PHONE, port, &[]);
+    std::thread::sleep(Duration::from_millis(300));
+    let mut r = Register::new("alice", &pn(TOKEN));
+    r.contact_port = Some(port);
+    assert!(a.register(&r).ok);
+    let (phone, caller) = (phone.wait(), caller.wait());
+    assert!(
+        phone.ok && caller.ok,
+        "phone:\n{}\ncaller:\n{}\n{}",
+        phone.trace,
+        caller.trace,
+        a.log()
+    );
+    assert!(a.log().contains("alice: woken after"), "{}", a.log());
+}
+
+#[test]
+fn queue_rings_a_sleeping_mobile_member() {
+    let (mocks, a, _sidecar) = setup("wake-queue", "");
+    // No binding yet: nothing can wake alice, so her Push/ device is as unavailable as PJSIP.
+    let state = |a: &res_push_itests::Asterisk| {
+        let mut ami = a.ami();
+        let r = ami.action("Getvar", &[("Variable", "DEVICE_STATE(Push/alice)")]);
+        field(&r[0], "Value").unwrap_or("").to_string()
+    };
+    assert_eq!(state(&a), "UNAVAILABLE");
+    bind(&a, TOKEN);
+    // With a binding and no contact registered (she is asleep), the queue sees her available.
+    assert!(
+        a.register(&{
+            let mut r = Register::new("alice", &pn(TOKEN));
+            r.expires = 0;
+            r
+        })
+        .ok
+    );
+    bind(&a, TOKEN);
+    assert_eq!(state(&a), "NOT_INUSE");
+
+    let caller = a.sipp("caller", CALLER, free_udp_port(), &["-s", "queue"]);
+    assert!(
+        mocks
+            .wait_apns(WAIT, |r| r.header("apns-push-type") == Some("voip"))
+            .is_some(),
+        "{}",
+        a.log()
+    );
+    let port = free_udp_port();
+    let phone = a.sipp("phone", PHONE, port, &[]);
+    std::thread::sleep(Duration::from_millis(300));
+    let mut r = Register::new("alice", &pn(TOKEN));
+    r.contact_port = Some(port);
+    assert!(a.register(&r).ok);
+    let (phone, caller) = (phone.wait(), caller.wait());
+    assert!(
+        phone.ok && caller.ok,
+        "phone:\n{}\ncaller:\n{}",
+        phone.trace,
+        caller.trace
+    );
+}

@@ -212,6 +212,13 @@ pub fn device_state(device: &str) -> i32 {
     unsafe { ffi::rp_shim_device_state(d.as_ptr()) }
 }
 
+/// Tells Asterisk that `device` may have changed state (it asks the technology again).
+pub fn devstate_changed(device: &str) {
+    let d = c_string(device);
+    // SAFETY: valid string; passed to a "%s" format.
+    unsafe { ffi::rp_shim_devstate_changed(d.as_ptr()) };
+}
+
 /// Registers the Push channel technology, the applications and their contexts.
 pub fn register_wake() -> bool {
     // SAFETY: static structures in the shim, removed by `unregister_wake` before unload.
