@@ -147,6 +147,7 @@ int rp_wake_local_destination(const char *endpoint, char *dest, size_t len);
 int rp_wake_devicestate(const char *endpoint);
 int rp_wake_app(int app, struct ast_channel *chan, const char *data);
 int rp_sip_on_register(struct pjsip_rx_data *rdata);
+void rp_sip_on_invite(struct ast_channel *chan, const char *request_uri, const char *call_id);
 void rp_sip_on_response(struct pjsip_tx_data *tdata);
 int rp_ami_exec(int action, struct mansession *s, const struct message *m);
 enum ast_module_load_result rp_module_load(void);

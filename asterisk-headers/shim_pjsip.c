@@ -9,6 +9,7 @@
 #include <pjsip.h>
 
 #include "asterisk/res_pjsip.h"
+#include "asterisk/res_pjsip_session.h"
 #include "asterisk/sorcery.h"
 
 static const char *pool_str(pj_pool_t *pool, const pj_str_t *s)
@@ -185,17 +186,55 @@ static struct ast_sip_supplement rp_register_supplement = {
 	.outgoing_response = rp_outgoing_response,
 };
 
+/* An initial INVITE leaving for a contact: Rust pushes the device when the contact carries
+ * push parameters and push_on_plain_dial is on. */
+static void rp_invite_outgoing_request(struct ast_sip_session *session, pjsip_tx_data *tdata)
+{
+	pjsip_msg *msg = tdata->msg;
+	pjsip_to_hdr *to;
+	pjsip_cid_hdr *cid;
+	char uri[PJSIP_MAX_URL_SIZE];
+	char call_id[256] = "";
+	int len;
+
+	if (!msg || msg->type != PJSIP_REQUEST_MSG || msg->line.req.method.id != PJSIP_INVITE_METHOD) {
+		return;
+	}
+	to = pjsip_msg_find_hdr(msg, PJSIP_H_TO, NULL);
+	if (!to || to->tag.slen) {
+		return; /* a re-INVITE */
+	}
+	len = pjsip_uri_print(PJSIP_URI_IN_REQ_URI, msg->line.req.uri, uri, sizeof(uri) - 1);
+	if (len <= 0) {
+		return;
+	}
+	uri[len] = '\0';
+	cid = pjsip_msg_find_hdr(msg, PJSIP_H_CALL_ID, NULL);
+	if (cid) {
+		ast_copy_pj_str(call_id, &cid->id, sizeof(call_id));
+	}
+	rp_sip_on_invite(session->channel, uri, call_id);
+}
+
+/* Linked into res_pjsip_session's supplement list while registered: static storage. */
+static struct ast_sip_session_supplement rp_invite_supplement = {
+	.method = "INVITE",
+	.outgoing_request = rp_invite_outgoing_request,
+};
+
 int rp_shim_sip_register(void)
 {
 	if (ast_sip_register_service(&rp_register_module)) {
 		return -1;
 	}
 	ast_sip_register_supplement(&rp_register_supplement);
+	ast_sip_session_register_supplement(&rp_invite_supplement);
 	return 0;
 }
 
 void rp_shim_sip_unregister(void)
 {
+	ast_sip_session_unregister_supplement(&rp_invite_supplement);
 	ast_sip_unregister_supplement(&rp_register_supplement);
 	ast_sip_unregister_service(&rp_register_module);
 }

@@ -192,3 +192,32 @@ pub unsafe extern "C" fn rp_wake_app(
         }
     })
 }
+
+/// An initial INVITE about to be sent to a contact (`push_on_plain_dial`).
+///
+/// # Safety
+/// `chan` is the session's channel or NULL; the strings are C strings.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn rp_sip_on_invite(
+    chan: *mut crate::ffi::ast_channel,
+    uri: *const c_char,
+    call_id: *const c_char,
+) {
+    guard("INVITE hook", (), || {
+        let Some(r) = module::running() else { return };
+        if !r.general().push_on_plain_dial {
+            return;
+        }
+        // SAFETY: per this function's contract.
+        let (uri, call_id) = unsafe {
+            (
+                std::ffi::CStr::from_ptr(uri).to_string_lossy().into_owned(),
+                std::ffi::CStr::from_ptr(call_id)
+                    .to_string_lossy()
+                    .into_owned(),
+            )
+        };
+        let chan = (!chan.is_null()).then_some(crate::ast::channel::Chan(chan));
+        crate::wake::plain_dial(&r, chan, &uri, &call_id);
+    })
+}

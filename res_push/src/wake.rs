@@ -512,3 +512,44 @@ pub fn push_wake(running: &Running, chan: Chan, data: &str) -> i32 {
     chan.set_var("PUSH_CONTACTS", &contacts.join("&"));
     if status == "HANGUP" { -1 } else { 0 }
 }
+
+/// `push_on_plain_dial`: an INVITE is leaving for a contact with push parameters; push the
+/// device once per call (the INVITE's Call-ID), so existing `Dial(PJSIP/...)` dialplans wake
+/// phones too.
+pub fn plain_dial(running: &Running, chan: Option<Chan>, request_uri: &str, call_id: &str) {
+    let rules = running.policy_rules();
+    let Request::Bind(params) = from_contact(&parse_contact(&format!("<{request_uri}>")), &rules)
+    else {
+        return;
+    };
+    let Some(b) = running.bindings.list(None).into_iter().find(|b| {
+        b.provider == params.provider && b.app_id == params.app_id && b.token == params.token
+    }) else {
+        return;
+    };
+    if !running.wake.first_push(call_id, &b.id) {
+        return;
+    }
+    let (caller_number, caller_name) = chan.map(|c| c.caller()).unwrap_or_default();
+    let data = PushData {
+        caller_number,
+        caller_name,
+        call_uuid: Some(uuid_v4()),
+        call_id: Some(call_id.to_string()),
+        endpoint: Some(b.aor.clone()),
+        text: None,
+    };
+    tracing::info!(
+        "{}: INVITE to a push contact; pushing device {}",
+        b.aor,
+        b.id
+    );
+    push(
+        running,
+        &b,
+        PushKind::Call,
+        data,
+        None,
+        running.general().wake_timeout,
+    );
+}

@@ -406,3 +406,35 @@ fn queue_rings_a_sleeping_mobile_member() {
         caller.trace
     );
 }
+
+#[test]
+fn plain_dial_pushes_the_contact_when_enabled() {
+    let (mocks, a, _sidecar) = setup("wake-plain", "push_on_plain_dial = yes");
+    // The phone's SIP stack is reachable at its registered contact (still awake, or woken by
+    // the push in time): the INVITE goes there, and the push goes out for it.
+    let port = free_udp_port();
+    let phone = a.sipp("phone", PHONE, port, &[]);
+    let mut r = Register::new("alice", &pn(TOKEN));
+    r.contact_port = Some(port);
+    assert!(a.register(&r).ok);
+    wait_for(WAIT, || {
+        a.cli("push show bindings alice")
+            .contains("…1de8f0")
+            .then_some(())
+    })
+    .expect("binding");
+
+    let caller = a.sipp("caller", CALLER, free_udp_port(), &["-s", "plain"]);
+    let push = mocks
+        .wait_apns(WAIT, |r| r.device_token.as_deref() == Some(TOKEN))
+        .expect("push for the INVITE");
+    assert_eq!(push.header("apns-push-type"), Some("voip"));
+    let (phone, caller) = (phone.wait(), caller.wait());
+    assert!(
+        phone.ok && caller.ok,
+        "phone:\n{}\ncaller:\n{}",
+        phone.trace,
+        caller.trace
+    );
+    assert_eq!(pushes(&mocks, TOKEN, "voip"), 1, "one push per call");
+}

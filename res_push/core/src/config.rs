@@ -49,6 +49,10 @@ pub struct General {
     pub wait_audio: WaitAudio,
     /// Send a missed-call push to devices that were woken but never answered in time.
     pub missed_call_push: bool,
+    /// Push the device when a plain `Dial(PJSIP/...)` sends an INVITE to a contact with push
+    /// parameters (existing dialplans gain wake-ups without edits; the weaker mode: the INVITE
+    /// goes to the old contact, and the woken phone must pick the call up from there).
+    pub push_on_plain_dial: bool,
 }
 
 /// What the caller hears while devices wake up (XiVO's `XIVO_MAPP_WAIT_WITH_MUSIC`).
@@ -77,6 +81,7 @@ impl Default for General {
             wake_timeout: Duration::from_secs(30),
             wait_audio: WaitAudio::Ringing,
             missed_call_push: false,
+            push_on_plain_dial: false,
         }
     }
 }
@@ -240,6 +245,9 @@ fn parse_general(
                     "none" => WaitAudio::None,
                     _ => return Err(err("must be ringing, moh or none")),
                 }
+            }
+            "push_on_plain_dial" => {
+                g.push_on_plain_dial = parse_bool(v).ok_or_else(|| err("must be yes or no"))?
             }
             "missed_call_push" => {
                 g.missed_call_push = parse_bool(v).ok_or_else(|| err("must be yes or no"))?
