@@ -86,7 +86,9 @@ pub fn exec(index: i32, out: Output, args: &[String]) -> Outcome {
     };
     match spec.index {
         rp_cli_command::RP_CLI_SHOW_STATUS => {
-            out.write(&running.link.status(VERSION).render());
+            let mut status = running.link.status(VERSION);
+            status.wake = running.wake.counters();
+            out.write(&status.render());
             Outcome::Success
         }
         rp_cli_command::RP_CLI_PING => ping(&running, out),

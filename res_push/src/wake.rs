@@ -9,7 +9,7 @@
 //! answer wins by Dial's own rules.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,6 +17,7 @@ use res_push_core::binding::{Binding, binding_id, redact};
 use res_push_core::config::WaitAudio;
 use res_push_core::pn::{Request, from_contact};
 use res_push_core::sip::parse_contact;
+use res_push_core::status::WakeCounters;
 use res_push_proto::{Job, Outcome, PushData, PushKind, PushRequest};
 
 use crate::ast::channel::{self, Chan, ChanRef, WaitEnd};
@@ -61,17 +62,39 @@ impl Waiter {
     }
 }
 
-/// Waiters by binding id, and which (call, device) pairs were already pushed.
+/// Waiters by binding id, which (call, device) pairs were already pushed, and counters.
 #[derive(Debug, Default)]
 pub struct Wake {
     waiters: Mutex<HashMap<String, Vec<Arc<Waiter>>>>,
     pushed: Mutex<HashMap<(String, String), Instant>>,
 }
 
+/// Wake-up counters, by AMI event name. Statics live as long as the library: from module
+/// load to unload, which is what `push show status` reports.
+static COUNTERS: [(&str, AtomicU64); 5] = [
+    ("PushWakeStart", AtomicU64::new(0)),
+    ("PushWakeRegistered", AtomicU64::new(0)),
+    ("PushWakeTimeout", AtomicU64::new(0)),
+    ("PushWakeFailed", AtomicU64::new(0)),
+    ("PushCancel", AtomicU64::new(0)),
+];
+
 /// A call push is sent once per call and device, whatever retries the dialplan makes.
 const DEDUP_TTL: Duration = Duration::from_secs(300);
 
 impl Wake {
+    /// Counters for `push show status`.
+    pub fn counters(&self) -> WakeCounters {
+        let c = |i: usize| COUNTERS[i].1.load(Ordering::Relaxed);
+        WakeCounters {
+            started: c(0),
+            registered: c(1),
+            timeouts: c(2),
+            failed: c(3),
+            cancels: c(4),
+        }
+    }
+
     /// Called by the REGISTER hook once the registrar accepted a binding's REGISTER.
     pub fn registered(&self, aor: &str, params: &res_push_core::pn::PushParams, contact_uri: &str) {
         let id = binding_id(aor, params.provider, &params.app_id, &params.token);
@@ -270,6 +293,9 @@ fn event(name: &str, b: &Binding, call_uuid: &str, extra: &[(&'static str, Strin
         ("CallUUID", call_uuid.to_string()),
     ];
     f.extend_from_slice(extra);
+    if let Some((_, n)) = COUNTERS.iter().find(|(e, _)| *e == name) {
+        n.fetch_add(1, Ordering::Relaxed);
+    }
     manager::event(name, &f);
 }
 

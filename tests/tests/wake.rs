@@ -78,6 +78,17 @@ fn sleeping_phone_is_woken_and_answers() {
         t0.elapsed().as_millis(),
         field(&ev, "WaitMs").unwrap_or("?")
     );
+    let status = a.cli("push show status");
+    assert_eq!(
+        res_push_itests::status_field(&status, "Woken and rung").as_deref(),
+        Some("1"),
+        "{status}"
+    );
+    assert_eq!(
+        res_push_itests::status_field(&status, "Cancel pushes").as_deref(),
+        Some("0"),
+        "{status}"
+    );
     // The device answered: no cancel push.
     std::thread::sleep(Duration::from_millis(500));
     let pushes: Vec<_> = mocks

@@ -42,6 +42,21 @@ pub struct Counters {
     pub disconnects: u64,
 }
 
+/// Call wake-up counters since module load.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WakeCounters {
+    /// Device legs started (one per pushed device per call).
+    pub started: u64,
+    /// Devices that registered in time and were rung.
+    pub registered: u64,
+    /// Devices that did not register within the wait.
+    pub timeouts: u64,
+    /// Devices given up because their push failed.
+    pub failed: u64,
+    /// Cancel pushes sent (answered elsewhere, caller hung up, timeout).
+    pub cancels: u64,
+}
+
 /// Everything `push show status` shows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StatusSnapshot {
@@ -63,6 +78,8 @@ pub struct StatusSnapshot {
     pub apps: Option<Vec<String>>,
     /// Problems the sidecar reported with app sections.
     pub app_errors: Vec<String>,
+    /// Call wake-up counters.
+    pub wake: WakeCounters,
     /// The time the snapshot was taken, for "ago" figures.
     pub now: SystemTime,
 }
@@ -123,6 +140,12 @@ impl StatusSnapshot {
         line("Queue full drops", &c.queue_full);
         line("Link connects", &c.connects);
         line("Link disconnects", &c.disconnects);
+        let w = &self.wake;
+        line("Wake-ups started", &w.started);
+        line("Woken and rung", &w.registered);
+        line("Wake timeouts", &w.timeouts);
+        line("Wake failures", &w.failed);
+        line("Cancel pushes", &w.cancels);
         o
     }
 }
@@ -151,6 +174,13 @@ mod tests {
             now: UNIX_EPOCH + Duration::from_secs(1_800_000_100),
             apps: Some(vec!["ios".into(), "android".into()]),
             app_errors: vec!["ios: key_file: not found".into()],
+            wake: WakeCounters {
+                started: 4,
+                registered: 2,
+                timeouts: 1,
+                failed: 1,
+                cancels: 2,
+            },
         }
     }
 
@@ -175,6 +205,7 @@ mod tests {
         );
         assert!(s.contains("Queue depth         : 3/1024\n"), "{s}");
         assert!(s.contains("Queue full drops    : 2\n"), "{s}");
+        assert!(s.contains("Woken and rung      : 2\n"), "{s}");
     }
 
     #[test]

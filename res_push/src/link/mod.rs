@@ -284,6 +284,7 @@ impl Link {
             now: SystemTime::now(),
             apps,
             app_errors,
+            wake: Default::default(),
         }
     }
 
