@@ -239,13 +239,14 @@ void rp_shim_sip_unregister(void)
 	ast_sip_unregister_service(&rp_register_module);
 }
 
-int rp_shim_delete_contact(const char *aor_name, const char *uri)
+/* Calls `each` on every contact of an AOR; returns how many there were. */
+static int foreach_contact(const char *aor_name, void (*each)(struct ast_sip_contact *contact, void *ctx), void *ctx)
 {
 	struct ast_sip_aor *aor = ast_sip_location_retrieve_aor(aor_name);
 	struct ao2_container *contacts;
 	struct ao2_iterator it;
 	struct ast_sip_contact *contact;
-	int deleted = 0;
+	int n = 0;
 
 	if (!aor) {
 		return 0;
@@ -254,14 +255,54 @@ int rp_shim_delete_contact(const char *aor_name, const char *uri)
 	if (contacts) {
 		it = ao2_iterator_init(contacts, 0);
 		while ((contact = ao2_iterator_next(&it))) {
-			if (!strcmp(contact->uri, uri) && !ast_sip_location_delete_contact(contact)) {
-				deleted = 1;
-			}
+			each(contact, ctx);
+			n++;
 			ao2_ref(contact, -1);
 		}
 		ao2_iterator_destroy(&it);
 		ao2_ref(contacts, -1);
 	}
 	ao2_ref(aor, -1);
-	return deleted;
+	return n;
+}
+
+struct delete_by_uri {
+	const char *uri;
+	int deleted;
+};
+
+static void delete_if_uri(struct ast_sip_contact *contact, void *ctx)
+{
+	struct delete_by_uri *d = ctx;
+
+	if (!strcmp(contact->uri, d->uri) && !ast_sip_location_delete_contact(contact)) {
+		d->deleted = 1;
+	}
+}
+
+int rp_shim_delete_contact(const char *aor_name, const char *uri)
+{
+	struct delete_by_uri d = { .uri = uri, .deleted = 0 };
+
+	foreach_contact(aor_name, delete_if_uri, &d);
+	return d.deleted;
+}
+
+struct uri_callback {
+	void (*each)(void *ctx, const char *uri);
+	void *ctx;
+};
+
+static void pass_uri(struct ast_sip_contact *contact, void *ctx)
+{
+	struct uri_callback *cb = ctx;
+
+	cb->each(cb->ctx, contact->uri);
+}
+
+int rp_shim_aor_contacts(const char *aor_name, void (*each)(void *ctx, const char *uri), void *ctx)
+{
+	struct uri_callback cb = { .each = each, .ctx = ctx };
+
+	return foreach_contact(aor_name, pass_uri, &cb);
 }

@@ -203,32 +203,6 @@ int rp_shim_endpoint_aors(const char *endpoint, char *buf, size_t len)
 	return 1;
 }
 
-int rp_shim_aor_contacts(const char *aor_name, void (*each)(void *ctx, const char *uri), void *ctx)
-{
-	struct ast_sip_aor *aor = ast_sip_location_retrieve_aor(aor_name);
-	struct ao2_container *contacts;
-	struct ao2_iterator it;
-	struct ast_sip_contact *contact;
-	int n = 0;
-
-	if (!aor) {
-		return 0;
-	}
-	contacts = ast_sip_location_retrieve_aor_contacts(aor);
-	if (contacts) {
-		it = ao2_iterator_init(contacts, 0);
-		while ((contact = ao2_iterator_next(&it))) {
-			each(ctx, contact->uri);
-			n++;
-			ao2_ref(contact, -1);
-		}
-		ao2_iterator_destroy(&it);
-		ao2_ref(contacts, -1);
-	}
-	ao2_ref(aor, -1);
-	return n;
-}
-
 int rp_shim_device_state(const char *device)
 {
 	return ast_device_state(device);

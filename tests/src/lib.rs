@@ -65,30 +65,39 @@ pub fn chroot() -> PathBuf {
     p
 }
 
-/// The module under test.
-pub fn module_path() -> PathBuf {
-    let p = env_path("RES_PUSH_MODULE", || {
-        workspace().join("target/debug/libres_push.so")
-    });
+/// A build artifact under test: `var` when set, else `target/debug/<file>`.
+fn artifact(var: &str, file: &str, package: &str) -> PathBuf {
+    let p = env_path(var, || workspace().join("target/debug").join(file));
     assert!(
         p.exists(),
-        "module {} not built (cargo build -p res_push)",
+        "{} not built (cargo build -p {package})",
         p.display()
     );
     p
 }
 
+/// The module under test.
+pub fn module_path() -> PathBuf {
+    artifact("RES_PUSH_MODULE", "libres_push.so", "res_push")
+}
+
 /// The sidecar binary under test.
 pub fn sidecar_bin() -> PathBuf {
-    let p = env_path("RES_PUSH_SIDECAR_BIN", || {
-        workspace().join("target/debug/res-push-sidecar")
-    });
-    assert!(
-        p.exists(),
-        "sidecar {} not built (cargo build -p res-push-sidecar)",
-        p.display()
-    );
-    p
+    artifact(
+        "RES_PUSH_SIDECAR_BIN",
+        "res-push-sidecar",
+        "res-push-sidecar",
+    )
+}
+
+/// The number of bindings a `push show bindings` listing ends with.
+pub fn binding_count(listing: &str) -> usize {
+    listing
+        .lines()
+        .last()
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(usize::MAX)
 }
 
 /// A UDP port free right now on 127.0.0.1.

@@ -5,7 +5,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use res_push_itests::push_env::{Mocks, setup};
-use res_push_itests::{Asterisk, Options, Register, Sidecar, field, status_field, wait_for};
+use res_push_itests::{
+    Asterisk, Options, Register, Sidecar, binding_count, field, status_field, wait_for,
+};
 use res_push_mocks::Behavior;
 
 const APNS_TOKEN: &str = "00fc13adff785122b4ad28809a3420982341241421348097878e577c991de8f0";
@@ -16,15 +18,6 @@ fn apns_binding(token: &str) -> String {
     format!(";pn-provider=apns;pn-param=TEAM123456.com.example.phone.voip;pn-prid={token}")
 }
 
-fn count(listing: &str) -> usize {
-    listing
-        .lines()
-        .last()
-        .and_then(|l| l.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(usize::MAX)
-}
-
 #[test]
 fn push_send_call_is_a_voip_push_at_mock_apns() {
     let (mocks, a, _sidecar) = setup("send-call", "");
@@ -33,7 +26,7 @@ fn push_send_call_is_a_voip_push_at_mock_apns() {
             .ok
     );
     wait_for(WAIT, || {
-        (count(&a.cli("push show bindings alice")) == 1).then_some(())
+        (binding_count(&a.cli("push show bindings alice")) == 1).then_some(())
     })
     .expect("binding");
 
@@ -70,14 +63,14 @@ fn dead_token_drops_the_binding() {
             .ok
     );
     wait_for(WAIT, || {
-        (count(&a.cli("push show bindings alice")) == 1).then_some(())
+        (binding_count(&a.cli("push show bindings alice")) == 1).then_some(())
     })
     .expect("binding");
 
     let out = a.cli("push send alice hello there");
     assert!(out.contains("invalid token (Unregistered)"), "{out}");
     let gone = wait_for(WAIT, || {
-        (count(&a.cli("push show bindings alice")) == 0).then_some(())
+        (binding_count(&a.cli("push show bindings alice")) == 0).then_some(())
     });
     assert!(gone.is_some(), "{}", a.cli("push show bindings alice"));
     let ev = ami.wait_event(WAIT, |p| field(p, "Event") == Some("PushBindingRemoved"));
@@ -136,7 +129,7 @@ fn push_test_reaches_mock_fcm_and_ami_push_send_reports() {
     );
     assert!(a.register(&Register::new("bob", &fcm_binding)).ok);
     wait_for(WAIT, || {
-        (count(&a.cli("push show bindings bob")) == 1).then_some(())
+        (binding_count(&a.cli("push show bindings bob")) == 1).then_some(())
     })
     .expect("binding");
     let mut ami = a.ami();

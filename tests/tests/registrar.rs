@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use res_push_itests::{Asterisk, Options, Register, field, wait_for};
+use res_push_itests::{Asterisk, Options, Register, binding_count, field, wait_for};
 
 const APNS_TOKEN: &str = "00fc13adff785122b4ad28809a3420982341241421348097878e577c991de8f0";
 const FCM_TOKEN: &str = "dXf3k2JrT0y:APA91bHun4MxP5egoKMwt2KZFBaFUH-1RYqx";
@@ -42,15 +42,6 @@ fn bindings_until(a: &Asterisk, aor: &str, pred: impl Fn(&str) -> bool) -> Strin
     })
 }
 
-fn count(listing: &str) -> usize {
-    listing
-        .lines()
-        .last()
-        .and_then(|l| l.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(usize::MAX)
-}
-
 #[test]
 fn rfc8599_apns_binding_gets_feature_caps() {
     let a = start("rfc-apns");
@@ -64,7 +55,7 @@ fn rfc8599_apns_binding_gets_feature_caps() {
         x.response
     );
 
-    let list = bindings_until(&a, "alice", |l| count(l) == 1);
+    let list = bindings_until(&a, "alice", |l| binding_count(l) == 1);
     assert!(list.contains("apns"), "{list}");
     assert!(list.contains("DEF123GHIJ.com.example.phone.voip"), "{list}");
     assert!(list.contains("…1de8f0"), "token shown redacted: {list}");
@@ -161,7 +152,7 @@ fn mpush_header_when_enabled() {
         x.header("Feature-Caps").as_deref(),
         Some("*;+sip.pns=\"apns\"")
     );
-    let list = bindings_until(&a, "alice", |l| count(l) == 1);
+    let list = bindings_until(&a, "alice", |l| binding_count(l) == 1);
     assert!(
         list.contains("com.voip.phone") && list.contains("sandbox"),
         "{list}"
@@ -171,7 +162,7 @@ fn mpush_header_when_enabled() {
     let mut r = Register::new("alice", "");
     r.headers = vec!["X-MPUSH: null".into()];
     assert!(a.register(&r).ok);
-    bindings_until(&a, "alice", |l| count(l) == 0);
+    bindings_until(&a, "alice", |l| binding_count(l) == 0);
 }
 
 #[test]
@@ -183,7 +174,7 @@ fn mpush_header_ignored_when_disabled() {
     assert!(x.ok, "{}", x.trace);
     assert_eq!(x.header("Feature-Caps"), None);
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(count(&a.cli("push show bindings")), 0);
+    assert_eq!(binding_count(&a.cli("push show bindings")), 0);
 }
 
 #[test]
@@ -196,7 +187,7 @@ fn capability_query_answers_without_binding() {
         Some("*;+sip.pns=\"fcm\";+sip.pnsreg=\"600\"")
     );
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(count(&a.cli("push show bindings")), 0);
+    assert_eq!(binding_count(&a.cli("push show bindings")), 0);
 }
 
 #[test]
@@ -226,7 +217,7 @@ fn unsupported_provider_is_555_or_accepted_as_configured() {
             .then_some(()))
         .is_some()
     );
-    assert_eq!(count(&b.cli("push show bindings")), 0);
+    assert_eq!(binding_count(&b.cli("push show bindings")), 0);
 }
 
 #[test]
@@ -268,7 +259,7 @@ fn malformed_parameters_are_400_with_a_reason_and_leave_nothing() {
         "{}",
         a.cli("pjsip show contacts")
     );
-    assert_eq!(count(&a.cli("push show bindings")), 0);
+    assert_eq!(binding_count(&a.cli("push show bindings")), 0);
 }
 
 #[test]
@@ -281,7 +272,7 @@ fn unbind_by_null_token_and_by_expires_zero() {
     let fcm = format!(";pn-provider=fcm;pn-param=proj;pn-prid={FCM_TOKEN}");
     let mut fcm_reg = Register::new("alice", &fcm);
     assert!(a.register(&fcm_reg).ok);
-    bindings_until(&a, "alice", |l| count(l) == 2);
+    bindings_until(&a, "alice", |l| binding_count(l) == 2);
 
     // pn-prid=null forgets the app's binding.
     assert!(
@@ -291,14 +282,14 @@ fn unbind_by_null_token_and_by_expires_zero() {
         ))
         .ok
     );
-    let list = bindings_until(&a, "alice", |l| count(l) == 1);
+    let list = bindings_until(&a, "alice", |l| binding_count(l) == 1);
     assert!(list.contains("fcm"), "{list}");
 
     // Expires: 0 on the contact removes that binding.
     fcm_reg.expires = 0;
     let x = a.register(&fcm_reg);
     assert!(x.ok, "{}", x.trace);
-    bindings_until(&a, "alice", |l| count(l) == 0);
+    bindings_until(&a, "alice", |l| binding_count(l) == 0);
 }
 
 #[test]
@@ -306,7 +297,7 @@ fn new_address_updates_the_binding_and_removes_the_stale_contact() {
     let a = start("dedup");
     let first = Register::new("alice", &rfc_apns(APNS_TOKEN));
     assert!(a.register(&first).ok);
-    bindings_until(&a, "alice", |l| count(l) == 1);
+    bindings_until(&a, "alice", |l| binding_count(l) == 1);
     let old = format!("127.0.0.1:{}", first.port);
     assert!(
         wait_for(WAIT, || a
@@ -329,7 +320,7 @@ fn new_address_updates_the_binding_and_removes_the_stale_contact() {
         a.cli("pjsip show contacts")
     );
     let list = a.cli("push show bindings alice");
-    assert_eq!(count(&list), 1, "{list}");
+    assert_eq!(binding_count(&list), 1, "{list}");
     assert!(a.cli("push show binding alice").contains(&new));
 }
 
@@ -339,7 +330,7 @@ fn binding_survives_restart_and_contact_expiry() {
     let mut r = Register::new("alice", &rfc_apns(APNS_TOKEN));
     r.expires = 2;
     assert!(a.register(&r).ok);
-    bindings_until(&a, "alice", |l| count(l) == 1);
+    bindings_until(&a, "alice", |l| binding_count(l) == 1);
     let contact = format!("127.0.0.1:{}", r.port);
 
     // The contact expires (2 s) and Asterisk prunes it; the push binding stays.
@@ -348,11 +339,11 @@ fn binding_survives_restart_and_contact_expiry() {
     });
     assert!(gone.is_some(), "{}", a.cli("pjsip show contacts"));
     let list = a.cli("push show bindings alice");
-    assert_eq!(count(&list), 1, "{list}");
+    assert_eq!(binding_count(&list), 1, "{list}");
     assert!(list.contains("expired"), "{list}");
 
     a.restart();
-    let list = bindings_until(&a, "alice", |l| count(l) == 1);
+    let list = bindings_until(&a, "alice", |l| binding_count(l) == 1);
     assert!(list.contains("DEF123GHIJ.com.example.phone.voip"), "{list}");
     assert!(a.log().contains("restored 1 push binding(s)"));
 }
@@ -392,7 +383,7 @@ fn operator_cli_and_ami_manage_bindings() {
         a.register(&Register::new("alice", &rfc_apns(APNS_TOKEN)))
             .ok
     );
-    bindings_until(&a, "alice", |l| count(l) == 1);
+    bindings_until(&a, "alice", |l| binding_count(l) == 1);
 
     let list = ami.action("PushBindingList", &[]);
     let entries: Vec<_> = list
@@ -430,5 +421,5 @@ fn operator_cli_and_ami_manage_bindings() {
         a.cli(&format!("push delete binding alice {id}"))
             .contains("1 push binding(s)")
     );
-    assert_eq!(count(&a.cli("push show bindings")), 0);
+    assert_eq!(binding_count(&a.cli("push show bindings")), 0);
 }

@@ -196,6 +196,24 @@ fn pushes(mocks: &res_push_itests::push_env::Mocks, token: &str, kind: &str) -> 
         .count()
 }
 
+/// The woken phone: its SIP stack listens on a new port, then it registers with that contact.
+fn wake_phone(a: &res_push_itests::Asterisk, token: &str) -> res_push_itests::SippRun {
+    let port = free_udp_port();
+    let phone = a.sipp("phone", PHONE, port, &[]);
+    // Give SIPp a moment to bind before the REGISTER makes Asterisk send the INVITE there.
+    std::thread::sleep(Duration::from_millis(300));
+    let mut r = Register::new("alice", &pn(token));
+    r.contact_port = Some(port);
+    assert!(a.register(&r).ok);
+    phone
+}
+
+fn voip_pushed(mocks: &res_push_itests::push_env::Mocks) -> bool {
+    mocks
+        .wait_apns(WAIT, |r| r.header("apns-push-type") == Some("voip"))
+        .is_some()
+}
+
 fn bind(a: &res_push_itests::Asterisk, token: &str) {
     assert!(a.register(&Register::new("alice", &pn(token))).ok);
     let tail = &token[token.len() - 6..];
@@ -221,11 +239,7 @@ fn desk_phone_rings_at_once_and_its_answer_cancels_the_mobile() {
 
     let caller = a.sipp("caller", CALLER, free_udp_port(), &["-s", "mobile"]);
     // The mobile is pushed while the desk rings; it never wakes.
-    assert!(
-        mocks
-            .wait_apns(WAIT, |r| r.header("apns-push-type") == Some("voip"))
-            .is_some()
-    );
+    assert!(voip_pushed(&mocks));
     let (desk, caller) = (desk.wait(), caller.wait());
     assert!(desk.ok, "desk:\n{}", desk.trace);
     assert!(caller.ok, "caller:\n{}", caller.trace);
@@ -248,11 +262,7 @@ fn caller_hanging_up_cancels_the_pushed_device() {
     let mut ami = a.ami();
     bind(&a, TOKEN);
     let caller = a.sipp("caller", CALLER_CANCEL, free_udp_port(), &["-s", "mobile"]);
-    assert!(
-        mocks
-            .wait_apns(WAIT, |r| r.header("apns-push-type") == Some("voip"))
-            .is_some()
-    );
+    assert!(voip_pushed(&mocks));
     let caller = caller.wait();
     assert!(caller.ok, "caller:\n{}", caller.trace);
     let ev = ami
@@ -282,12 +292,7 @@ fn two_devices_are_pushed_and_the_one_that_answers_wins() {
         );
     }
     // Only the second device wakes; it does not wait for the first.
-    let port = free_udp_port();
-    let phone = a.sipp("phone", PHONE, port, &[]);
-    std::thread::sleep(Duration::from_millis(300));
-    let mut wake = Register::new("alice", &pn(TOKEN2));
-    wake.contact_port = Some(port);
-    assert!(a.register(&wake).ok);
+    let phone = wake_phone(&a, TOKEN2);
     let (phone, caller) = (phone.wait(), caller.wait());
     assert!(
         phone.ok && caller.ok,
@@ -316,11 +321,7 @@ fn three_registers_make_exactly_one_invite() {
     let (mocks, a, _sidecar) = setup("wake-three", "");
     bind(&a, TOKEN);
     let caller = a.sipp("caller", CALLER, free_udp_port(), &["-s", "mobile"]);
-    assert!(
-        mocks
-            .wait_apns(WAIT, |r| r.header("apns-push-type") == Some("voip"))
-            .is_some()
-    );
+    assert!(voip_pushed(&mocks));
     let port = free_udp_port();
     let phone = a.sipp("phone", PHONE, port, &[]);
     std::thread::sleep(Duration::from_millis(300));
@@ -350,17 +351,8 @@ fn pushwake_application_sets_status_and_contacts() {
     let (mocks, a, _sidecar) = setup("wake-app", "");
     bind(&a, TOKEN);
     let caller = a.sipp("caller", CALLER, free_udp_port(), &["-s", "wake"]);
-    assert!(
-        mocks
-            .wait_apns(WAIT, |r| r.header("apns-push-type") == Some("voip"))
-            .is_some()
-    );
-    let port = free_udp_port();
-    let phone = a.sipp("phone", PHONE, port, &[]);
-    std::thread::sleep(Duration::from_millis(300));
-    let mut r = Register::new("alice", &pn(TOKEN));
-    r.contact_port = Some(port);
-    assert!(a.register(&r).ok);
+    assert!(voip_pushed(&mocks));
+    let phone = wake_phone(&a, TOKEN);
     let (phone, caller) = (phone.wait(), caller.wait());
     assert!(
         phone.ok && caller.ok,
@@ -403,12 +395,7 @@ fn queue_rings_a_sleeping_mobile_member() {
         "{}",
         a.log()
     );
-    let port = free_udp_port();
-    let phone = a.sipp("phone", PHONE, port, &[]);
-    std::thread::sleep(Duration::from_millis(300));
-    let mut r = Register::new("alice", &pn(TOKEN));
-    r.contact_port = Some(port);
-    assert!(a.register(&r).ok);
+    let phone = wake_phone(&a, TOKEN);
     let (phone, caller) = (phone.wait(), caller.wait());
     assert!(
         phone.ok && caller.ok,
