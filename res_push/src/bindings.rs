@@ -30,19 +30,10 @@ pub fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Work handed to the worker thread.
+/// Work handed to the worker thread: whatever needs I/O (astdb, AMI, sorcery).
 pub enum Work {
-    /// The registrar answered 200 OK to a REGISTER with these binding actions.
-    Commit {
-        /// The AOR.
-        aor: String,
-        /// What to do.
-        actions: Vec<Action>,
-        /// User-Agent of the REGISTER.
-        user_agent: Option<String>,
-        /// Expiry the registrar granted per contact URI.
-        granted: Vec<(String, u32)>,
-    },
+    /// Changes already made in memory, to persist, announce and act on.
+    Publish(Vec<Change>),
     /// The provider reported a token dead.
     InvalidToken(Provider, String),
 }
@@ -82,9 +73,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl std::fmt::Debug for Work {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Work::Commit { aor, actions, .. } => {
-                write!(f, "Commit({aor}, {} actions)", actions.len())
-            }
+            Work::Publish(changes) => write!(f, "Publish({} changes)", changes.len()),
             Work::InvalidToken(p, t) => write!(f, "InvalidToken({p:?}, {})", redact(t)),
         }
     }
@@ -201,55 +190,74 @@ impl Bindings {
         }
     }
 
-    fn apply(&self, work: Work) {
+    /// Applies the binding actions of a REGISTER the registrar accepted. Runs on the SIP
+    /// thread: the in-memory update is microseconds under a lock, and only changes that need
+    /// I/O (new or moved bindings, removals, a periodic write) go to the worker, so a phone
+    /// refreshing its registration costs no thread wake-up at all.
+    pub fn commit(
+        &self,
+        aor: &str,
+        actions: Vec<Action>,
+        user_agent: Option<String>,
+        granted: &[(String, u32)],
+    ) {
         let now = now();
         let changes = {
             let mut store = lock(&self.store);
-            match work {
-                Work::InvalidToken(provider, token) => store.invalid_token(provider, &token),
-                Work::Commit {
-                    aor,
-                    actions,
-                    user_agent,
-                    granted,
-                } => {
-                    let mut changes = Vec::new();
-                    for action in actions {
-                        changes.extend(match action {
-                            Action::Bind {
-                                params,
-                                contact_uri,
-                                instance,
-                                ua_pnsreg,
-                                expires,
-                            } => {
-                                let expires = granted
-                                    .iter()
-                                    .find(|(uri, _)| *uri == contact_uri)
-                                    .map(|(_, e)| *e)
-                                    .or(expires)
-                                    .unwrap_or(3600);
-                                store.register(
-                                    Registration {
-                                        aor: aor.clone(),
-                                        params,
-                                        contact_uri,
-                                        user_agent: user_agent.clone(),
-                                        instance,
-                                        ua_pnsreg,
-                                        expires,
-                                    },
-                                    now,
-                                )
-                            }
-                            Action::Unregister(params) => store.unregister(&aor, &params),
-                            Action::UnregisterAll => store.unregister_all(&aor),
-                            Action::Unbind(u) => store.unbind(&aor, &u),
-                        });
+            let mut changes = Vec::new();
+            for action in actions {
+                changes.extend(match action {
+                    Action::Bind {
+                        params,
+                        contact_uri,
+                        instance,
+                        ua_pnsreg,
+                        expires,
+                    } => {
+                        let expires = granted
+                            .iter()
+                            .find(|(uri, _)| *uri == contact_uri)
+                            .map(|(_, e)| *e)
+                            .or(expires)
+                            .unwrap_or(3600);
+                        let registration = Registration {
+                            aor: aor.to_string(),
+                            params,
+                            contact_uri,
+                            user_agent: user_agent.clone(),
+                            instance,
+                            ua_pnsreg,
+                            expires,
+                        };
+                        store.register(registration, now)
                     }
-                    changes
-                }
+                    Action::Unregister(params) => store.unregister(aor, &params),
+                    Action::UnregisterAll => store.unregister_all(aor),
+                    Action::Unbind(u) => store.unbind(aor, &u),
+                });
             }
+            changes
+        };
+        let needs_io = changes.iter().any(|c| match c {
+            Change::Updated {
+                stale_contact,
+                changed,
+                persist,
+                ..
+            } => *changed || *persist || stale_contact.is_some(),
+            Change::Added(_) | Change::Removed { .. } => true,
+        });
+        if needs_io {
+            self.submit(Work::Publish(changes));
+        }
+    }
+
+    fn apply(&self, work: Work) {
+        let changes = match work {
+            Work::InvalidToken(provider, token) => {
+                lock(&self.store).invalid_token(provider, &token)
+            }
+            Work::Publish(changes) => changes,
         };
         self.publish(changes);
     }

@@ -12,7 +12,6 @@ use res_push_core::registrar::{Action, Policy, RegisterRequest, Verdict, decide}
 use res_push_core::sip::parse_contact;
 
 use crate::ast::pjsip::{Register, RxData, TxData};
-use crate::bindings::Work;
 use crate::module::Running;
 
 /// A REGISTER we accepted, waiting for the registrar's answer.
@@ -148,17 +147,14 @@ impl Registrar {
                 running.wake.registered(&p.aor, params, contact_uri);
             }
         }
-        let granted = resp
+        let granted: Vec<(String, u32)> = resp
             .contacts
             .iter()
             .map(|c| parse_contact(c))
             .filter_map(|c| Some((c.uri.clone(), c.expires()?)))
             .collect();
-        running.bindings.submit(Work::Commit {
-            aor: p.aor,
-            actions: p.actions,
-            user_agent: p.user_agent,
-            granted,
-        });
+        running
+            .bindings
+            .commit(&p.aor, p.actions, p.user_agent, &granted);
     }
 }
