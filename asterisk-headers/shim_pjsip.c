@@ -6,6 +6,8 @@
  */
 #include "shim.h"
 
+#include <ctype.h>
+
 #include <pjsip.h>
 
 #include "asterisk/res_pjsip.h"
@@ -158,9 +160,40 @@ int rp_shim_add_header(pjsip_tx_data *tdata, const char *name, const char *value
 	return ast_sip_add_header(tdata, name, value);
 }
 
+/* Case-insensitive search in a buffer that is not NUL-terminated. */
+static int contains_ci(const char *buf, size_t len, const char *needle)
+{
+	size_t n = strlen(needle);
+	size_t i, j;
+
+	for (i = 0; i + n <= len; i++) {
+		for (j = 0; j < n && tolower((unsigned char) buf[i + j]) == needle[j]; j++) {
+		}
+		if (j == n) {
+			return 1;
+		}
+	}
+	return 0;
+}
+
+/* Most REGISTERs carry no push parameters at all (desk phones): a scan of the raw message
+ * lets them through without copying anything out for Rust. False positives only cost the
+ * full path. */
+static int may_carry_push(pjsip_rx_data *rdata)
+{
+	const char *buf = rdata->msg_info.msg_buf;
+	size_t len = rdata->msg_info.len;
+
+	if (!buf) {
+		return 1;
+	}
+	return contains_ci(buf, len, "pn-") || contains_ci(buf, len, "push-token")
+		|| contains_ci(buf, len, "x-mpush");
+}
+
 static pj_bool_t rp_on_rx_request(pjsip_rx_data *rdata)
 {
-	if (rdata->msg_info.msg->line.req.method.id != PJSIP_REGISTER_METHOD) {
+	if (rdata->msg_info.msg->line.req.method.id != PJSIP_REGISTER_METHOD || !may_carry_push(rdata)) {
 		return PJ_FALSE;
 	}
 	return rp_sip_on_register(rdata) ? PJ_TRUE : PJ_FALSE;

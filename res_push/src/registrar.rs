@@ -116,6 +116,16 @@ impl Registrar {
 
     /// Runs on each REGISTER response about to be sent.
     pub fn on_response(&self, tdata: TxData, running: &Running) {
+        // Every REGISTER response passes here; with nothing pending there is nothing to do,
+        // and no reason to copy the response out.
+        if self
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
+        {
+            return;
+        }
         let Some(resp) = tdata.register_response() else {
             return;
         };

@@ -3,7 +3,7 @@
 //! rate. Every REGISTER carries RFC 8599 parameters in both phases; only the module differs.
 //! Target: with/without ≥ 0.95. Prints figures; asserts nothing about time.
 //!
-//! `res-push-bench-register [registers-per-phase] [rounds]`
+//! `res-push-bench-register [registers-per-phase] [rounds] [plain]`
 
 use std::fmt::Write as _;
 use std::fs;
@@ -22,6 +22,8 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let per_phase: u32 = args.next().and_then(|a| a.parse().ok()).unwrap_or(6000);
     let rounds: u32 = args.next().and_then(|a| a.parse().ok()).unwrap_or(2);
+    // `plain`: REGISTERs without push parameters, to see what the hooks cost on their own.
+    let plain = args.next().as_deref() == Some("plain");
 
     let mut pjsip = String::new();
     for i in 0..USERS {
@@ -47,10 +49,23 @@ fn main() {
         let _ = writeln!(csv, "u{i};{:064x}", (i as u128 + 1) * 0x9e37_79b9_7f4a_7c15);
     }
     fs::write(a.host_dir.join("run/users.csv"), csv).expect("users.csv");
-    fs::write(a.host_dir.join("run/bench.xml"), SCENARIO).expect("scenario");
+    let scenario = if plain {
+        SCENARIO.replace(
+            ";pn-provider=apns;pn-param=DEF123GHIJ.com.example.phone.voip;pn-prid=[field1]",
+            "",
+        )
+    } else {
+        SCENARIO.to_string()
+    };
+    fs::write(a.host_dir.join("run/bench.xml"), scenario).expect("scenario");
 
     println!(
-        "REGISTER throughput, {per_phase} REGISTERs per phase, offered {RATE}/s, {CONCURRENT} in flight, {USERS} users"
+        "REGISTER throughput ({}), {per_phase} REGISTERs per phase, offered {RATE}/s, {CONCURRENT} in flight, {USERS} users",
+        if plain {
+            "plain REGISTERs"
+        } else {
+            "RFC 8599 REGISTERs"
+        }
     );
     let (mut with, mut without) = (Vec::new(), Vec::new());
     for round in 0..rounds {
