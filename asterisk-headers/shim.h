@@ -141,6 +141,9 @@ int rp_shim_endpoint_aors(const char *endpoint, char *buf, size_t len);
 int rp_shim_aor_contacts(const char *aor, void (*each)(void *ctx, const char *uri), void *ctx);
 int rp_shim_device_state(const char *device);
 void rp_shim_devstate_changed(const char *device);
+/* The cause this leg ends with: Local channels pass it on, so the caller's Dial sets
+ * DIALSTATUS from it (19 no answer -> NOANSWER, 20 absent -> CHANUNAVAIL). */
+void rp_shim_set_hangupcause(struct ast_channel *chan, int cause);
 
 /* Implemented in Rust (res_push/src/entry.rs). */
 int rp_wake_local_destination(const char *endpoint, char *dest, size_t len);

@@ -213,3 +213,10 @@ void rp_shim_devstate_changed(const char *device)
 	/* UNKNOWN: subscribers (app_queue, hints) ask the Push technology for the new state. */
 	ast_devstate_changed(AST_DEVICE_UNKNOWN, AST_DEVSTATE_CACHABLE, "%s", device);
 }
+
+void rp_shim_set_hangupcause(struct ast_channel *chan, int cause)
+{
+	ast_channel_lock(chan);
+	ast_channel_hangupcause_set(chan, cause);
+	ast_channel_unlock(chan);
+}

@@ -151,6 +151,11 @@ impl Bindings {
         }
     }
 
+    /// The binding with this id (ids are unique across AORs).
+    pub fn by_id(&self, id: &str) -> Option<Binding> {
+        lock(&self.store).all().find(|b| b.id == id).cloned()
+    }
+
     /// Operator removal (CLI, AMI).
     pub fn delete(&self, aor: &str, id: Option<&str>) -> usize {
         let changes = lock(&self.store).delete(aor, id);

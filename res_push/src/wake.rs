@@ -137,6 +137,12 @@ impl Wake {
     }
 }
 
+/// Q.850 causes a leg ends with, so the caller's `Dial` reports a meaningful DIALSTATUS.
+const CAUSE_NO_ANSWER: i32 = 19;
+const CAUSE_SUBSCRIBER_ABSENT: i32 = 20;
+const CAUSE_BUSY: i32 = 17;
+const CAUSE_CONGESTION: i32 = 34;
+
 /// Endpoint names go into an extension; names with other characters are hex-encoded.
 fn encode_endpoint(endpoint: &str) -> String {
     if !endpoint.is_empty()
@@ -305,6 +311,7 @@ pub fn push_dial(running: &Running, chan: Chan, data: &str) -> i32 {
     let endpoint = decode_endpoint(&a[0]);
     let Some(aors) = channel::endpoint_aors(&endpoint) else {
         chan.set_var("PUSHSTATUS", "NOBINDING");
+        chan.set_hangup_cause(CAUSE_SUBSCRIBER_ABSENT);
         return -1;
     };
     let mut dests = plain_contacts(&endpoint, &aors);
@@ -316,6 +323,7 @@ pub fn push_dial(running: &Running, chan: Chan, data: &str) -> i32 {
     );
     if dests.is_empty() {
         chan.set_var("PUSHSTATUS", "NOBINDING");
+        chan.set_hangup_cause(CAUSE_SUBSCRIBER_ABSENT);
         return -1;
     }
     // Inherited by the device legs: one call UUID for call, cancel and missed pushes.
@@ -328,13 +336,21 @@ pub fn push_dial(running: &Running, chan: Chan, data: &str) -> i32 {
     }
     tracing::debug!("{endpoint}: ringing {}", dests.join(" & "));
     chan.exec("Dial", &dests.join("&"));
+    // Pass the outcome up through the Local channel: the caller's Dial turns it into DIALSTATUS.
+    let cause = match chan.var("DIALSTATUS").as_deref() {
+        Some("BUSY") => CAUSE_BUSY,
+        Some("CONGESTION") => CAUSE_CONGESTION,
+        Some("CHANUNAVAIL") => CAUSE_SUBSCRIBER_ABSENT,
+        _ => CAUSE_NO_ANSWER,
+    };
+    chan.set_hangup_cause(cause);
     -1
 }
 
 /// `PushDevice(<binding id>)`: push one device, wait for its REGISTER, ring its fresh contact.
 pub fn push_device(running: &Running, chan: Chan, data: &str) -> i32 {
     let id = args(data).swap_remove(0);
-    let Some(b) = running.bindings.list(None).into_iter().find(|b| b.id == id) else {
+    let Some(b) = running.bindings.by_id(&id) else {
         chan.set_var("PUSHSTATUS", "NOBINDING");
         return -1;
     };
@@ -429,6 +445,7 @@ pub fn push_device(running: &Running, chan: Chan, data: &str) -> i32 {
             tracing::info!("{}: giving up on device {}: {why}", b.aor, b.id);
             event("PushWakeFailed", &b, &call_uuid, &[("Reason", why)]);
             chan.set_var("PUSHSTATUS", "FAILED");
+            chan.set_hangup_cause(CAUSE_SUBSCRIBER_ABSENT);
         }
         (WaitEnd::Hangup, None) | (WaitEnd::Woken, None) => {
             chan.set_var("PUSHSTATUS", "HANGUP");
@@ -448,6 +465,7 @@ pub fn push_device(running: &Running, chan: Chan, data: &str) -> i32 {
                 &[("Timeout", timeout.as_secs().to_string())],
             );
             chan.set_var("PUSHSTATUS", "TIMEOUT");
+            chan.set_hangup_cause(CAUSE_NO_ANSWER);
             cancel("timeout");
             if general.missed_call_push {
                 let data = call_data(chan, &endpoint, &call_uuid);

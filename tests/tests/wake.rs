@@ -128,6 +128,13 @@ fn unanswered_wake_times_out_and_cancels() {
     assert_eq!(field(&ev, "Timeout"), Some("2"));
     let caller = caller.wait();
     assert!(!caller.ok, "nobody answered, the caller must not see a 200");
+    // The dialplan reads the outcome like any unanswered call.
+    let log = wait_for(WAIT, || {
+        let l = a.log();
+        l.contains("mobile DIALSTATUS=").then_some(l)
+    })
+    .unwrap_or_default();
+    assert!(log.contains("mobile DIALSTATUS=NOANSWER"), "{log}");
     // Cancel as an alert push, never a second VoIP push.
     let cancel = mocks
         .wait_apns(WAIT, |r| r.header("apns-push-type") == Some("alert"))
@@ -173,6 +180,12 @@ fn invalid_token_fails_fast_and_removes_the_binding() {
     );
     let caller = caller.wait();
     assert!(!caller.ok);
+    let log = wait_for(WAIT, || {
+        let l = a.log();
+        l.contains("mobile DIALSTATUS=").then_some(l)
+    })
+    .unwrap_or_default();
+    assert!(log.contains("mobile DIALSTATUS=CHANUNAVAIL"), "{log}");
     let gone = wait_for(WAIT, || {
         a.cli("push show bindings alice")
             .contains("0 push binding(s)")

@@ -155,6 +155,12 @@ impl Chan {
         }
     }
 
+    /// The hangup cause this leg ends with (Q.850), seen by the caller's Dial as DIALSTATUS.
+    pub fn set_hangup_cause(&self, cause: i32) {
+        // SAFETY: live channel.
+        unsafe { ffi::rp_shim_set_hangupcause(self.0, cause) };
+    }
+
     /// Whether the channel is hung up.
     pub fn hung_up(&self) -> bool {
         // SAFETY: live channel.
