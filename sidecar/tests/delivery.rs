@@ -1637,3 +1637,85 @@ async fn certificate_credentials_load_from_pem_and_p12() {
         errors[1]
     );
 }
+
+/// Certificate auth end to end: the mock asks for and verifies the client certificate, the
+/// sidecar presents the one from `cert_file`, and requests carry no provider token.
+#[tokio::test]
+async fn certificate_auth_presents_the_client_certificate_and_sends_no_provider_token() {
+    let mocks = Mocks::start_with(
+        ApnsOptions {
+            client_cert_auth: true,
+            ..ApnsOptions::default()
+        },
+        FcmOptions::default(),
+    )
+    .await;
+    let sidecar = Sidecar::start().await;
+    let mut client = sidecar.client().await;
+    let issued = mocks
+        .apns
+        .issue_client_cert(BUNDLE)
+        .expect("client certificate");
+    let combined = mocks.write("apns-push-cert.pem", &issued.combined_pem());
+
+    let mut store = p12_keystore::KeyStore::new();
+    store.add_entry(
+        "apns",
+        p12_keystore::KeyStoreEntry::PrivateKeyChain(p12_keystore::PrivateKeyChain::new(
+            p12_keystore::LocalKeyId(vec![1, 2, 3, 4]),
+            p12_keystore::PrivateKey::from_der(&issued.key_der).unwrap(),
+            [p12_keystore::Certificate::from_der(&issued.cert_der).unwrap()],
+        )),
+    );
+    let p12 = store.writer("s3cret").write().expect("p12");
+    let p12_path = mocks.dir.path().join("apns-push-cert.p12");
+    std::fs::write(&p12_path, p12).unwrap();
+    let p12_path = p12_path.display().to_string();
+
+    let cert_app = |name: &str, cert: &[(&str, &str)]| {
+        let mut options = opts(&[
+            ("ca_file", &mocks.ca_file()),
+            ("apns_url", &mocks.apns.production_url()),
+            ("apns_sandbox_url", &mocks.apns.sandbox_url()),
+        ]);
+        options.extend(opts(cert));
+        AppConfig {
+            name: name.into(),
+            provider: Provider::Apns,
+            app_ids: vec![BUNDLE.into()],
+            environment: None,
+            options,
+        }
+    };
+
+    for (i, app) in [
+        cert_app("pem", &[("cert_file", &combined)]),
+        cert_app(
+            "p12",
+            &[("cert_file", &p12_path), ("cert_password", "s3cret")],
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let name = app.name.clone();
+        client.configure_ok(vec![app]).await;
+        let t = token(0x40 + i as u8);
+        let outcome = client.push(apns_push(PushKind::Call, &t, None)).await;
+        assert_eq!(sent(&outcome), 1, "{name}");
+
+        let requests = requests_for(&mocks.apns.requests(), &t);
+        assert_eq!(requests.len(), 1, "{name}: {requests:#?}");
+        let r = &requests[0];
+        assert_eq!(r.status, 200, "{name}: {:?}", r.reason);
+        assert_eq!(r.client_cert_uid.as_deref(), Some(BUNDLE), "{name}");
+        assert_eq!(r.header("apns-push-type"), Some("voip"), "{name}");
+        assert_eq!(
+            r.header("apns-topic"),
+            Some("com.example.phone.voip"),
+            "{name}"
+        );
+        assert_eq!(r.header("authorization"), None, "{name}");
+        assert!(r.jwt.is_none(), "{name}");
+    }
+}

@@ -1,8 +1,10 @@
-//! Mock APNs: the HTTP/2 provider API (`POST /3/device/<token>`) with token-based auth,
-//! on two listeners standing in for the sandbox and production hosts.
+//! Mock APNs: the HTTP/2 provider API (`POST /3/device/<token>`) with token-based auth and
+//! optional certificate-based auth ([`ApnsOptions::client_cert_auth`]), on two listeners
+//! standing in for the sandbox and production hosts.
 //!
 //! Rules follow Apple's "Sending notification requests to APNs", "Handling notification
-//! responses from APNs" and "Establishing a token-based connection to APNs"; where Apple does
+//! responses from APNs", "Establishing a token-based connection to APNs" and "Establishing a
+//! certificate-based connection to APNs"; where Apple does
 //! not document an answer the choice is marked "mock choice" below.
 
 use std::collections::HashMap;
@@ -26,7 +28,7 @@ use crate::server::{
     ConnState, ConnToken, Handler, IncomingRequest, Resp, authority, header_list, json_response,
     spawn_tls_listener, version_text,
 };
-use crate::tls::TestCa;
+use crate::tls::{ClientCert, TestCa};
 
 /// Apple: a provider token older than one hour is rejected.
 const TOKEN_MAX_AGE_SECS: u64 = 3600;
@@ -60,6 +62,16 @@ pub struct ApnsOptions {
     pub key_environment: Option<Environment>,
     /// The signing key (PKCS#8 PEM); `None` generates a fresh P-256 key.
     pub signing_key_pem: Option<String>,
+    /// Certificate-based authentication: the listeners ask for a TLS client certificate and
+    /// verify it against the mock's [`TestCa`] (see [`TestCa::issue_apns_client_cert`]). A
+    /// request without `authorization` on such a connection is authenticated by the
+    /// certificate, whose subject `UID` (the bundle id) must match the topic's bundle id
+    /// (400 `TopicDisallowed`); a certificate without `UID` is 403 `BadCertificate`.
+    /// Connections without a certificate still use provider tokens.
+    pub client_cert_auth: bool,
+    /// Restrict client certificates to one environment, like Apple's sandbox-only
+    /// certificates; using one on the other listener answers 403 `BadCertificateEnvironment`.
+    pub client_cert_environment: Option<Environment>,
 }
 
 impl Default for ApnsOptions {
@@ -71,6 +83,8 @@ impl Default for ApnsOptions {
             require_push_type: true,
             key_environment: None,
             signing_key_pem: None,
+            client_cert_auth: false,
+            client_cert_environment: None,
         }
     }
 }
@@ -175,7 +189,11 @@ impl MockApns {
         });
         // APNs speaks HTTP/2 only: offering nothing but h2 makes an HTTP/1.1-only client fail
         // the handshake, as it would against Apple.
-        let tls = ca.server_config(&[b"h2"])?;
+        let tls = if state.opts.client_cert_auth {
+            ca.server_config_with_client_auth(&[b"h2"])?
+        } else {
+            ca.server_config(&[b"h2"])?
+        };
         let (shutdown, rx) = watch::channel(false);
         let mut addrs = Vec::new();
         for env in [Environment::Sandbox, Environment::Production] {
@@ -226,6 +244,13 @@ impl MockApns {
     /// The CA.
     pub fn ca(&self) -> &TestCa {
         &self.ca
+    }
+
+    /// A client certificate and key for `bundle_id`, issued by the mock's CA the way Apple
+    /// issues push certificates (see [`TestCa::issue_apns_client_cert`]); only accepted when
+    /// the mock runs with [`ApnsOptions::client_cert_auth`].
+    pub fn issue_client_cert(&self, bundle_id: &str) -> anyhow::Result<ClientCert> {
+        self.ca.issue_apns_client_cert(bundle_id)
     }
 
     /// The signing key as Apple delivers it (PKCS#8 PEM, the `.p8` file's content).
@@ -387,6 +412,14 @@ fn is_uuid(s: &str) -> bool {
         })
 }
 
+/// How a request was authenticated.
+enum Auth {
+    /// A valid provider token (JWT).
+    Token,
+    /// The connection's client certificate, carrying this bundle id.
+    Certificate(String),
+}
+
 /// The request facts validation produced, needed to answer it.
 struct Valid {
     token: String,
@@ -423,8 +456,24 @@ impl ApnsState {
         req: &IncomingRequest,
         conn: &ConnState,
         rec: &mut RecordedRequest,
-    ) -> Result<(), Reject> {
+    ) -> Result<Auth, Reject> {
         let Some(auth) = self.single_header(req, "authorization")? else {
+            // Apple: with certificate-based trust, requests carry no authentication token.
+            if let Some(cert) = conn
+                .client_cert
+                .as_ref()
+                .filter(|_| self.opts.client_cert_auth)
+            {
+                let Some(uid) = &cert.uid else {
+                    return Err(Reject(403, "BadCertificate"));
+                };
+                if let Some(env) = self.opts.client_cert_environment {
+                    if conn.environment != Some(env) {
+                        return Err(Reject(403, "BadCertificateEnvironment"));
+                    }
+                }
+                return Ok(Auth::Certificate(uid.clone()));
+            }
             return Err(Reject(403, "MissingProviderToken"));
         };
         let token = match auth.split_once(' ') {
@@ -476,7 +525,7 @@ impl ApnsState {
                 });
             }
         }
-        Ok(())
+        Ok(Auth::Token)
     }
 
     fn validate(
@@ -506,10 +555,14 @@ impl ApnsState {
         ] {
             self.single_header(req, name)?;
         }
-        self.authenticate(req, conn, rec)?;
+        let auth = self.authenticate(req, conn, rec)?;
 
-        let Some(topic) = self.single_header(req, "apns-topic")? else {
-            return Err(Reject(400, "MissingTopic"));
+        let topic = match (self.single_header(req, "apns-topic")?, &auth) {
+            (Some(t), _) => t,
+            // Apple: without the header, a certificate connection uses the certificate's
+            // subject as the topic.
+            (None, Auth::Certificate(uid)) => uid.as_str(),
+            (None, Auth::Token) => return Err(Reject(400, "MissingTopic")),
         };
         let push_type = match self.single_header(req, "apns-push-type")? {
             Some(p) => p,
@@ -523,8 +576,15 @@ impl ApnsState {
             .iter()
             .find_map(|s| topic.strip_suffix(s))
             .unwrap_or(topic);
-        if !self.opts.bundle_ids.iter().any(|b| b == base) {
-            // Mock choice: Apple answers a topic outside the key's team with TopicDisallowed.
+        let allowed = match &auth {
+            Auth::Token => self.opts.bundle_ids.iter().any(|b| b == base),
+            // A push certificate covers its bundle id and that app's derived topics (`.voip`
+            // for a VoIP Services certificate, and so on).
+            Auth::Certificate(uid) => uid == base,
+        };
+        if !allowed {
+            // Mock choice: Apple answers a topic outside the key's team (or the certificate's
+            // app) with TopicDisallowed ("Pushing to this topic is not allowed").
             return Err(Reject(400, "TopicDisallowed"));
         }
         if let Some(suffix) = suffix {
@@ -621,6 +681,7 @@ impl Handler for ApnsState {
             json: serde_json::from_slice(&req.body).ok(),
             device_token: None,
             jwt: None,
+            client_cert_uid: conn.client_cert.as_ref().and_then(|c| c.uid.clone()),
             status: 0,
             reason: None,
             response_body: String::new(),

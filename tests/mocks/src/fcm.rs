@@ -861,6 +861,7 @@ impl Handler for FcmState {
             json: serde_json::from_slice(&req.body).ok(),
             device_token: None,
             jwt: None,
+            client_cert_uid: None,
             status: 0,
             reason: None,
             response_body: String::new(),

@@ -1,7 +1,8 @@
 //! Protocol-faithful mock APNs and FCM servers for res_push's tests.
 //!
-//! - [`MockApns`]: Apple's HTTP/2 provider API with token (ES256 JWT) auth, on two listeners
-//!   standing in for the sandbox and production hosts.
+//! - [`MockApns`]: Apple's HTTP/2 provider API with token (ES256 JWT) auth and, optionally,
+//!   certificate auth (TLS client certificates from the [`TestCa`], bundle id in the subject
+//!   `UID`), on two listeners standing in for the sandbox and production hosts.
 //! - [`MockFcm`]: FCM HTTP v1 `messages:send` plus the OAuth2 JWT-bearer token endpoint that
 //!   the service-account JSON's `token_uri` names.
 //!
@@ -29,4 +30,4 @@ pub use clock::Clock;
 pub use fcm::{FcmOptions, MockFcm};
 pub use record::{Endpoint, Environment, RecordedRequest, Service};
 pub use script::Behavior;
-pub use tls::TestCa;
+pub use tls::{ClientCert, TestCa};

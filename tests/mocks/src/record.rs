@@ -77,6 +77,9 @@ pub struct RecordedRequest {
     pub device_token: Option<String>,
     /// The decoded JWT: the APNs provider token, or the OAuth2 assertion at the token endpoint.
     pub jwt: Option<DecodedJwt>,
+    /// APNs only: the subject `UID` (bundle id) of the verified TLS client certificate the
+    /// connection presented (certificate-based authentication), `None` without one.
+    pub client_cert_uid: Option<String>,
     /// The answer's status code.
     pub status: u16,
     /// APNs `reason`, FCM `errorCode` (or `google.rpc` status), OAuth2 `error`; `None` on success.

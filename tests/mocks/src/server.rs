@@ -42,11 +42,20 @@ pub(crate) struct ConnToken {
     pub(crate) iat: u64,
 }
 
+/// A verified TLS client certificate.
+#[derive(Debug, Clone)]
+pub(crate) struct PeerCert {
+    /// The subject's `UID` (the bundle id of an Apple push certificate).
+    pub(crate) uid: Option<String>,
+}
+
 /// What a handler knows about, and can do to, the connection its request came on.
 pub(crate) struct ConnState {
     pub(crate) id: u64,
     pub(crate) environment: Option<Environment>,
     pub(crate) token: Mutex<Option<ConnToken>>,
+    /// The verified TLS client certificate the connection presented, if any.
+    pub(crate) client_cert: Option<PeerCert>,
     go_away: Notify,
     kill: Notify,
     closed: watch::Receiver<()>,
@@ -109,9 +118,19 @@ pub(crate) async fn spawn_tls_listener<H: Handler>(
                     return;
                 };
                 let id = connections.fetch_add(1, Ordering::SeqCst) + 1;
+                // The verifier already checked the chain; only the leaf's subject matters here.
+                let client_cert = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|chain| chain.first())
+                    .map(|leaf| PeerCert {
+                        uid: crate::tls::subject_uid(leaf),
+                    });
                 serve_connection(
                     TokioIo::new(tls),
                     id,
+                    client_cert,
                     http2_only,
                     environment,
                     handler,
@@ -127,6 +146,7 @@ pub(crate) async fn spawn_tls_listener<H: Handler>(
 async fn serve_connection<H, I>(
     io: I,
     id: u64,
+    client_cert: Option<PeerCert>,
     http2_only: bool,
     environment: Option<Environment>,
     handler: Arc<H>,
@@ -140,6 +160,7 @@ async fn serve_connection<H, I>(
         id,
         environment,
         token: Mutex::new(None),
+        client_cert,
         go_away: Notify::new(),
         kill: Notify::new(),
         closed: closed_rx,

@@ -16,6 +16,7 @@ use rcgen::{
 use tokio_rustls::rustls::{
     self, ServerConfig,
     pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer},
+    server::WebPkiClientVerifier,
 };
 
 /// A certificate authority generated at start, and the one server certificate it issued
@@ -32,6 +33,39 @@ struct CaInner {
     ca_der: CertificateDer<'static>,
     server_cert: CertificateDer<'static>,
     server_key_pkcs8: Vec<u8>,
+    /// The CA's key and name, to issue client certificates on demand.
+    issuer: Issuer<'static, KeyPair>,
+}
+
+/// The object identifier of the `UID` (userId) attribute, 0.9.2342.19200300.100.1.1, where
+/// Apple's push certificates carry the bundle id in their subject.
+pub const UID_OID: &[u64] = &[0, 9, 2342, 19200300, 100, 1, 1];
+
+/// A client certificate and its private key, PEM-encoded, as [`TestCa::issue_apns_client_cert`]
+/// issues them.
+#[derive(Clone)]
+pub struct ClientCert {
+    /// The certificate (PEM).
+    pub cert_pem: String,
+    /// The private key (PKCS#8 PEM).
+    pub key_pem: String,
+    /// The certificate (DER).
+    pub cert_der: Vec<u8>,
+    /// The private key (PKCS#8 DER).
+    pub key_der: Vec<u8>,
+}
+
+impl ClientCert {
+    /// Certificate then key in one PEM text, as a combined `cert_file` holds them.
+    pub fn combined_pem(&self) -> String {
+        format!("{}{}", self.cert_pem, self.key_pem)
+    }
+}
+
+impl std::fmt::Debug for ClientCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientCert").finish_non_exhaustive()
+    }
 }
 
 impl std::fmt::Debug for TestCa {
@@ -84,6 +118,7 @@ impl TestCa {
                 ca_der,
                 server_cert: server_cert.der().clone(),
                 server_key_pkcs8: server_key.serialize_der(),
+                issuer,
             }),
         })
     }
@@ -116,6 +151,63 @@ impl TestCa {
         Ok(path)
     }
 
+    /// Issues a client certificate shaped like Apple's push certificates for `bundle_id`: the
+    /// bundle id as the subject's `UID` ([`UID_OID`]) and CN `Apple Push Services: <bundle>`,
+    /// extended key usage client authentication, with a fresh P-256 key.
+    pub fn issue_apns_client_cert(&self, bundle_id: &str) -> anyhow::Result<ClientCert> {
+        let key = KeyPair::generate().context("generating the client key")?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CustomDnType(UID_OID.to_vec()), bundle_id);
+        dn.push(
+            DnType::CommonName,
+            format!("Apple Push Services: {bundle_id}"),
+        );
+        dn.push(DnType::OrganizationName, "res_push tests");
+        params.distinguished_name = dn;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = params
+            .signed_by(&key, &self.inner.issuer)
+            .context("issuing the client certificate")?;
+        Ok(ClientCert {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            cert_der: cert.der().to_vec(),
+            key_der: key.serialize_der(),
+        })
+    }
+
+    /// A rustls server configuration that also asks for a client certificate and verifies it
+    /// against this CA. Connections without one are still accepted (APNs serves token and
+    /// certificate clients on the same hosts); what a certificate allows is up to the handler.
+    pub(crate) fn server_config_with_client_auth(
+        &self,
+        alpn: &[&[u8]],
+    ) -> anyhow::Result<Arc<ServerConfig>> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(self.inner.ca_der.clone())
+            .context("adding the CA as client root")?;
+        let verifier =
+            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                .allow_unauthenticated()
+                .build()
+                .context("client certificate verifier")?;
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
+            self.inner.server_key_pkcs8.clone(),
+        ));
+        let mut config = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .context("TLS protocol versions")?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(vec![self.inner.server_cert.clone()], key)
+            .context("server certificate")?;
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Ok(Arc::new(config))
+    }
+
     /// A rustls server configuration presenting the CA-issued certificate and offering `alpn`.
     pub(crate) fn server_config(&self, alpn: &[&[u8]]) -> anyhow::Result<Arc<ServerConfig>> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -131,4 +223,16 @@ impl TestCa {
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         Ok(Arc::new(config))
     }
+}
+
+/// The subject's `UID` attribute of a DER certificate (the bundle id in an Apple push
+/// certificate); `None` when the certificate does not parse or has none.
+pub fn subject_uid(cert_der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der).ok()?;
+    let oid = x509_parser::der_parser::oid::Oid::from(UID_OID).ok()?;
+    cert.subject()
+        .iter_by_oid(&oid)
+        .next()
+        .and_then(|a| a.as_str().ok())
+        .map(str::to_owned)
 }

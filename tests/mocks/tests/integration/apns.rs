@@ -856,3 +856,123 @@ async fn dropping_the_mock_stops_serving() {
         .expect_err("the mock is gone");
     assert!(!err.is_timeout(), "{err:?}");
 }
+
+/// A client presenting `cert` (certificate then key, PEM) and trusting `ca_pem`.
+fn cert_client(ca_pem: &str, cert: &res_push_mocks::ClientCert) -> Client {
+    let identity = reqwest::Identity::from_pem(cert.combined_pem().as_bytes()).expect("identity");
+    crate::common::builder(ca_pem)
+        .identity(identity)
+        .build()
+        .expect("building the client")
+}
+
+fn no_auth(h: &mut HeaderMap) {
+    h.remove("authorization");
+}
+
+#[tokio::test]
+async fn certificate_auth_accepts_the_certificates_bundle_and_records_its_uid() {
+    let m = MockApns::start(ApnsOptions {
+        client_cert_auth: true,
+        client_cert_environment: Some(Environment::Production),
+        ..ApnsOptions::default()
+    })
+    .await
+    .unwrap();
+    let cert = m.issue_client_cert(BUNDLE).unwrap();
+    assert!(cert.cert_pem.starts_with("-----BEGIN CERTIFICATE-----"));
+    let c = cert_client(&m.ca_pem(), &cert);
+
+    // No provider token: the certificate authenticates, its UID names the bundle.
+    let r = push(&c, &m.production_url(), TOKEN, "", VOIP_BODY, no_auth).await;
+    assert_eq!(status_json(r).await, (200, Value::Null));
+    let rec = m.requests().pop().unwrap();
+    assert_eq!(rec.client_cert_uid.as_deref(), Some(BUNDLE));
+    assert_eq!(rec.header("authorization"), None);
+    assert!(rec.jwt.is_none());
+    assert_eq!(rec.header("apns-topic"), Some("com.example.phone.voip"));
+
+    // Without apns-topic the certificate's subject is the topic.
+    let r = push(&c, &m.production_url(), TOKEN, "", r#"{"aps":{}}"#, |h| {
+        no_auth(h);
+        h.remove("apns-topic");
+        h.insert("apns-push-type", HeaderValue::from_static("alert"));
+    })
+    .await;
+    assert_eq!(r.status(), 200);
+
+    // Another app's topic is not this certificate's to push to.
+    let r = push(&c, &m.production_url(), TOKEN, "", VOIP_BODY, |h| {
+        no_auth(h);
+        h.insert(
+            "apns-topic",
+            HeaderValue::from_static("com.example.other.voip"),
+        );
+    })
+    .await;
+    assert_eq!(
+        status_json(r).await,
+        (400, json!({"reason": "TopicDisallowed"}))
+    );
+    let other = cert_client(
+        &m.ca_pem(),
+        &m.issue_client_cert("com.example.other").unwrap(),
+    );
+    let r = push(&other, &m.production_url(), TOKEN, "", VOIP_BODY, no_auth).await;
+    assert_eq!(
+        status_json(r).await,
+        (400, json!({"reason": "TopicDisallowed"}))
+    );
+    assert_eq!(
+        m.requests().pop().unwrap().client_cert_uid.as_deref(),
+        Some("com.example.other")
+    );
+
+    // A production-only certificate on the sandbox host.
+    let r = push(&c, &m.sandbox_url(), TOKEN, "", VOIP_BODY, no_auth).await;
+    assert_eq!(
+        status_json(r).await,
+        (403, json!({"reason": "BadCertificateEnvironment"}))
+    );
+
+    // Token clients keep working on the same listeners; no certificate and no token is 403.
+    let plain = client(&m.ca_pem());
+    let jwt = m.provider_token();
+    let r = push(&plain, &m.production_url(), TOKEN, &jwt, VOIP_BODY, |_| {}).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(m.requests().pop().unwrap().client_cert_uid, None);
+    let r = push(&plain, &m.production_url(), TOKEN, "", VOIP_BODY, no_auth).await;
+    assert_eq!(
+        status_json(r).await,
+        (403, json!({"reason": "MissingProviderToken"}))
+    );
+
+    // A certificate from another CA fails the TLS handshake: nothing reaches the handler.
+    let before = m.requests().len();
+    let foreign = res_push_mocks::TestCa::new()
+        .unwrap()
+        .issue_apns_client_cert(BUNDLE)
+        .unwrap();
+    let c = cert_client(&m.ca_pem(), &foreign);
+    let err = c
+        .post(format!("{}/3/device/{TOKEN}", m.production_url()))
+        .header("apns-topic", "com.example.phone.voip")
+        .header("apns-push-type", "voip")
+        .body(VOIP_BODY)
+        .send()
+        .await;
+    assert!(err.is_err(), "{err:?}");
+    assert_eq!(m.requests().len(), before);
+}
+
+#[tokio::test]
+async fn without_certificate_auth_a_client_certificate_is_not_asked_for() {
+    let m = mock().await;
+    let c = cert_client(&m.ca_pem(), &m.issue_client_cert(BUNDLE).unwrap());
+    let r = push(&c, &m.production_url(), TOKEN, "", VOIP_BODY, no_auth).await;
+    assert_eq!(
+        status_json(r).await,
+        (403, json!({"reason": "MissingProviderToken"}))
+    );
+    assert_eq!(m.requests().pop().unwrap().client_cert_uid, None);
+}
