@@ -483,8 +483,6 @@ impl SipExchange {
 impl Asterisk {
     /// Sends one REGISTER with SIPp (from the chroot's sip-tester) and returns the exchange.
     pub fn register(&self, r: &Register) -> SipExchange {
-        let n = SEQ.fetch_add(1, Ordering::Relaxed);
-        let name = format!("reg-{n}");
         let extra: String = r.headers.iter().map(|h| format!("      {h}\n")).collect();
         let scenario = format!(
             r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
@@ -517,57 +515,7 @@ impl Asterisk {
             expires = r.expires,
             expect = r.expect,
         );
-        let host = |f: &str| self.host_dir.join(format!("run/{name}.{f}"));
-        let chroot_path = |f: &str| format!("{}/run/{name}.{f}", self.dir);
-        fs::write(host("xml"), scenario).expect("write scenario");
-        let out = Command::new("chroot")
-            .arg(&self.root)
-            .args([
-                "/usr/bin/sipp",
-                &format!("127.0.0.1:{}", self.sip_port),
-                "-sf",
-                &chroot_path("xml"),
-            ])
-            .args([
-                "-m",
-                "1",
-                "-i",
-                "127.0.0.1",
-                "-p",
-                &r.port.to_string(),
-                "-nostdin",
-                "-timeout",
-                "10s",
-            ])
-            .args([
-                "-trace_msg",
-                "-message_file",
-                &chroot_path("msg"),
-                "-trace_err",
-                "-error_file",
-                &chroot_path("err"),
-            ])
-            .stdin(Stdio::null())
-            .output()
-            .expect("run sipp");
-        let trace = format!(
-            "{}{}\n{}",
-            fs::read_to_string(host("msg")).unwrap_or_default(),
-            fs::read_to_string(host("err")).unwrap_or_default(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        // The received response is the block after SIPp's "received" marker.
-        let response = trace
-            .split("----------------------------------------------- ")
-            .filter(|b| b.contains("message received"))
-            .map(|b| b.lines().skip(1).collect::<Vec<_>>().join("\n"))
-            .last()
-            .unwrap_or_default();
-        SipExchange {
-            ok: out.status.success(),
-            response,
-            trace,
-        }
+        self.sipp("reg", &scenario, r.port, &[]).wait()
     }
 
     /// Starts SIPp on `scenario` (XML text) from `port` in the background; `args` are extra
@@ -608,7 +556,8 @@ impl Asterisk {
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+            // A file, not a pipe: nobody reads SIPp's stderr while it runs.
+            .stderr(fs::File::create(host("stderr")).expect("sipp stderr"))
             .spawn()
             .expect("run sipp");
         SippRun {
@@ -636,18 +585,22 @@ impl SippRun {
     /// Waits for SIPp to finish; `ok` when its scenario completed.
     pub fn wait(mut self) -> SipExchange {
         let status = self.child.wait().expect("sipp wait");
-        let mut stderr = String::new();
-        if let Some(mut e) = self.child.stderr.take() {
-            let _ = std::io::Read::read_to_string(&mut e, &mut stderr);
-        }
         let trace = format!(
-            "{}{}\n{stderr}",
+            "{}{}\n{}",
             fs::read_to_string(&self.msg).unwrap_or_default(),
-            fs::read_to_string(&self.err).unwrap_or_default()
+            fs::read_to_string(&self.err).unwrap_or_default(),
+            fs::read_to_string(self.msg.with_extension("stderr")).unwrap_or_default()
         );
+        // The last message SIPp received is the block after its "received" marker.
+        let response = trace
+            .split("----------------------------------------------- ")
+            .filter(|b| b.contains("message received"))
+            .map(|b| b.lines().skip(1).collect::<Vec<_>>().join("\n"))
+            .last()
+            .unwrap_or_default();
         SipExchange {
             ok: status.success(),
-            response: String::new(),
+            response,
             trace,
         }
     }
