@@ -13,7 +13,8 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 CHROOT=${RES_PUSH_CHROOT:-/var/lib/res-push/sid-chroot}
 OUT=${RES_PUSH_HEADERS_OUT:-$here/build}
 # Packages the chroot needs; changing this list rebuilds the chroot.
-PACKAGES="asterisk,asterisk-dev,sip-tester,procps,lintian,systemd"
+# linphone-cli: the real softphone of the client tests (linphonec).
+PACKAGES="asterisk,asterisk-dev,sip-tester,procps,lintian,systemd,linphone-cli"
 
 log() { printf '[prepare] %s\n' "$*" >&2; }
 die() { printf '[prepare] error: %s\n' "$*" >&2; exit 1; }
@@ -33,10 +34,27 @@ mirror() {
     echo "${RES_PUSH_MIRROR:-$m}"
 }
 
+# The library bindgen (clang-sys) loads: libclang.so, libclang-<ver>.so*, libclang.so.<ver>.
+# Never libclang-cpp*: Debian 12 images carry libclang-cpp14 through llvm-14-dev, and clang-sys
+# cannot use it, so counting it would skip the libclang-dev install and fail later in bindgen.
+have_libclang() {
+    local dirs=() d f
+    [ -n "${LIBCLANG_PATH:-}" ] && dirs+=("$LIBCLANG_PATH")
+    dirs+=(/usr/lib/llvm-*/lib /usr/lib/x86_64-linux-gnu /usr/lib64 /usr/local/lib)
+    for d in "${dirs[@]}"; do
+        for f in "$d"/libclang.so "$d"/libclang.so.* "$d"/libclang-*.so*; do
+            [ -e "$f" ] || continue
+            case "${f##*/}" in libclang-cpp*) continue ;; esac
+            return 0
+        done
+    done
+    return 1
+}
+
 host_deps() {
     local missing=()
     command -v mmdebstrap >/dev/null || missing+=(mmdebstrap)
-    [ -n "$(ls /usr/lib/llvm-*/lib/libclang*.so* 2>/dev/null | head -1)" ] || missing+=(libclang-dev)
+    have_libclang || missing+=(libclang-dev)
     command -v xz >/dev/null || missing+=(xz-utils)
     command -v unshare >/dev/null || missing+=(util-linux)
     if [ ${#missing[@]} -gt 0 ]; then
@@ -51,6 +69,14 @@ build_chroot() {
     want="packages=$PACKAGES"
     if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
         log "reusing chroot $CHROOT"
+        return
+    fi
+    # A package added to the list: install it in place rather than rebuild (others may be
+    # using the chroot); rebuild only when that fails.
+    if [ -f "$stamp" ] && chroot "$CHROOT" sh -c \
+        "apt-get -qq update && apt-get install -y -qq $(echo "$PACKAGES" | tr , ' ')" >&2; then
+        echo "$want" >"$stamp"
+        log "chroot $CHROOT updated in place"
         return
     fi
     local m; m=$(mirror)
