@@ -53,6 +53,14 @@ pub struct General {
     /// parameters (existing dialplans gain wake-ups without edits; the weaker mode: the INVITE
     /// goes to the old contact, and the woken phone must pick the call up from there).
     pub push_on_plain_dial: bool,
+    /// Ring a push device's registered, unexpired contact at once, in parallel with its push
+    /// (an awake phone does not re-register because it was pushed).
+    pub ring_live_contact: bool,
+    /// A device that registered more recently than this is rung without a push (OpenSIPS's
+    /// `pn_skip_pn_interval`); zero always pushes.
+    pub push_skip_recent: Duration,
+    /// Remove push parameters from the Request-URI of INVITEs to push contacts.
+    pub strip_pn_params: bool,
 }
 
 /// What the caller hears while devices wake up (XiVO's `XIVO_MAPP_WAIT_WITH_MUSIC`).
@@ -82,6 +90,9 @@ impl Default for General {
             wait_audio: WaitAudio::Ringing,
             missed_call_push: false,
             push_on_plain_dial: false,
+            ring_live_contact: true,
+            push_skip_recent: Duration::ZERO,
+            strip_pn_params: true,
         }
     }
 }
@@ -248,6 +259,19 @@ fn parse_general(
             }
             "push_on_plain_dial" => {
                 g.push_on_plain_dial = parse_bool(v).ok_or_else(|| err("must be yes or no"))?
+            }
+            "ring_live_contact" => {
+                g.ring_live_contact = parse_bool(v).ok_or_else(|| err("must be yes or no"))?
+            }
+            "push_skip_recent" => {
+                let d = parse_duration(v).map_err(|r| err(&r))?;
+                if d > Duration::from_secs(3600) {
+                    return Err(err("must be at most 1h"));
+                }
+                g.push_skip_recent = d;
+            }
+            "strip_pn_params" => {
+                g.strip_pn_params = parse_bool(v).ok_or_else(|| err("must be yes or no"))?
             }
             "missed_call_push" => {
                 g.missed_call_push = parse_bool(v).ok_or_else(|| err("must be yes or no"))?

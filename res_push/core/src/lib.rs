@@ -9,3 +9,4 @@ pub mod pn;
 pub mod registrar;
 pub mod sip;
 pub mod status;
+pub mod wake;

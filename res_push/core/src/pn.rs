@@ -95,8 +95,108 @@ impl Default for Rules {
 
 const MAX_APP_ID_LEN: usize = 255;
 
+/// Every push parameter this module reads or strips starts with one of these: RFC 8599's
+/// `pn-*` (and Linphone's legacy `pn-type`, `pn-tok`, `pn-msg-str`...), and `push-token-*`.
+/// The REGISTER prefilter ([`may_concern`]), the Request-URI stripper ([`strip_push_params`])
+/// and the parser all go through this one table, so none of them can drift from the others.
+pub const PARAM_PREFIXES: [&str; 2] = ["pn-", "push-token-"];
+
+/// Legacy parameters without a push prefix; only meaningful next to a prefixed one
+/// (`app-id` goes with `pn-type`).
+pub const COMPANION_PARAMS: [&str; 1] = ["app-id"];
+
+/// Mizu's header (`X-MPUSH: ...`).
+pub const MPUSH_HEADER: &str = "X-MPUSH";
+
+/// Whether a URI parameter name is a push parameter.
+pub fn is_push_param(name: &str) -> bool {
+    PARAM_PREFIXES.iter().any(|p| {
+        name.len() >= p.len() && name.as_bytes()[..p.len()].eq_ignore_ascii_case(p.as_bytes())
+    })
+}
+
 fn param<'a>(c: &'a Contact, name: &str) -> Option<Option<&'a str>> {
+    debug_assert!(
+        is_push_param(name) || COMPANION_PARAMS.contains(&name),
+        "{name} is read by the parser but unknown to the prefilter and the stripper"
+    );
     c.uri_param(name).map(|(_, v)| v.as_deref())
+}
+
+/// The REGISTER prefilter: false only when the raw message provably carries nothing
+/// [`crate::registrar::decide`] acts on, so desk phones' REGISTERs skip all copying and
+/// parsing. It passes anything it cannot judge: a push prefix or `X-MPUSH` anywhere
+/// (case-insensitive; false positives only cost the full path), any `%` (an escaped
+/// parameter name such as `pn%2Dprid` is unescaped by pjsip before `decide` sees it), and
+/// any `*` in a Contact header (`Contact: *` unregisters every binding).
+pub fn may_concern(raw: &[u8]) -> bool {
+    let needles = PARAM_PREFIXES.iter().copied().chain([MPUSH_HEADER]);
+    if raw.contains(&b'%') || needles.into_iter().any(|n| contains_ci(raw, n.as_bytes())) {
+        return true;
+    }
+    star_contact(raw)
+}
+
+fn contains_ci(hay: &[u8], needle: &[u8]) -> bool {
+    let first = needle[0].to_ascii_lowercase();
+    hay.len() >= needle.len()
+        && (0..=hay.len() - needle.len()).any(|i| {
+            hay[i].to_ascii_lowercase() == first
+                && hay[i..i + needle.len()].eq_ignore_ascii_case(needle)
+        })
+}
+
+/// A `Contact:` or compact `m:` header line (folded continuation lines included) holding `*`.
+fn star_contact(raw: &[u8]) -> bool {
+    let mut in_contact = false;
+    for line in raw.split(|&b| b == b'\n') {
+        let folded = line.first().is_some_and(|b| *b == b' ' || *b == b'\t');
+        if !folded {
+            in_contact = false;
+            if let Some(colon) = line.iter().position(|&b| b == b':') {
+                let name = line[..colon].trim_ascii();
+                in_contact =
+                    name.eq_ignore_ascii_case(b"contact") || name.eq_ignore_ascii_case(b"m");
+                if in_contact && line[colon + 1..].contains(&b'*') {
+                    return true;
+                }
+                continue;
+            }
+        }
+        if in_contact && line.contains(&b'*') {
+            return true;
+        }
+    }
+    false
+}
+
+/// The URI without its push parameters (what an INVITE's Request-URI should carry: a 64-byte
+/// token and more make UDP INVITEs and their ACKs fragment-prone), or `None` when it has
+/// none. Other parameters (`transport`, `ob`, ...) and `?headers` stay as written.
+pub fn strip_push_params(uri: &str) -> Option<String> {
+    // Parameters start after the host part; the user part may hold ';' but never '@'.
+    let host_at = uri.rfind('@').map_or(0, |i| i + 1);
+    let (head, headers) = match uri[host_at..].find('?') {
+        Some(q) => uri.split_at(host_at + q),
+        None => (uri, ""),
+    };
+    let params_at = host_at + head[host_at..].find(';')?;
+    let (base, params) = head.split_at(params_at);
+    let names = |p: &str| p.split('=').next().unwrap_or("").trim().to_string();
+    let parts: Vec<&str> = params[1..].split(';').collect();
+    let pushy = parts.iter().any(|p| is_push_param(&names(p)));
+    if !pushy {
+        return None;
+    }
+    let kept: String = parts
+        .iter()
+        .filter(|p| {
+            let n = names(p);
+            !is_push_param(&n) && !COMPANION_PARAMS.iter().any(|c| c.eq_ignore_ascii_case(&n))
+        })
+        .map(|p| format!(";{p}"))
+        .collect();
+    Some(format!("{base}{kept}{headers}"))
 }
 
 /// Parses a provider name. `Ok(None)`: valid syntax, unknown service (→ 555).
@@ -345,6 +445,46 @@ pub fn from_mpush(value: &str, rules: &Rules) -> Request {
 mod tests {
     use super::*;
     use crate::sip::parse_contact;
+
+    #[test]
+    fn prefilter_judges_raw_registers() {
+        let plain = b"REGISTER sip:pbx SIP/2.0\r\nContact: <sip:desk@192.0.2.9:5060>\r\nExpires: 600\r\n\r\n";
+        assert!(!may_concern(plain));
+        assert!(may_concern(b"Contact: <sip:a@h;PN-PRID=abc>\r\n"));
+        assert!(may_concern(b"Contact: <sip:a@h;push-token-id=abc>\r\n"));
+        assert!(may_concern(b"x-mpush: i:app:tok\r\n"));
+        assert!(may_concern(b"Contact: *\r\nExpires: 0\r\n"));
+        assert!(may_concern(b"m:*\r\n"));
+        assert!(may_concern(b"Contact:\r\n  *\r\n"));
+        assert!(may_concern(b"Contact: <sip:a@h;pn%2Dprid=1>\r\n"));
+        assert!(!may_concern(b"From: *\r\n"));
+        assert!(!may_concern(b""));
+    }
+
+    #[test]
+    fn strips_push_params_only() {
+        let uri = format!(
+            "sip:alice@192.0.2.1:5062;transport=tcp;pn-provider=apns;pn-param=T.b.voip;pn-prid={APNS_TOK};ob"
+        );
+        assert_eq!(
+            strip_push_params(&uri).as_deref(),
+            Some("sip:alice@192.0.2.1:5062;transport=tcp;ob")
+        );
+        assert_eq!(
+            strip_push_params("sip:a;x@h;pn-type=apple;app-id=com.x;pn-tok=ab?X-H=1").as_deref(),
+            Some("sip:a;x@h?X-H=1")
+        );
+        assert_eq!(
+            strip_push_params("sip:a@h;app-id=x;transport=udp"),
+            None,
+            "app-id alone is no push parameter"
+        );
+        assert_eq!(strip_push_params("sip:a@h"), None);
+        assert_eq!(
+            strip_push_params("sip:a@h;push-token-id=1;lr").as_deref(),
+            Some("sip:a@h;lr")
+        );
+    }
 
     const APNS_TOK: &str = "00fc13adff785122b4ad28809a3420982341241421348097878e577c991de8f0";
 

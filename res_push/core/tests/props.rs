@@ -2,7 +2,7 @@
 
 use proptest::prelude::*;
 use res_push_core::binding::{redact, redact_uri};
-use res_push_core::pn::{Rules, from_mpush};
+use res_push_core::pn::{Rules, from_mpush, may_concern, strip_push_params};
 use res_push_core::registrar::{Action, Policy, RegisterRequest, Verdict, decide};
 use res_push_core::sip::parse_contact;
 use res_push_proto::Provider;
@@ -91,6 +91,57 @@ proptest! {
                 }
             }
             Verdict::Ignore => {}
+        }
+    }
+
+    /// The prefilter runs on the raw message and skips everything it rejects, so it must
+    /// never reject a REGISTER that `decide` would act on (unregister-all included).
+    #[test]
+    fn prefilter_no_means_decide_ignores(
+        contacts in prop::collection::vec(prop_oneof![
+            4 => contact(),
+            1 => Just("*".to_string()),
+            1 => "<sip:[a-z]{1,8}@192.0.2.1(;[a-zA-Z%0-9-]{1,12}=[a-z0-9]{1,8}){0,3}>",
+            1 => ".{0,120}",
+        ], 0..4),
+        mpush in prop::option::of(prop_oneof![".{0,120}", "[spd]:[aijw]:[a-z.]{1,20}:[0-9a-f]{1,80}"]),
+        expires in prop::option::of(prop_oneof![Just(0u32), 0u32..100_000]),
+        compact in any::<bool>(),
+        upper in any::<bool>(),
+        mpush_on in any::<bool>(),
+    ) {
+        let mut raw = String::from("REGISTER sip:pbx.example SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1\r\n");
+        for c in &contacts {
+            let name = if compact { "m" } else { "Contact" };
+            raw.push_str(&format!("{name}: {c}\r\n"));
+        }
+        if let Some(m) = &mpush {
+            raw.push_str(&format!("{}: {m}\r\n", if upper { "X-MPUSH" } else { "x-mpush" }));
+        }
+        if let Some(e) = expires {
+            raw.push_str(&format!("Expires: {e}\r\n"));
+        }
+        raw.push_str("Content-Length: 0\r\n\r\n");
+        let raw = if upper { raw.to_uppercase() } else { raw };
+        let req = RegisterRequest { contacts: contacts.clone(), expires, x_mpush: mpush };
+        let mut p = policy();
+        p.rules.mpush = mpush_on;
+        if !may_concern(raw.as_bytes()) {
+            prop_assert_eq!(decide(&req, &p), Verdict::Ignore, "{}", raw);
+        }
+    }
+
+    #[test]
+    fn stripped_uri_has_no_push_parameter_left(
+        params in prop::collection::vec((param_name(), value()), 0..6),
+    ) {
+        let p: String = params.iter().map(|(n, v)| format!(";{n}={v}")).collect();
+        let uri = format!("sip:alice@192.0.2.1:5060{p}");
+        if let Some(s) = strip_push_params(&uri) {
+            let c = parse_contact(&format!("<{s}>"));
+            prop_assert!(c.uri_params.iter().all(|(n, _)| !n.starts_with("pn-") && !n.starts_with("push-token-")));
+            prop_assert!(s.starts_with("sip:alice@192.0.2.1:5060"));
+            prop_assert_eq!(s.matches(";transport=").count(), uri.matches(";transport=").count());
         }
     }
 
