@@ -71,10 +71,13 @@ build_chroot() {
         log "reusing chroot $CHROOT"
         return
     fi
-    # A package added to the list: install it in place rather than rebuild (others may be
-    # using the chroot); rebuild only when that fails.
-    if [ -f "$stamp" ] && chroot "$CHROOT" sh -c \
-        "apt-get -qq update && apt-get install -y -qq $(echo "$PACKAGES" | tr , ' ')" >&2; then
+    # A package added to the list: install it in place rather than rebuild (tests may be
+    # running in the chroot). If that fails, say so: removing a chroot in use breaks them.
+    if [ -f "$stamp" ]; then
+        log "installing $PACKAGES in $CHROOT"
+        chroot "$CHROOT" sh -c \
+            "apt-get -qq update && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(echo "$PACKAGES" | tr , ' ')" >&2 \
+            || die "could not add packages to $CHROOT; remove it (rm -rf $CHROOT) to have it rebuilt"
         echo "$want" >"$stamp"
         log "chroot $CHROOT updated in place"
         return
