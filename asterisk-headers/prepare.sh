@@ -13,8 +13,11 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 CHROOT=${RES_PUSH_CHROOT:-/var/lib/res-push/sid-chroot}
 OUT=${RES_PUSH_HEADERS_OUT:-$here/build}
 # Packages the chroot needs; changing this list rebuilds the chroot.
-# linphone-cli: the real softphone of the client tests (linphonec).
-PACKAGES="asterisk,asterisk-dev,sip-tester,procps,lintian,systemd,linphone-cli"
+PACKAGES="asterisk,asterisk-dev,sip-tester,procps,lintian,systemd"
+# The real softphone of the client tests (linphonec) runs in a bookworm chroot of its own:
+# sid's linphone-cli is not installable (its libsoci dependencies conflict).
+CLIENT_CHROOT=${RES_PUSH_CLIENT_CHROOT:-/var/lib/res-push/client-chroot}
+CLIENT_PACKAGES="linphone-cli,procps"
 
 log() { printf '[prepare] %s\n' "$*" >&2; }
 die() { printf '[prepare] error: %s\n' "$*" >&2; exit 1; }
@@ -64,35 +67,39 @@ host_deps() {
     fi
 }
 
+# build_chroot DIR SUITE PACKAGES
 build_chroot() {
-    local stamp="$CHROOT/.res-push-stamp" want
-    want="packages=$PACKAGES"
-    if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
-        log "reusing chroot $CHROOT"
+    local dir=$1 suite=$2 packages=$3
+    local stamp="$dir/.res-push-stamp" want="suite=$suite packages=$packages"
+    # Chroots stamped before the suite was recorded are sid chroots.
+    if [ -f "$stamp" ] && { [ "$(cat "$stamp")" = "$want" ] \
+        || [ "$suite $(cat "$stamp")" = "sid packages=$packages" ]; }; then
+        log "reusing chroot $dir"
         return
     fi
     # A package added to the list: install it in place rather than rebuild (tests may be
     # running in the chroot). If that fails, say so: removing a chroot in use breaks them.
     if [ -f "$stamp" ]; then
-        log "installing $PACKAGES in $CHROOT"
-        chroot "$CHROOT" sh -c \
-            "apt-get -qq update && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(echo "$PACKAGES" | tr , ' ')" >&2 \
-            || die "could not add packages to $CHROOT; remove it (rm -rf $CHROOT) to have it rebuilt"
+        log "installing $packages in $dir"
+        chroot "$dir" sh -c \
+            "apt-get -qq update && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(echo "$packages" | tr , ' ')" >&2 \
+            || die "could not add packages to $dir; remove it (rm -rf $dir) to have it rebuilt"
         echo "$want" >"$stamp"
-        log "chroot $CHROOT updated in place"
+        log "chroot $dir updated in place"
         return
     fi
     local m; m=$(mirror)
-    log "building sid chroot in $CHROOT from $m (about a minute)"
-    rm -rf "$CHROOT.tmp"
-    mkdir -p "$(dirname "$CHROOT")"
+    log "building $suite chroot in $dir from $m (about a minute)"
+    rm -rf "$dir.tmp"
+    mkdir -p "$(dirname "$dir")"
     # Check-Valid-Until: the mirror's sid Release file is sometimes seen as expired.
     mmdebstrap --quiet --variant=apt --aptopt='Acquire::Check-Valid-Until "false"' \
-        --include="$PACKAGES" sid "$CHROOT.tmp" \
-        "deb $m sid main" "deb-src $m sid main" >&2
-    echo "$want" >"$CHROOT.tmp/.res-push-stamp"
-    rm -rf "$CHROOT"
-    mv "$CHROOT.tmp" "$CHROOT"
+        --include="$packages" "$suite" "$dir.tmp" \
+        "deb $m $suite main" "deb-src $m $suite main" >&2
+    echo "$want" >"$dir.tmp/.res-push-stamp"
+    # Only reached without a stamp: whatever is there is no finished chroot of ours.
+    rm -rf "$dir"
+    mv "$dir.tmp" "$dir"
 }
 
 stage_headers() {
@@ -138,8 +145,10 @@ stage_headers() {
 }
 
 host_deps
-build_chroot
+build_chroot "$CHROOT" sid "$PACKAGES"
+build_chroot "$CLIENT_CHROOT" bookworm "$CLIENT_PACKAGES"
 stage_headers
 echo "RES_PUSH_CHROOT=$CHROOT"
+echo "RES_PUSH_CLIENT_CHROOT=$CLIENT_CHROOT"
 echo "ASTERISK_INCLUDE_DIR=$OUT/asterisk"
 echo "PJPROJECT_INCLUDE_DIR=$OUT/pjproject"
