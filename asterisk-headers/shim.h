@@ -83,6 +83,8 @@ struct rp_response {
 int rp_shim_describe_register(struct pjsip_rx_data *rdata, struct rp_register *out);
 int rp_shim_describe_response(struct pjsip_tx_data *tdata, struct rp_response *out);
 /* Answers statelessly (the registrar never sees the request). */
+/* The raw message pjsip received (not NUL-terminated), or NULL. */
+const char *rp_shim_rx_raw(struct pjsip_rx_data *rdata, size_t *len);
 int rp_shim_respond(struct pjsip_rx_data *rdata, int status, const char *reason);
 int rp_shim_add_header(struct pjsip_tx_data *tdata, const char *name, const char *value);
 /* Registers the REGISTER service (before the registrar) and the response supplement. */
@@ -144,13 +146,16 @@ void rp_shim_devstate_changed(const char *device);
 /* The cause this leg ends with: Local channels pass it on, so the caller's Dial sets
  * DIALSTATUS from it (19 no answer -> NOANSWER, 20 absent -> CHANUNAVAIL). */
 void rp_shim_set_hangupcause(struct ast_channel *chan, int cause);
+/* Hangs a channel up from another thread (a stale leg of a device that registered elsewhere). */
+void rp_shim_softhangup(struct ast_channel *chan);
 
 /* Implemented in Rust (res_push/src/entry.rs). */
 int rp_wake_local_destination(const char *endpoint, char *dest, size_t len);
 int rp_wake_devicestate(const char *endpoint);
 int rp_wake_app(int app, struct ast_channel *chan, const char *data);
 int rp_sip_on_register(struct pjsip_rx_data *rdata);
-void rp_sip_on_invite(struct ast_channel *chan, const char *request_uri, const char *call_id);
+/* Returns 1 when it wrote a replacement Request-URI into `out` (NUL-terminated, at most `len`). */
+int rp_sip_on_invite(struct ast_channel *chan, const char *request_uri, const char *call_id, char *out, size_t len);
 void rp_sip_on_response(struct pjsip_tx_data *tdata);
 int rp_ami_exec(int action, struct mansession *s, const struct message *m);
 enum ast_module_load_result rp_module_load(void);

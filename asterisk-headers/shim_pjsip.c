@@ -6,8 +6,6 @@
  */
 #include "shim.h"
 
-#include <ctype.h>
-
 #include <pjsip.h>
 
 #include "asterisk/res_pjsip.h"
@@ -160,40 +158,16 @@ int rp_shim_add_header(pjsip_tx_data *tdata, const char *name, const char *value
 	return ast_sip_add_header(tdata, name, value);
 }
 
-/* Case-insensitive search in a buffer that is not NUL-terminated. */
-static int contains_ci(const char *buf, size_t len, const char *needle)
+const char *rp_shim_rx_raw(pjsip_rx_data *rdata, size_t *len)
 {
-	size_t n = strlen(needle);
-	size_t i, j;
-
-	for (i = 0; i + n <= len; i++) {
-		for (j = 0; j < n && tolower((unsigned char) buf[i + j]) == needle[j]; j++) {
-		}
-		if (j == n) {
-			return 1;
-		}
-	}
-	return 0;
-}
-
-/* Most REGISTERs carry no push parameters at all (desk phones): a scan of the raw message
- * lets them through without copying anything out for Rust. False positives only cost the
- * full path. */
-static int may_carry_push(pjsip_rx_data *rdata)
-{
-	const char *buf = rdata->msg_info.msg_buf;
-	size_t len = rdata->msg_info.len;
-
-	if (!buf) {
-		return 1;
-	}
-	return contains_ci(buf, len, "pn-") || contains_ci(buf, len, "push-token")
-		|| contains_ci(buf, len, "x-mpush");
+	*len = rdata->msg_info.msg_buf ? (size_t) rdata->msg_info.len : 0;
+	return rdata->msg_info.msg_buf;
 }
 
 static pj_bool_t rp_on_rx_request(pjsip_rx_data *rdata)
 {
-	if (rdata->msg_info.msg->line.req.method.id != PJSIP_REGISTER_METHOD || !may_carry_push(rdata)) {
+	/* Which REGISTERs concern res_push is decided in Rust (one definition with decide()). */
+	if (rdata->msg_info.msg->line.req.method.id != PJSIP_REGISTER_METHOD) {
 		return PJ_FALSE;
 	}
 	return rp_sip_on_register(rdata) ? PJ_TRUE : PJ_FALSE;
@@ -219,14 +193,16 @@ static struct ast_sip_supplement rp_register_supplement = {
 	.outgoing_response = rp_outgoing_response,
 };
 
-/* An initial INVITE leaving for a contact: Rust pushes the device when the contact carries
- * push parameters and push_on_plain_dial is on. */
+/* An initial INVITE leaving for a contact: Rust may push the device (push_on_plain_dial),
+ * note the leg of a device being woken, and give a Request-URI without push parameters
+ * (strip_pn_params), which replaces the one pjsip built. */
 static void rp_invite_outgoing_request(struct ast_sip_session *session, pjsip_tx_data *tdata)
 {
 	pjsip_msg *msg = tdata->msg;
 	pjsip_to_hdr *to;
 	pjsip_cid_hdr *cid;
 	char uri[PJSIP_MAX_URL_SIZE];
+	char stripped[PJSIP_MAX_URL_SIZE];
 	char call_id[256] = "";
 	int len;
 
@@ -246,7 +222,19 @@ static void rp_invite_outgoing_request(struct ast_sip_session *session, pjsip_tx
 	if (cid) {
 		ast_copy_pj_str(call_id, &cid->id, sizeof(call_id));
 	}
-	rp_sip_on_invite(session->channel, uri, call_id);
+	if (rp_sip_on_invite(session->channel, uri, call_id, stripped, sizeof(stripped)) == 1) {
+		/* The parsed URI points into its buffer: both live in the request's pool. */
+		pj_size_t n = strlen(stripped);
+		char *buf = pj_pool_alloc(tdata->pool, n + 1);
+		pjsip_uri *parsed;
+
+		memcpy(buf, stripped, n + 1);
+		parsed = pjsip_parse_uri(tdata->pool, buf, n, 0);
+		if (parsed) {
+			msg->line.req.uri = parsed;
+			pjsip_tx_data_invalidate_msg(tdata);
+		}
+	}
 }
 
 /* Linked into res_pjsip_session's supplement list while registered: static storage. */

@@ -220,3 +220,8 @@ void rp_shim_set_hangupcause(struct ast_channel *chan, int cause)
 	ast_channel_hangupcause_set(chan, cause);
 	ast_channel_unlock(chan);
 }
+
+void rp_shim_softhangup(struct ast_channel *chan)
+{
+	ast_softhangup(chan, AST_SOFTHANGUP_EXPLICIT);
+}

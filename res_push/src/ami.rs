@@ -29,7 +29,7 @@ pub fn exec(action: i32, s: Session) {
             }
             s.list_complete("PushBindingListComplete", list.len());
         }
-        rp_ami_action::RP_AMI_BINDING_ADD => match add(&s, &running.policy_rules()) {
+        rp_ami_action::RP_AMI_BINDING_ADD => match add(&s, &running.general().policy.rules) {
             Ok((aor, params, contact, expires)) => {
                 let b = bindings.provision(provisioned(&aor, params, contact, expires));
                 s.ack(&format!(

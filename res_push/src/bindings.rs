@@ -6,7 +6,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError, bounded, select};
-use res_push_core::binding::{Binding, Change, Registration, Store, redact, redact_uri};
+use res_push_core::binding::{
+    Binding, Change, Registration, Store, binding_id, redact, redact_uri,
+};
 use res_push_core::config::General;
 use res_push_core::pn::PushParams;
 use res_push_core::registrar::Action;
@@ -149,6 +151,24 @@ impl Bindings {
             Some(a) => store.of_aor(a).cloned().collect(),
             None => store.all().cloned().collect(),
         }
+    }
+
+    /// The contact URI the registry knows for this device of `aor`.
+    pub fn contact_of(&self, aor: &str, params: &PushParams) -> Option<String> {
+        let id = binding_id(aor, params.provider, &params.app_id, &params.token);
+        lock(&self.store).get(aor, &id).map(|b| b.contact_uri.clone())
+    }
+
+    /// The binding of this device token, in whichever AOR.
+    pub fn by_device(&self, params: &PushParams) -> Option<Binding> {
+        lock(&self.store)
+            .all()
+            .find(|b| {
+                b.provider == params.provider
+                    && b.app_id == params.app_id
+                    && b.token == params.token
+            })
+            .cloned()
     }
 
     /// The binding with this id (ids are unique across AORs).

@@ -84,7 +84,12 @@ pub unsafe extern "C" fn rp_cli_exec(
 pub extern "C" fn rp_sip_on_register(rdata: *mut crate::ffi::pjsip_rx_data) -> i32 {
     // On a panic the registrar handles the request as if res_push were not there.
     guard("REGISTER hook", 0, || {
-        module::running().is_some_and(|r| r.registrar.on_register(pjsip::RxData(rdata))) as i32
+        let Some(r) = module::running() else { return 0 };
+        // SAFETY: pjsip's live request for the duration of this callback.
+        let Some(rdata) = (unsafe { pjsip::RxData::from_ptr(rdata) }) else {
+            return 0;
+        };
+        r.registrar.on_register(rdata, &r) as i32
     })
 }
 
@@ -92,8 +97,10 @@ pub extern "C" fn rp_sip_on_register(rdata: *mut crate::ffi::pjsip_rx_data) -> i
 #[unsafe(no_mangle)]
 pub extern "C" fn rp_sip_on_response(tdata: *mut crate::ffi::pjsip_tx_data) {
     guard("REGISTER response hook", (), || {
-        if let Some(r) = module::running() {
-            r.registrar.on_response(pjsip::TxData(tdata), &r);
+        // SAFETY: pjsip's live response for the duration of this callback.
+        if let (Some(r), Some(tdata)) = (module::running(), unsafe { pjsip::TxData::from_ptr(tdata) })
+        {
+            r.registrar.on_response(tdata, &r);
         }
     })
 }
@@ -181,7 +188,10 @@ pub unsafe extern "C" fn rp_wake_app(
         let Some(r) = module::running() else {
             return -1;
         };
-        let chan = crate::ast::channel::Chan(chan);
+        // SAFETY: the live channel running this application, for the duration of the call.
+        let Some(chan) = (unsafe { crate::ast::channel::Chan::from_ptr(chan) }) else {
+            return -1;
+        };
         match app as u32 {
             crate::ffi::rp_wake_app::RP_APP_PUSH_DIAL => crate::wake::push_dial(&r, chan, &data),
             crate::ffi::rp_wake_app::RP_APP_PUSH_DEVICE => {
@@ -193,21 +203,22 @@ pub unsafe extern "C" fn rp_wake_app(
     })
 }
 
-/// An initial INVITE about to be sent to a contact (`push_on_plain_dial`).
+/// An initial INVITE about to be sent to a contact. Returns 1 when it wrote a Request-URI
+/// without push parameters into `out`.
 ///
 /// # Safety
-/// `chan` is the session's channel or NULL; the strings are C strings.
+/// `chan` is the session's channel or NULL; the strings are C strings; `out` points to `len`
+/// writable bytes.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn rp_sip_on_invite(
     chan: *mut crate::ffi::ast_channel,
     uri: *const c_char,
     call_id: *const c_char,
-) {
-    guard("INVITE hook", (), || {
-        let Some(r) = module::running() else { return };
-        if !r.general().push_on_plain_dial {
-            return;
-        }
+    out: *mut c_char,
+    len: usize,
+) -> i32 {
+    guard("INVITE hook", 0, || {
+        let Some(r) = module::running() else { return 0 };
         // SAFETY: per this function's contract.
         let (uri, call_id) = unsafe {
             (
@@ -217,7 +228,18 @@ pub unsafe extern "C" fn rp_sip_on_invite(
                     .into_owned(),
             )
         };
-        let chan = (!chan.is_null()).then_some(crate::ast::channel::Chan(chan));
-        crate::wake::plain_dial(&r, chan, &uri, &call_id);
+        // SAFETY: the session's channel, alive while its INVITE is being sent.
+        let chan = unsafe { crate::ast::channel::Chan::from_ptr(chan) };
+        match crate::wake::outgoing_invite(&r, chan, &uri, &call_id) {
+            Some(new) if new.len() < len => {
+                // SAFETY: `out` has room for `len` bytes; we write new.len() + 1 <= len.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(new.as_ptr(), out.cast(), new.len());
+                    *out.add(new.len()) = 0;
+                }
+                1
+            }
+            _ => 0,
+        }
     })
 }

@@ -5,10 +5,8 @@
 
 use std::sync::{Arc, RwLock};
 
-use std::sync::Mutex;
-
+use arc_swap::ArcSwap;
 use res_push_core::config::{General, PushConfig, Section};
-use res_push_core::pn::Rules;
 
 use crate::ast::{channel, cli, config, guard, log, manager, pjsip};
 use crate::bindings::Bindings;
@@ -32,26 +30,15 @@ pub struct Running {
     pub registrar: Registrar,
     /// Calls waiting for devices to wake.
     pub wake: Wake,
-    general: Mutex<General>,
+    /// The one `[general]` snapshot every reader uses; reload swaps it whole.
+    general: ArcSwap<General>,
 }
 
 impl Running {
-    /// The `[general]` settings in force.
-    pub fn general(&self) -> General {
-        self.general
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    /// The push-parameter rules in force (shared by SIP and AMI).
-    pub fn policy_rules(&self) -> Rules {
-        self.general
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .policy
-            .rules
-            .clone()
+    /// The `[general]` settings in force: an immutable snapshot, taken without a lock (PJSIP
+    /// threads read it on every REGISTER and INVITE).
+    pub fn general(&self) -> Arc<General> {
+        self.general.load_full()
     }
 }
 
@@ -116,9 +103,9 @@ fn start() -> Result<Arc<Running>, String> {
     let running = Arc::new(Running {
         link,
         bindings,
-        registrar: Registrar::new(general.policy.clone()),
+        registrar: Registrar::default(),
         wake: Wake::default(),
-        general: Mutex::new(general),
+        general: ArcSwap::from_pointee(general),
     });
     // Published before the hooks exist: a REGISTER may arrive the moment they are installed.
     *RUNNING.write().unwrap_or_else(|p| p.into_inner()) = Some(running.clone());
@@ -176,8 +163,7 @@ pub fn reload() -> bool {
             running.link.reconfigure(g.clone());
             running.link.set_apps(config.apps);
             running.bindings.reconfigure(&g);
-            running.registrar.set_policy(g.policy.clone());
-            *running.general.lock().unwrap_or_else(|p| p.into_inner()) = g;
+            running.general.store(Arc::new(g));
             tracing::info!("{CONFIG_FILE} reloaded");
             true
         }

@@ -1,17 +1,25 @@
-//! The REGISTER hook: decide before the registrar (reject 400/555 ourselves), then on the
-//! registrar's 200 OK add Feature-Caps and hand the binding changes to the registry.
+//! The REGISTER hook: decide before the registrar (reject 400/555 ourselves, and make room for
+//! a device that moved), then on the registrar's 200 OK add Feature-Caps and hand the binding
+//! changes to the registry.
 //!
 //! Both callbacks run on PJSIP threads: they only parse, decide and `try_send`; persistence,
-//! AMI events and contact removal happen on the registry's worker.
+//! AMI events and the removal of contacts the registrar itself would keep happen on the
+//! registry's worker. The one exception is a device back from a new address: its stale
+//! contacts are removed here, before the registrar counts contacts against `max_contacts`
+//! (the same sorcery calls the registrar makes on this thread right after).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use res_push_core::registrar::{Action, Policy, RegisterRequest, Verdict, decide};
+use res_push_core::binding::redact_uri;
+use res_push_core::pn::{Request, from_contact, may_concern};
+use res_push_core::registrar::{Action, RegisterRequest, Verdict, decide};
 use res_push_core::sip::parse_contact;
+use res_push_core::wake::ContactRef;
 
-use crate::ast::pjsip::{Register, RxData, TxData};
+use crate::ast::channel;
+use crate::ast::pjsip::{self, Register, RxData, TxData};
 use crate::module::Running;
 
 /// A REGISTER we accepted, waiting for the registrar's answer.
@@ -27,11 +35,12 @@ struct Pending {
 /// Entries older than this lost their response (e.g. answered statelessly by someone else).
 const PENDING_TTL: Duration = Duration::from_secs(32);
 
-/// Registrar state: the policy and the REGISTERs in flight.
-#[derive(Debug)]
+/// The REGISTERs in flight (the policy is read from the running `[general]` snapshot).
+#[derive(Debug, Default)]
 pub struct Registrar {
-    policy: Mutex<Policy>,
     pending: Mutex<HashMap<(String, i32), Pending>>,
+    /// When `pending` was last swept of entries whose response never came.
+    swept: Mutex<Option<Instant>>,
 }
 
 /// The AOR the registrar will use: the To user (or user@host) when the endpoint serves it.
@@ -51,34 +60,31 @@ fn resolve_aor(r: &Register) -> Option<String> {
 }
 
 impl Registrar {
-    /// A registrar applying `policy`.
-    pub fn new(policy: Policy) -> Self {
-        Self {
-            policy: Mutex::new(policy),
-            pending: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// Replaces the policy (reload).
-    pub fn set_policy(&self, policy: Policy) {
-        *self.policy.lock().unwrap_or_else(|p| p.into_inner()) = policy;
-    }
-
     /// Runs before the registrar. Returns true when we answered the request ourselves.
-    pub fn on_register(&self, rdata: RxData) -> bool {
+    pub fn on_register(&self, rdata: RxData, running: &Running) -> bool {
+        // Desk phones: judged on the raw bytes, nothing copied out.
+        if rdata.raw().is_some_and(|raw| !may_concern(raw)) {
+            return false;
+        }
         let Some(reg) = rdata.register() else {
             return false;
         };
+        let general = running.general();
+        let Register {
+            call_id,
+            cseq,
+            contacts,
+            expires,
+            x_mpush,
+            user_agent,
+            ..
+        } = &reg;
         let request = RegisterRequest {
-            contacts: reg.contacts.clone(),
-            expires: reg.expires,
-            x_mpush: reg.x_mpush.clone(),
+            contacts: contacts.clone(),
+            expires: *expires,
+            x_mpush: x_mpush.clone(),
         };
-        let verdict = {
-            let policy = self.policy.lock().unwrap_or_else(|p| p.into_inner());
-            decide(&request, &policy)
-        };
-        match verdict {
+        match decide(&request, &general.policy) {
             Verdict::Ignore => false,
             Verdict::Reject { status, reason } => {
                 tracing::info!(
@@ -97,16 +103,26 @@ impl Registrar {
                     // The registrar will refuse it (unknown AOR); nothing of ours to keep.
                     return false;
                 };
+                make_room(running, &aor, &actions);
+                let now = Instant::now();
                 let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-                pending.retain(|_, p| p.since.elapsed() < PENDING_TTL);
+                {
+                    // Entries whose response never came, swept at most once per TTL rather
+                    // than scanned on every REGISTER.
+                    let mut swept = self.swept.lock().unwrap_or_else(|p| p.into_inner());
+                    if swept.is_none_or(|at| now.duration_since(at) >= PENDING_TTL) {
+                        pending.retain(|_, p| now.duration_since(p.since) < PENDING_TTL);
+                        *swept = Some(now);
+                    }
+                }
                 pending.insert(
-                    (reg.call_id, reg.cseq),
+                    (call_id.clone(), *cseq),
                     Pending {
                         aor,
                         feature_caps,
                         actions,
-                        user_agent: reg.user_agent,
-                        since: Instant::now(),
+                        user_agent: user_agent.clone(),
+                        since: now,
                     },
                 );
                 false
@@ -151,10 +167,12 @@ impl Registrar {
             if let Action::Bind {
                 params,
                 contact_uri,
+                instance,
                 ..
             } = a
             {
-                running.wake.registered(&p.aor, params, contact_uri);
+                let contact = ContactRef::new(contact_uri.clone(), instance.clone());
+                running.wake.registered(&p.aor, params, &contact);
             }
         }
         let granted: Vec<(String, u32)> = resp
@@ -166,5 +184,52 @@ impl Registrar {
         running
             .bindings
             .commit(&p.aor, p.actions, p.user_agent, &granted);
+    }
+}
+
+/// A device binding from a new address: remove its other contacts (same push parameters,
+/// another URI) now, so the registrar does not count them against `max_contacts` and refuse
+/// the woken phone with 403 when `remove_existing = no`. Only the AOR's contacts are listed,
+/// and only when the registry knows the device at another contact or not at all: a plain
+/// refresh from the same contact costs nothing here.
+fn make_room(running: &Running, aor: &str, actions: &[Action]) {
+    let moved: Vec<_> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Bind {
+                params,
+                contact_uri,
+                ..
+            } => Some((params, contact_uri)),
+            _ => None,
+        })
+        .filter(|(params, uri)| {
+            running
+                .bindings
+                .contact_of(aor, params)
+                .is_none_or(|known| known != **uri)
+        })
+        .collect();
+    if moved.is_empty() {
+        return;
+    }
+    let rules = &running.general().policy.rules;
+    for existing in channel::aor_contacts(aor) {
+        let Request::Bind(theirs) = from_contact(&parse_contact(&format!("<{existing}>")), rules)
+        else {
+            continue;
+        };
+        let same_device = moved.iter().any(|(params, uri)| {
+            **uri != existing
+                && theirs.provider == params.provider
+                && theirs.app_id == params.app_id
+                && theirs.token == params.token
+        });
+        if same_device && pjsip::delete_contact(aor, &existing) {
+            tracing::info!(
+                "{aor}: device registering from a new contact; stale contact {} removed before the registrar counts contacts",
+                redact_uri(&existing)
+            );
+        }
     }
 }

@@ -1,55 +1,145 @@
-//! Call wake-up: push each device of the called endpoint, ring it the moment its REGISTER
-//! arrives (the REGISTER hook fires [`Wake::registered`]; nothing polls), cancel what did not
-//! answer.
+//! Call wake-up, the Asterisk side: push each device of the called endpoint, ring its live
+//! contact at once and its fresh contact the moment its REGISTER arrives (the REGISTER hook
+//! feeds [`Wake::registered`]; nothing polls), cancel what did not answer.
 //!
 //! `Dial(Push/alice)` becomes `Local/walice@res-push-wake/n` (see `asterisk-headers/shim_wake.c`),
 //! where `PushDial` dials alice's plain contacts at once plus one
-//! `Local/d<binding>@res-push-device/n` leg per push device, where `PushDevice` pushes, waits
-//! and dials that device's fresh contact. Devices never wait for each other, and the first
-//! answer wins by Dial's own rules.
+//! `Local/d<binding>@res-push-device/n` leg per push device, where `PushDevice` runs that
+//! device's wake-up: the decisions are [`res_push_core::wake::Device`]'s; this file only sends
+//! pushes, runs `Dial` for one contact at a time (so a device never has two ringing legs) and
+//! hangs up a stale leg when the device registers from elsewhere. Devices never wait for each
+//! other, and the first answer wins by Dial's own rules.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use res_push_core::binding::{Binding, binding_id, redact};
 use res_push_core::config::WaitAudio;
-use res_push_core::pn::{Request, from_contact};
+use res_push_core::pn::{PushParams, Request, from_contact, strip_push_params};
 use res_push_core::sip::parse_contact;
 use res_push_core::status::WakeCounters;
-use res_push_proto::{Job, Outcome, PushData, PushKind, PushRequest};
+use res_push_core::wake::{ContactRef, Device, Event, LegEnd, Outcome, Start, Step};
+use res_push_proto::{Job, Outcome as PushOutcome, PushData, PushKind, PushRequest};
 
 use crate::ast::channel::{self, Chan, ChanRef, WaitEnd};
 use crate::ast::manager;
-use crate::bindings::{Work, target};
+use crate::bindings::{Work, now, target};
 use crate::module::Running;
 use crate::push::uuid_v4;
 
-/// What ended a device's wait.
-#[derive(Debug, Clone)]
-enum Woken {
-    /// The device registered from this contact.
-    Registered(String),
-    /// Its push could not be delivered: give up at once.
-    Failed(String),
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// One call waiting for one or more devices.
+/// The PJSIP channel a device leg's current Dial rings, so another thread can hang it up.
+#[derive(Debug, Default)]
+struct Callee {
+    /// Which Dial of the device leg this is (the INVITE hook names it through `PUSH_LEG`).
+    leg: u32,
+    chan: Option<ChanRef>,
+    /// Hang it up as soon as it exists.
+    cancel: bool,
+}
+
+/// One device of one call being woken (a `PushDevice` leg).
+#[derive(Debug)]
+struct DeviceLeg {
+    id: u64,
+    binding: Binding,
+    call_uuid: String,
+    started: Instant,
+    machine: Mutex<Device>,
+    /// Set (under `machine`) when [`Device::next`] has something new; ends the leg's wait.
+    attention: AtomicBool,
+    chan: ChanRef,
+    callee: Mutex<Callee>,
+}
+
+impl DeviceLeg {
+    /// Feeds an event from any thread and carries out what must happen at once.
+    fn feed(&self, ev: Event) {
+        let (effect, newly_registered) = {
+            let mut m = lock(&self.machine);
+            let was = m.registered();
+            let effect = m.on(ev);
+            if effect.cancel_leg {
+                let mut c = lock(&self.callee);
+                c.cancel = true;
+                if let Some(callee) = &c.chan {
+                    callee.soft_hangup();
+                }
+            }
+            if effect.wake {
+                self.attention.store(true, Ordering::Release);
+            }
+            (effect, !was && m.registered())
+        };
+        if effect.wake {
+            self.chan.wake();
+        }
+        if newly_registered {
+            let waited = self.started.elapsed().as_millis();
+            tracing::info!(
+                "{}: device {} registered after {waited} ms",
+                self.binding.aor,
+                self.binding.id
+            );
+            event(
+                "PushWakeRegistered",
+                &self.binding,
+                &self.call_uuid,
+                &[("WaitMs", waited.to_string())],
+            );
+        }
+    }
+
+    /// The next step; a new Dial gets its leg number under the same lock, so a cancel
+    /// decided meanwhile applies to it.
+    fn next(&self) -> (Step, u32) {
+        let mut m = lock(&self.machine);
+        self.attention.store(false, Ordering::Release);
+        let step = m.next(self.started.elapsed());
+        let mut c = lock(&self.callee);
+        if matches!(step, Step::Ring { .. }) {
+            *c = Callee {
+                leg: c.leg + 1,
+                chan: None,
+                cancel: false,
+            };
+        }
+        (step, c.leg)
+    }
+
+    /// The INVITE of leg `leg` is leaving on `callee`.
+    fn callee_started(&self, leg: u32, callee: ChanRef) {
+        let mut c = lock(&self.callee);
+        if c.leg != leg {
+            return;
+        }
+        if c.cancel {
+            callee.soft_hangup();
+        }
+        c.chan = Some(callee);
+    }
+}
+
+/// `PushWake()`: one dialplan waiting for the first of several devices to register.
 #[derive(Debug)]
 struct Waiter {
     done: AtomicBool,
-    result: Mutex<Option<Woken>>,
+    result: Mutex<Option<Result<String, String>>>,
     chan: ChanRef,
-    /// Pushes of this waiter still without outcome; when the last fails, the wait fails.
+    /// Pushes still without outcome; when the last fails, the wait fails.
     pending_pushes: AtomicUsize,
 }
 
 impl Waiter {
-    fn fill(&self, w: Woken) {
-        let mut r = self.result.lock().unwrap_or_else(|p| p.into_inner());
-        if r.is_none() {
-            *r = Some(w);
+    fn fill(&self, r: Result<String, String>) {
+        let mut result = lock(&self.result);
+        if result.is_none() {
+            *result = Some(r);
             self.done.store(true, Ordering::Release);
             self.chan.wake();
         }
@@ -57,15 +147,35 @@ impl Waiter {
 
     fn push_failed(&self, why: String) {
         if self.pending_pushes.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.fill(Woken::Failed(why));
+            self.fill(Err(why));
         }
     }
 }
 
-/// Waiters by binding id, which (call, device) pairs were already pushed, and counters.
+/// Who waits for a binding's REGISTER.
+#[derive(Debug, Clone)]
+enum Watcher {
+    Device(Arc<DeviceLeg>),
+    Wake(Arc<Waiter>),
+}
+
+impl Watcher {
+    fn same(&self, other: &Watcher) -> bool {
+        match (self, other) {
+            (Watcher::Device(a), Watcher::Device(b)) => Arc::ptr_eq(a, b),
+            (Watcher::Wake(a), Watcher::Wake(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
+/// Watchers by binding id, device legs by id (for the INVITE hook), which (call, device)
+/// pairs were already pushed.
 #[derive(Debug, Default)]
 pub struct Wake {
-    waiters: Mutex<HashMap<String, Vec<Arc<Waiter>>>>,
+    watchers: Mutex<HashMap<String, Vec<Watcher>>>,
+    legs: Mutex<HashMap<u64, Weak<DeviceLeg>>>,
+    next_leg: AtomicU64,
     pushed: Mutex<HashMap<(String, String), Instant>>,
 }
 
@@ -96,44 +206,63 @@ impl Wake {
     }
 
     /// Called by the REGISTER hook once the registrar accepted a binding's REGISTER.
-    pub fn registered(&self, aor: &str, params: &res_push_core::pn::PushParams, contact_uri: &str) {
+    pub fn registered(&self, aor: &str, params: &PushParams, contact: &ContactRef) {
         let id = binding_id(aor, params.provider, &params.app_id, &params.token);
-        let waiters = self
-            .waiters
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&id);
-        for w in waiters.into_iter().flatten() {
-            w.fill(Woken::Registered(contact_uri.to_string()));
+        let watchers = lock(&self.watchers).get(&id).cloned().unwrap_or_default();
+        for w in watchers {
+            match w {
+                Watcher::Device(leg) => leg.feed(Event::Registered(contact.clone())),
+                Watcher::Wake(waiter) => waiter.fill(Ok(contact.uri.clone())),
+            }
         }
     }
 
-    fn watch(&self, ids: &[String], w: &Arc<Waiter>) {
-        let mut map = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+    fn watch(&self, ids: &[String], w: &Watcher) {
+        let mut map = lock(&self.watchers);
         for id in ids {
             map.entry(id.clone()).or_default().push(w.clone());
         }
+        if let Watcher::Device(leg) = w {
+            lock(&self.legs).insert(leg.id, Arc::downgrade(leg));
+        }
     }
 
-    fn unwatch(&self, ids: &[String], w: &Arc<Waiter>) {
-        let mut map = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+    fn unwatch(&self, ids: &[String], w: &Watcher) {
+        let mut map = lock(&self.watchers);
         for id in ids {
             if let Some(list) = map.get_mut(id) {
-                list.retain(|x| !Arc::ptr_eq(x, w));
+                list.retain(|x| !x.same(w));
                 if list.is_empty() {
                     map.remove(id);
                 }
             }
         }
+        if let Watcher::Device(leg) = w {
+            lock(&self.legs).remove(&leg.id);
+        }
     }
 
     /// True the first time (call, device) is asked for.
     fn first_push(&self, call: &str, id: &str) -> bool {
-        let mut pushed = self.pushed.lock().unwrap_or_else(|p| p.into_inner());
+        let mut pushed = lock(&self.pushed);
         pushed.retain(|_, at| at.elapsed() < DEDUP_TTL);
         pushed
             .insert((call.to_string(), id.to_string()), Instant::now())
             .is_none()
+    }
+
+    /// The INVITE hook saw `PUSH_LEG` = `<leg id>.<dial number>` on a channel being called.
+    fn callee_started(&self, key: &str, callee: Chan) {
+        let Some((id, n)) = key.split_once('.') else {
+            return;
+        };
+        let (Ok(id), Ok(n)) = (id.parse::<u64>(), n.parse::<u32>()) else {
+            return;
+        };
+        let leg = lock(&self.legs).get(&id).and_then(Weak::upgrade);
+        if let Some(leg) = leg {
+            leg.callee_started(n, callee.handle());
+        }
     }
 }
 
@@ -233,14 +362,17 @@ fn timeout_arg(arg: Option<&String>, default: Duration) -> Duration {
         .unwrap_or(default)
 }
 
-/// Sends a push for a call, reporting failure to `waiter` (which then gives up at once).
+/// Hears whether a push was delivered (`Err` says why not).
+type PushReport = Box<dyn FnOnce(Result<(), String>) + Send>;
+
+/// Sends a push for a call; `outcome` hears whether it was delivered.
 fn push(
     running: &Running,
     b: &Binding,
     kind: PushKind,
     data: PushData,
-    waiter: Option<Arc<Waiter>>,
     deadline: Duration,
+    outcome: Option<PushReport>,
 ) {
     let bindings = running.bindings.clone();
     let (provider, token, aor, id) = (b.provider, b.token.clone(), b.aor.clone(), b.id.clone());
@@ -249,11 +381,12 @@ fn push(
         kind,
         data,
     });
-    let failed_waiter = waiter.clone();
-    let done = Box::new(move |r: Result<Outcome, crate::link::LinkError>| {
+    let report = Arc::new(Mutex::new(outcome));
+    let report_queue = report.clone();
+    let done = Box::new(move |r: Result<PushOutcome, crate::link::LinkError>| {
         let failure = match r {
-            Ok(Outcome::Sent { .. }) => None,
-            Ok(Outcome::InvalidToken { reason }) => {
+            Ok(PushOutcome::Sent { .. }) => None,
+            Ok(PushOutcome::InvalidToken { reason }) => {
                 tracing::info!(
                     "{aor}: token {} reported dead ({reason}); removing binding",
                     redact(&token)
@@ -264,17 +397,17 @@ fn push(
             Ok(other) => Some(format!("{other:?}")),
             Err(e) => Some(e.to_string()),
         };
-        if let Some(why) = failure {
+        if let Some(why) = &failure {
             tracing::warn!("{aor}: {kind:?} push to binding {id} failed: {why}");
-            if let Some(w) = &waiter {
-                w.push_failed(why);
-            }
+        }
+        if let Some(f) = lock(&report).take() {
+            f(failure.map_or(Ok(()), Err));
         }
     });
     if let Err(e) = running.link.submit(job, Some(deadline), done) {
         tracing::warn!("{}: {kind:?} push not queued: {e}", b.aor);
-        if let Some(w) = failed_waiter {
-            w.push_failed(e.to_string());
+        if let Some(f) = lock(&report_queue).take() {
+            f(Err(e.to_string()));
         }
     }
 }
@@ -303,6 +436,24 @@ fn event(name: &str, b: &Binding, call_uuid: &str, extra: &[(&'static str, Strin
         n.fetch_add(1, Ordering::Relaxed);
     }
     manager::event(name, &f);
+}
+
+/// The device's registered, unexpired contact, if the registrar still has it.
+fn live_contact(b: &Binding) -> Option<ContactRef> {
+    (b.expires_at > now() && channel::aor_contacts(&b.aor).contains(&b.contact_uri))
+        .then(|| ContactRef::new(b.contact_uri.clone(), b.instance.clone()))
+}
+
+/// How the Dial of one contact ended, from DIALSTATUS.
+fn leg_end(chan: Chan) -> LegEnd {
+    match chan.var("DIALSTATUS").as_deref() {
+        Some("ANSWER") => LegEnd::Answered,
+        _ if chan.hung_up() => LegEnd::Hangup,
+        Some("BUSY") => LegEnd::Busy,
+        Some("NOANSWER") => LegEnd::NoAnswer,
+        Some("CANCEL") => LegEnd::Hangup,
+        _ => LegEnd::Unreachable,
+    }
 }
 
 /// `PushDial(endpoint[,timeout])`: ring plain contacts now and each push device when it wakes.
@@ -347,60 +498,112 @@ pub fn push_dial(running: &Running, chan: Chan, data: &str) -> i32 {
     -1
 }
 
-/// `PushDevice(<binding id>)`: push one device, wait for its REGISTER, ring its fresh contact.
+/// `PushDevice(<binding id>)`: wake one device (see [`Device`]) and ring it.
 pub fn push_device(running: &Running, chan: Chan, data: &str) -> i32 {
     let id = args(data).swap_remove(0);
     let Some(b) = running.bindings.by_id(&id) else {
         chan.set_var("PUSHSTATUS", "NOBINDING");
+        chan.set_hangup_cause(CAUSE_SUBSCRIBER_ABSENT);
         return -1;
     };
     let general = running.general();
     let endpoint = chan.var("PUSH_ENDPOINT").unwrap_or_else(|| b.aor.clone());
     let call_uuid = chan.var("PUSH_CALL_UUID").unwrap_or_else(uuid_v4);
     let timeout = timeout_arg(chan.var("PUSH_WAKE_TIMEOUT").as_ref(), general.wake_timeout);
-
-    // Watch before pushing: a fast phone may register before the push call even returns.
-    let waiter = Arc::new(Waiter {
-        done: AtomicBool::new(false),
-        result: Mutex::new(None),
+    let live = general.ring_live_contact.then(|| live_contact(&b)).flatten();
+    let recent = !general.push_skip_recent.is_zero()
+        && now().saturating_sub(b.last_register) < general.push_skip_recent.as_secs();
+    let leg = Arc::new(DeviceLeg {
+        id: running.wake.next_leg.fetch_add(1, Ordering::Relaxed),
+        binding: b.clone(),
+        call_uuid: call_uuid.clone(),
+        started: Instant::now(),
+        machine: Mutex::new(Device::new(Start {
+            push: !(recent && live.is_some()),
+            live,
+            timeout,
+        })),
+        attention: AtomicBool::new(false),
         chan: chan.handle(),
-        pending_pushes: AtomicUsize::new(1),
+        callee: Mutex::new(Callee::default()),
     });
+    // Watch before pushing: a fast phone may register before the push call even returns.
     let ids = [b.id.clone()];
-    running.wake.watch(&ids, &waiter);
-    let started = Instant::now();
+    let watcher = Watcher::Device(leg.clone());
+    running.wake.watch(&ids, &watcher);
     event(
         "PushWakeStart",
         &b,
         &call_uuid,
         &[("Timeout", timeout.as_secs().to_string())],
     );
-    if running.wake.first_push(&call_uuid, &b.id) {
-        push(
-            running,
-            &b,
-            PushKind::Call,
-            call_data(chan, &endpoint, &call_uuid),
-            Some(waiter.clone()),
-            timeout,
-        );
+    if general.wait_audio == WaitAudio::Ringing {
+        chan.ringing();
     }
-    match general.wait_audio {
-        WaitAudio::Ringing => chan.ringing(),
-        WaitAudio::Moh => chan.moh(true),
-        WaitAudio::None => {}
-    }
-    let end = chan.wait(timeout, &waiter.done);
-    running.wake.unwatch(&ids, &waiter);
-    if general.wait_audio == WaitAudio::Moh {
+    let mut moh = false;
+    let outcome = loop {
+        let (step, n) = leg.next();
+        match step {
+            Step::Push => {
+                if running.wake.first_push(&call_uuid, &b.id) {
+                    let l = Arc::downgrade(&leg);
+                    let report = Box::new(move |r: Result<(), String>| {
+                        if let Some(l) = l.upgrade() {
+                            l.feed(r.map_or_else(Event::PushFailed, |()| Event::PushSent));
+                        }
+                    });
+                    push(
+                        running,
+                        &b,
+                        PushKind::Call,
+                        call_data(chan, &endpoint, &call_uuid),
+                        timeout,
+                        Some(report),
+                    );
+                } else {
+                    // This call already pushed the device (a dialplan retry): that push wakes it.
+                    leg.feed(Event::PushSent);
+                }
+            }
+            Step::Ring { uri, timeout } => {
+                if moh {
+                    chan.moh(false);
+                    moh = false;
+                }
+                // Inherited by the PJSIP channel: the INVITE hook hands it to this leg.
+                chan.set_var("_PUSH_LEG", &format!("{}.{n}", leg.id));
+                let mut dial = format!("PJSIP/{endpoint}/{}", dial_uri(&uri));
+                if let Some(t) = timeout {
+                    dial.push_str(&format!(",{:.3}", t.as_secs_f64().max(0.001)));
+                }
+                tracing::debug!("{}: device {} rings {dial}", b.aor, b.id);
+                chan.exec("Dial", &dial);
+                leg.feed(Event::LegEnded(leg_end(chan)));
+            }
+            Step::Wait(d) => {
+                if general.wait_audio == WaitAudio::Moh && !moh {
+                    chan.moh(true);
+                    moh = true;
+                }
+                if chan.wait(d, &leg.attention) == WaitEnd::Hangup {
+                    leg.feed(Event::Hangup);
+                }
+            }
+            Step::Finish(o) => break o,
+        }
+    };
+    if moh {
         chan.moh(false);
     }
-    let result = waiter
-        .result
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
+    running.wake.unwatch(&ids, &watcher);
+    let (pushed, registered) = {
+        let m = lock(&leg.machine);
+        (m.pushed(), m.registered())
+    };
     let cancel = |reason: &str| {
+        if !pushed {
+            return;
+        }
         event(
             "PushCancel",
             &b,
@@ -417,43 +620,36 @@ pub fn push_device(running: &Running, chan: Chan, data: &str) -> i32 {
             &b,
             PushKind::Cancel,
             data,
-            None,
             Duration::from_secs(30),
+            None,
         );
     };
-    match (end, result) {
-        (_, Some(Woken::Registered(uri))) => {
-            let waited = started.elapsed().as_millis();
-            tracing::info!(
-                "{}: device {} registered after {waited} ms; ringing it",
-                b.aor,
-                b.id
-            );
-            event(
-                "PushWakeRegistered",
-                &b,
-                &call_uuid,
-                &[("WaitMs", waited.to_string())],
-            );
+    let woken = if registered { "WOKEN" } else { "ANSWERED" };
+    match outcome {
+        Outcome::Answered => chan.set_var("PUSHSTATUS", woken),
+        Outcome::NotAnswered => {
             chan.set_var("PUSHSTATUS", "WOKEN");
-            chan.exec("Dial", &format!("PJSIP/{endpoint}/{}", dial_uri(&uri)));
-            if chan.var("DIALSTATUS").as_deref() != Some("ANSWER") {
-                cancel("not-answered");
-            }
+            chan.set_hangup_cause(CAUSE_NO_ANSWER);
+            cancel("not-answered");
         }
-        (_, Some(Woken::Failed(why))) => {
+        Outcome::Declined => {
+            chan.set_var("PUSHSTATUS", "DECLINED");
+            chan.set_hangup_cause(CAUSE_BUSY);
+            cancel("declined");
+        }
+        Outcome::Hangup => {
+            chan.set_var("PUSHSTATUS", "HANGUP");
+            cancel("hangup");
+        }
+        Outcome::Failed(why) => {
             tracing::info!("{}: giving up on device {}: {why}", b.aor, b.id);
             event("PushWakeFailed", &b, &call_uuid, &[("Reason", why)]);
             chan.set_var("PUSHSTATUS", "FAILED");
             chan.set_hangup_cause(CAUSE_SUBSCRIBER_ABSENT);
         }
-        (WaitEnd::Hangup, None) | (WaitEnd::Woken, None) => {
-            chan.set_var("PUSHSTATUS", "HANGUP");
-            cancel("hangup");
-        }
-        (WaitEnd::Timeout, None) => {
+        Outcome::TimedOut => {
             tracing::info!(
-                "{}: device {} did not register within {}s",
+                "{}: device {} neither answered nor registered within {}s",
                 b.aor,
                 b.id,
                 timeout.as_secs()
@@ -474,8 +670,8 @@ pub fn push_device(running: &Running, chan: Chan, data: &str) -> i32 {
                     &b,
                     PushKind::Missed,
                     data,
-                    None,
                     Duration::from_secs(30),
+                    None,
                 );
             }
         }
@@ -484,7 +680,9 @@ pub fn push_device(running: &Running, chan: Chan, data: &str) -> i32 {
 }
 
 /// `PushWake(endpoint[,timeout[,options]])`: push every device, wait for the first REGISTER;
-/// sets PUSHSTATUS and PUSH_CONTACTS for explicit dialplans.
+/// sets PUSHSTATUS and PUSH_CONTACTS for explicit dialplans. A device that registered within
+/// `push_skip_recent` counts as awake at once (no push, no wait); on a timeout or failure,
+/// PUSH_CONTACTS still holds the devices' live contacts when `ring_live_contact` is on.
 pub fn push_wake(running: &Running, chan: Chan, data: &str) -> i32 {
     let a = args(data);
     let endpoint = a[0].clone();
@@ -498,6 +696,28 @@ pub fn push_wake(running: &Running, chan: Chan, data: &str) -> i32 {
         chan.set_var("PUSH_CONTACTS", &plain.join("&"));
         return 0;
     }
+    let dest = |uri: &str| format!("PJSIP/{endpoint}/{}", dial_uri(uri));
+    let live: Vec<(Binding, ContactRef)> = if general.ring_live_contact {
+        devices
+            .iter()
+            .filter_map(|b| Some((b.clone(), live_contact(b)?)))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let skip = general.push_skip_recent.as_secs();
+    let recent: Vec<&ContactRef> = live
+        .iter()
+        .filter(|(b, _)| skip > 0 && now().saturating_sub(b.last_register) < skip)
+        .map(|(_, c)| c)
+        .collect();
+    if !recent.is_empty() {
+        let mut c = plain;
+        c.extend(recent.iter().map(|r| dest(&r.uri)));
+        chan.set_var("PUSHSTATUS", "WOKEN");
+        chan.set_var("PUSH_CONTACTS", &c.join("&"));
+        return 0;
+    }
     let call_uuid = chan.var("PUSH_CALL_UUID").unwrap_or_else(uuid_v4);
     let waiter = Arc::new(Waiter {
         done: AtomicBool::new(false),
@@ -506,7 +726,8 @@ pub fn push_wake(running: &Running, chan: Chan, data: &str) -> i32 {
         pending_pushes: AtomicUsize::new(devices.len()),
     });
     let ids: Vec<String> = devices.iter().map(|b| b.id.clone()).collect();
-    running.wake.watch(&ids, &waiter);
+    let watcher = Watcher::Wake(waiter.clone());
+    running.wake.watch(&ids, &watcher);
     let started = Instant::now();
     for b in &devices {
         event(
@@ -516,13 +737,19 @@ pub fn push_wake(running: &Running, chan: Chan, data: &str) -> i32 {
             &[("Timeout", timeout.as_secs().to_string())],
         );
         if running.wake.first_push(&call_uuid, &b.id) {
+            let w = waiter.clone();
+            let report = Box::new(move |r: Result<(), String>| {
+                if let Err(why) = r {
+                    w.push_failed(why);
+                }
+            });
             push(
                 running,
                 b,
                 PushKind::Call,
                 call_data(chan, &endpoint, &call_uuid),
-                Some(waiter.clone()),
                 timeout,
+                Some(report),
             );
         } else {
             waiter.push_failed("already pushed for this call".into());
@@ -532,43 +759,63 @@ pub fn push_wake(running: &Running, chan: Chan, data: &str) -> i32 {
         chan.ringing();
     }
     let end = chan.wait(timeout, &waiter.done);
-    running.wake.unwatch(&ids, &waiter);
-    let result = waiter
-        .result
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
-    let (status, contacts) = match (end, result) {
-        (_, Some(Woken::Registered(uri))) => {
-            let mut c = plain;
-            c.push(format!("PJSIP/{endpoint}/{}", dial_uri(&uri)));
+    running.wake.unwatch(&ids, &watcher);
+    let result = lock(&waiter.result).clone();
+    let mut contacts = plain;
+    let status = match (end, result) {
+        (_, Some(Ok(uri))) => {
+            contacts.push(dest(&uri));
             tracing::info!(
                 "{endpoint}: woken after {} ms",
                 started.elapsed().as_millis()
             );
-            ("WOKEN", c)
+            "WOKEN"
         }
-        (_, Some(Woken::Failed(_))) => ("FAILED", plain),
-        (WaitEnd::Timeout, None) => ("TIMEOUT", plain),
-        (_, None) => ("HANGUP", plain),
+        (_, Some(Err(_))) => "FAILED",
+        (WaitEnd::Timeout, None) => "TIMEOUT",
+        (_, None) => "HANGUP",
     };
+    if status != "WOKEN" {
+        contacts.extend(live.iter().map(|(_, c)| dest(&c.uri)));
+    }
     chan.set_var("PUSHSTATUS", status);
     chan.set_var("PUSH_CONTACTS", &contacts.join("&"));
     if status == "HANGUP" { -1 } else { 0 }
 }
 
-/// `push_on_plain_dial`: an INVITE is leaving for a contact with push parameters; push the
-/// device once per call (the INVITE's Call-ID), so existing `Dial(PJSIP/...)` dialplans wake
-/// phones too.
-pub fn plain_dial(running: &Running, chan: Option<Chan>, request_uri: &str, call_id: &str) {
-    let rules = running.policy_rules();
-    let Request::Bind(params) = from_contact(&parse_contact(&format!("<{request_uri}>")), &rules)
+/// An initial INVITE is leaving on `chan` for `request_uri`. Hands the callee to the device
+/// leg that dials it, pushes the device for a plain `Dial(PJSIP/...)` (`push_on_plain_dial`,
+/// once per call: the INVITE's Call-ID), and returns the Request-URI without push parameters
+/// (`strip_pn_params`).
+pub fn outgoing_invite(
+    running: &Running,
+    chan: Option<Chan>,
+    request_uri: &str,
+    call_id: &str,
+) -> Option<String> {
+    let general = running.general();
+    match chan.map(|c| (c, c.var("PUSH_LEG"))) {
+        Some((c, Some(key))) => running.wake.callee_started(&key, c),
+        // Legs of a Push/ call were pushed by their device leg already.
+        Some((c, None)) if general.push_on_plain_dial && c.var("PUSH_CALL_UUID").is_none() => {
+            plain_dial(running, Some(c), request_uri, call_id)
+        }
+        None if general.push_on_plain_dial => plain_dial(running, None, request_uri, call_id),
+        _ => {}
+    }
+    general
+        .strip_pn_params
+        .then(|| strip_push_params(request_uri))
+        .flatten()
+}
+
+fn plain_dial(running: &Running, chan: Option<Chan>, request_uri: &str, call_id: &str) {
+    let rules = &running.general().policy.rules;
+    let Request::Bind(params) = from_contact(&parse_contact(&format!("<{request_uri}>")), rules)
     else {
         return;
     };
-    let Some(b) = running.bindings.list(None).into_iter().find(|b| {
-        b.provider == params.provider && b.app_id == params.app_id && b.token == params.token
-    }) else {
+    let Some(b) = running.bindings.by_device(&params) else {
         return;
     };
     if !running.wake.first_push(call_id, &b.id) {
@@ -593,7 +840,7 @@ pub fn plain_dial(running: &Running, chan: Option<Chan>, request_uri: &str, call
         &b,
         PushKind::Call,
         data,
-        None,
         running.general().wake_timeout,
+        None,
     );
 }

@@ -2,15 +2,18 @@
 //! application, and an event-driven wait another thread can end.
 
 use std::ffi::{CStr, c_char, c_int, c_void};
+use std::marker::PhantomData;
+use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use super::c_string;
 use crate::ffi;
 
-/// A channel borrowed for the duration of an application call.
+/// A channel borrowed for the duration of the callback that received it (`'a`: an
+/// application call, an INVITE being sent).
 #[derive(Debug, Clone, Copy)]
-pub struct Chan(pub *mut ffi::ast_channel);
+pub struct Chan<'a>(NonNull<ffi::ast_channel>, PhantomData<&'a ffi::ast_channel>);
 
 /// A counted reference to a channel that another thread may hold (to wake a waiter).
 #[derive(Debug)]
@@ -27,6 +30,13 @@ impl ChanRef {
     pub fn wake(&self) {
         // SAFETY: we hold a reference, so the channel is alive.
         unsafe { ffi::rp_shim_channel_wake(self.0) };
+    }
+
+    /// Hangs the channel up from another thread; its own thread (e.g. the Dial ringing it)
+    /// sees the hangup at once.
+    pub fn soft_hangup(&self) {
+        // SAFETY: we hold a reference, so the channel is alive; Asterisk locks it.
+        unsafe { ffi::rp_shim_softhangup(self.0) };
     }
 }
 
@@ -54,11 +64,21 @@ extern "C" fn keep_waiting(data: *mut c_void) -> c_int {
     (!flag.load(Ordering::Acquire)) as c_int
 }
 
-impl Chan {
+impl Chan<'_> {
+    /// # Safety
+    /// `p` is a live channel for the duration of the current callback, or NULL.
+    pub unsafe fn from_ptr(p: *mut ffi::ast_channel) -> Option<Self> {
+        NonNull::new(p).map(|p| Chan(p, PhantomData))
+    }
+
+    fn ptr(&self) -> *mut ffi::ast_channel {
+        self.0.as_ptr()
+    }
+
     /// A reference another thread can use to wake this channel's waiter.
     pub fn handle(&self) -> ChanRef {
-        // SAFETY: the channel is alive during the application call; the reference keeps it so.
-        ChanRef(unsafe { ffi::rp_shim_channel_ref(self.0) })
+        // SAFETY: the channel is alive during the callback; the reference keeps it so.
+        ChanRef(unsafe { ffi::rp_shim_channel_ref(self.ptr()) })
     }
 
     /// A channel variable.
@@ -67,7 +87,7 @@ impl Chan {
         let mut buf = vec![0u8; 1024];
         // SAFETY: live channel; the shim copies at most `buf.len()` bytes, NUL-terminated.
         let found = unsafe {
-            ffi::rp_shim_getvar(self.0, name.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
+            ffi::rp_shim_getvar(self.ptr(), name.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
         };
         if found == 0 {
             return None;
@@ -83,20 +103,20 @@ impl Chan {
     pub fn set_var(&self, name: &str, value: &str) {
         let (n, v) = (c_string(name), c_string(value));
         // SAFETY: live channel; Asterisk copies both strings.
-        unsafe { ffi::rp_shim_setvar(self.0, n.as_ptr(), v.as_ptr()) };
+        unsafe { ffi::rp_shim_setvar(self.ptr(), n.as_ptr(), v.as_ptr()) };
     }
 
     /// Runs a dialplan application on this channel (e.g. Dial); its return value.
     pub fn exec(&self, app: &str, data: &str) -> i32 {
         let (a, d) = (c_string(app), c_string(data));
         // SAFETY: live channel, valid strings; runs on the channel's own thread (ours).
-        unsafe { ffi::rp_shim_exec(self.0, a.as_ptr(), d.as_ptr()) }
+        unsafe { ffi::rp_shim_exec(self.ptr(), a.as_ptr(), d.as_ptr()) }
     }
 
     /// Ringback to the caller.
     pub fn ringing(&self) {
         // SAFETY: live channel.
-        unsafe { ffi::rp_shim_indicate(self.0, 1) };
+        unsafe { ffi::rp_shim_indicate(self.ptr(), 1) };
     }
 
     /// Starts or stops music on hold.
@@ -104,9 +124,9 @@ impl Chan {
         // SAFETY: live channel.
         unsafe {
             if on {
-                ffi::rp_shim_indicate(self.0, 0);
+                ffi::rp_shim_indicate(self.ptr(), 0);
             }
-            ffi::rp_shim_moh(self.0, on as c_int)
+            ffi::rp_shim_moh(self.ptr(), on as c_int)
         };
     }
 
@@ -117,7 +137,7 @@ impl Chan {
         // SAFETY: live channel; both buffers are 256 bytes and the shim NUL-terminates.
         unsafe {
             ffi::rp_shim_caller(
-                self.0,
+                self.ptr(),
                 num.as_mut_ptr() as *mut c_char,
                 name.as_mut_ptr() as *mut c_char,
                 256,
@@ -140,7 +160,7 @@ impl Chan {
         // SAFETY: live channel; `flag` outlives the call.
         let r = unsafe {
             ffi::rp_shim_wait(
-                self.0,
+                self.ptr(),
                 ms,
                 Some(keep_waiting),
                 flag as *const AtomicBool as *mut c_void,
@@ -158,13 +178,13 @@ impl Chan {
     /// The hangup cause this leg ends with (Q.850), seen by the caller's Dial as DIALSTATUS.
     pub fn set_hangup_cause(&self, cause: i32) {
         // SAFETY: live channel.
-        unsafe { ffi::rp_shim_set_hangupcause(self.0, cause) };
+        unsafe { ffi::rp_shim_set_hangupcause(self.ptr(), cause) };
     }
 
     /// Whether the channel is hung up.
     pub fn hung_up(&self) -> bool {
         // SAFETY: live channel.
-        unsafe { ffi::rp_shim_check_hangup(self.0) != 0 }
+        unsafe { ffi::rp_shim_check_hangup(self.ptr()) != 0 }
     }
 }
 

@@ -5,17 +5,36 @@
 //! pjsip's pools.
 
 use std::ffi::{CStr, c_char};
+use std::marker::PhantomData;
+use std::ptr::NonNull;
 
 use super::c_string;
 use crate::ffi;
 
-/// Raw request pointer, only valid during the callback that received it.
+/// A received request, borrowed for the callback that received it (`'a`): nothing built from
+/// it can outlive pjsip's pools.
 #[derive(Debug, Clone, Copy)]
-pub struct RxData(pub *mut ffi::pjsip_rx_data);
+pub struct RxData<'a>(NonNull<ffi::pjsip_rx_data>, PhantomData<&'a ffi::pjsip_rx_data>);
 
-/// Raw response pointer, only valid during the callback that received it.
+/// A response about to be sent, borrowed for the callback that sees it.
 #[derive(Debug, Clone, Copy)]
-pub struct TxData(pub *mut ffi::pjsip_tx_data);
+pub struct TxData<'a>(NonNull<ffi::pjsip_tx_data>, PhantomData<&'a ffi::pjsip_tx_data>);
+
+impl RxData<'_> {
+    /// # Safety
+    /// `p` is pjsip's live request for the duration of the current callback.
+    pub unsafe fn from_ptr(p: *mut ffi::pjsip_rx_data) -> Option<Self> {
+        NonNull::new(p).map(|p| RxData(p, PhantomData))
+    }
+}
+
+impl TxData<'_> {
+    /// # Safety
+    /// `p` is pjsip's live response for the duration of the current callback.
+    pub unsafe fn from_ptr(p: *mut ffi::pjsip_tx_data) -> Option<Self> {
+        NonNull::new(p).map(|p| TxData(p, PhantomData))
+    }
+}
 
 /// A REGISTER, owned.
 #[derive(Debug, Clone, Default)]
@@ -69,13 +88,22 @@ fn list(count: u32, items: *mut *const c_char) -> Vec<String> {
         .collect()
 }
 
-impl RxData {
+impl<'a> RxData<'a> {
+    /// The message as received, when pjsip still has it.
+    pub fn raw(self) -> Option<&'a [u8]> {
+        let mut len = 0usize;
+        // SAFETY: live request; the buffer belongs to its transport pool and outlives 'a.
+        let p = unsafe { ffi::rp_shim_rx_raw(self.0.as_ptr().cast(), &mut len) };
+        // SAFETY: the shim returns the start of `len` readable bytes, or NULL.
+        (!p.is_null()).then(|| unsafe { std::slice::from_raw_parts(p.cast::<u8>(), len) })
+    }
+
     /// Copies out the REGISTER, or `None` for anything else.
     pub fn register(self) -> Option<Register> {
         // SAFETY: zeroed is a valid value of this plain C struct of pointers and ints.
         let mut r: ffi::rp_register = unsafe { std::mem::zeroed() };
         // SAFETY: `self.0` is the live request of the current callback.
-        if unsafe { ffi::rp_shim_describe_register(self.0.cast(), &mut r) } != 0 {
+        if unsafe { ffi::rp_shim_describe_register(self.0.as_ptr().cast(), &mut r) } != 0 {
             return None;
         }
         Some(Register {
@@ -97,17 +125,17 @@ impl RxData {
     pub fn respond(self, status: u16, reason: &str) {
         let reason = c_string(reason);
         // SAFETY: live request; pjsip copies the reason.
-        unsafe { ffi::rp_shim_respond(self.0.cast(), i32::from(status), reason.as_ptr()) };
+        unsafe { ffi::rp_shim_respond(self.0.as_ptr().cast(), i32::from(status), reason.as_ptr()) };
     }
 }
 
-impl TxData {
+impl TxData<'_> {
     /// Copies out a REGISTER response, or `None` for other responses.
     pub fn register_response(self) -> Option<Response> {
         // SAFETY: as in `RxData::register`.
         let mut r: ffi::rp_response = unsafe { std::mem::zeroed() };
         // SAFETY: `self.0` is the live response of the current callback.
-        if unsafe { ffi::rp_shim_describe_response(self.0.cast(), &mut r) } != 0
+        if unsafe { ffi::rp_shim_describe_response(self.0.as_ptr().cast(), &mut r) } != 0
             || r.is_register == 0
         {
             return None;
@@ -124,7 +152,7 @@ impl TxData {
     pub fn add_header(self, name: &str, value: &str) {
         let (name, value) = (c_string(name), c_string(value));
         // SAFETY: live response; pjsip copies both strings into its pool.
-        unsafe { ffi::rp_shim_add_header(self.0.cast(), name.as_ptr(), value.as_ptr()) };
+        unsafe { ffi::rp_shim_add_header(self.0.as_ptr().cast(), name.as_ptr(), value.as_ptr()) };
     }
 }
 
