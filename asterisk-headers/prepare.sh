@@ -13,8 +13,15 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 CHROOT=${RES_PUSH_CHROOT:-/var/lib/res-push/sid-chroot}
 OUT=${RES_PUSH_HEADERS_OUT:-$here/build}
 # Packages the chroot needs; changing this list rebuilds the chroot.
-# linphone-cli: the real softphone of the client tests (linphonec).
-PACKAGES="asterisk,asterisk-dev,sip-tester,procps,lintian,systemd,linphone-cli"
+PACKAGES="asterisk,asterisk-dev,sip-tester,procps,lintian,systemd"
+# The real softphone of the client tests (linphonec) lives in a bookworm chroot of its own, not in
+# sid: sid's liblinphone12 5.3.105-6 is uninstallable (it depends on libsoci-sqlite3-4.0, which
+# conflicts with the libsoci-core4.1 that liblime1 needs) and unloadable even when forced (it
+# links libsoci_core.so.4.0, which no sid package ships, with BIND_NOW). Debian 12's linphone-cli
+# 5.1.65 works, and a chroot keeps the host untouched whatever its release.
+LINPHONE_CHROOT=${RES_PUSH_LINPHONE_CHROOT:-/var/lib/res-push/linphone-bookworm}
+LINPHONE_SUITE=bookworm
+LINPHONE_PACKAGES="linphone-cli"
 
 log() { printf '[prepare] %s\n' "$*" >&2; }
 die() { printf '[prepare] error: %s\n' "$*" >&2; exit 1; }
@@ -92,6 +99,25 @@ build_chroot() {
     mv "$CHROOT.tmp" "$CHROOT"
 }
 
+build_linphone_chroot() {
+    local stamp="$LINPHONE_CHROOT/.res-push-stamp" want
+    want="suite=$LINPHONE_SUITE packages=$LINPHONE_PACKAGES"
+    if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+        log "reusing linphone chroot $LINPHONE_CHROOT"
+        return
+    fi
+    local m; m=$(mirror)
+    log "building $LINPHONE_SUITE chroot for linphonec in $LINPHONE_CHROOT from $m"
+    rm -rf "$LINPHONE_CHROOT.tmp"
+    mkdir -p "$(dirname "$LINPHONE_CHROOT")"
+    mmdebstrap --quiet --variant=apt --include="$LINPHONE_PACKAGES" "$LINPHONE_SUITE" \
+        "$LINPHONE_CHROOT.tmp" "deb $m $LINPHONE_SUITE main" >&2
+    echo "$want" >"$LINPHONE_CHROOT.tmp/.res-push-stamp"
+    # Only the tests use this chroot, and only while they run: replacing it is safe.
+    rm -rf "$LINPHONE_CHROOT"
+    mv "$LINPHONE_CHROOT.tmp" "$LINPHONE_CHROOT"
+}
+
 stage_headers() {
     local ver stamp="$OUT/.stamp"
     ver=$(chroot "$CHROOT" dpkg-query -W -f='${Version}' asterisk-dev)
@@ -136,7 +162,9 @@ stage_headers() {
 
 host_deps
 build_chroot
+build_linphone_chroot
 stage_headers
 echo "RES_PUSH_CHROOT=$CHROOT"
+echo "RES_PUSH_LINPHONE_CHROOT=$LINPHONE_CHROOT"
 echo "ASTERISK_INCLUDE_DIR=$OUT/asterisk"
 echo "PJPROJECT_INCLUDE_DIR=$OUT/pjproject"

@@ -17,7 +17,7 @@ cd "$RES_PUSH_ROOT"
 # prepare.sh prints VAR=value lines last; everything else it says goes to stderr.
 while IFS='=' read -r key value; do
     case "$key" in
-        RES_PUSH_CHROOT|ASTERISK_INCLUDE_DIR|PJPROJECT_INCLUDE_DIR) export "$key=$value" ;;
+        RES_PUSH_CHROOT|RES_PUSH_LINPHONE_CHROOT|ASTERISK_INCLUDE_DIR|PJPROJECT_INCLUDE_DIR) export "$key=$value" ;;
     esac
 done < <(asterisk-headers/prepare.sh)
 
