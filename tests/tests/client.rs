@@ -5,9 +5,9 @@
 
 use std::time::{Duration, Instant};
 
-use res_push_itests::linphone::{Linphone, LinphoneOptions, header};
+use res_push_itests::linphone::{Linphone, LinphoneOptions, Transport, header};
 use res_push_itests::push_env::setup;
-use res_push_itests::{Asterisk, binding_count, free_udp_port, wait_for};
+use res_push_itests::{Asterisk, Options, binding_count, free_tcp_port, free_udp_port, wait_for};
 
 const TOKEN: &str = "00fc13adff785122b4ad28809a3420982341241421348097878e577c991de8f0";
 const PN: &str = "pn-provider=apns;pn-param=TEAM123456.com.example.phone.voip;pn-prid=00fc13adff785122b4ad28809a3420982341241421348097878e577c991de8f0";
@@ -88,7 +88,8 @@ fn awake_linphone_answers_a_push_call_within_two_seconds() {
     let caller = caller.wait();
     let answered = answered.unwrap_or_else(|| {
         panic!(
-            "Linphone never answered\ncaller:\n{}\nlinphonec:\n{}",
+            "Linphone never answered (an awake device must be rung at its registered contact \
+             at once: ring_live_contact)\ncaller:\n{}\nlinphonec:\n{}",
             caller.trace,
             phone.output()
         )
@@ -98,12 +99,19 @@ fn awake_linphone_answers_a_push_call_within_two_seconds() {
         "answered after {answered:?}, not within 2 s of the INVITE"
     );
     assert!(caller.ok, "caller:\n{}", caller.trace);
-    let invites = phone
+    // Distinct INVITE transactions (a UDP retransmission is the same INVITE).
+    let mut invites: Vec<_> = phone
         .received()
         .into_iter()
         .filter(|m| m.starts_with("INVITE "))
-        .count();
-    assert_eq!(invites, 1, "exactly one INVITE reached Linphone");
+        .map(|m| (header(&m, "Call-ID"), header(&m, "CSeq")))
+        .collect();
+    invites.dedup();
+    assert_eq!(
+        invites.len(),
+        1,
+        "exactly one INVITE reached Linphone: {invites:?}"
+    );
     println!("answered {} ms after the call", answered.as_millis());
 }
 
@@ -132,4 +140,54 @@ fn quitting_linphone_unregisters_and_removes_its_binding() {
     );
     let contacts = a.cli("pjsip show contacts");
     assert!(!contacts.contains("alice/"), "{contacts}");
+}
+
+#[test]
+fn linphone_over_tcp_registers_gets_feature_caps_and_unregisters() {
+    // No sidecar needed: bindings and Feature-Caps come from the registrar side alone.
+    let tcp_port = free_tcp_port();
+    let a = Asterisk::start(
+        "client-tcp",
+        Options {
+            pjsip_append: format!(
+                "\n[transport-tcp]\ntype = transport\nprotocol = tcp\nbind = 127.0.0.1:{tcp_port}\n"
+            ),
+            ..Options::default()
+        },
+    );
+    let mut options = LinphoneOptions::new("alice", tcp_port, PN);
+    options.transport = Transport::Tcp;
+    let mut phone = Linphone::start("client-tcp", options);
+    assert!(
+        phone.wait_registered(WAIT),
+        "Linphone did not register over TCP\n{}",
+        a.cli("pjsip show contacts")
+    );
+    let listing = wait_for(WAIT, || {
+        let l = a.cli("push show bindings alice");
+        (binding_count(&l) == 1).then_some(l)
+    })
+    .unwrap_or_else(|| panic!("no binding:\n{}", a.cli("push show bindings")));
+    assert!(listing.contains("…1de8f0"), "{listing}");
+    let contact = header(&registers(phone.sent())[0], "Contact").expect("Contact");
+    assert!(contact.contains("transport=tcp"), "{contact}");
+    let ok = registers(phone.received())
+        .into_iter()
+        .find(|m| m.starts_with("SIP/2.0 200"))
+        .expect("a 200 OK to REGISTER");
+    assert_eq!(
+        header(&ok, "Feature-Caps").as_deref(),
+        Some("*;+sip.pns=\"apns\""),
+        "{ok}"
+    );
+
+    assert!(phone.quit(), "linphonec did not exit cleanly");
+    assert!(
+        wait_for(WAIT, || (binding_count(&a.cli("push show bindings alice"))
+            == 0)
+            .then_some(()))
+        .is_some(),
+        "binding left behind:\n{}",
+        a.cli("push show bindings alice")
+    );
 }
