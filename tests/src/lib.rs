@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 
+pub mod linphone;
 pub mod push_env;
 use nix::unistd::Pid;
 

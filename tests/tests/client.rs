@@ -1,0 +1,193 @@
+//! A real softphone against the real Asterisk: Debian's linphonec registers with RFC 8599
+//! parameters (as a mobile Linphone does once it has a push token), gets a push binding and
+//! Feature-Caps, answers a `Dial(Push/alice)` call while awake, and removes its binding when it
+//! quits (it unregisters with `Expires: 0`).
+
+use std::time::{Duration, Instant};
+
+use res_push_itests::linphone::{Linphone, LinphoneOptions, Transport, header};
+use res_push_itests::push_env::setup;
+use res_push_itests::{Asterisk, Options, binding_count, free_tcp_port, free_udp_port, wait_for};
+
+const TOKEN: &str = "00fc13adff785122b4ad28809a3420982341241421348097878e577c991de8f0";
+const PN: &str = "pn-provider=apns;pn-param=TEAM123456.com.example.phone.voip;pn-prid=00fc13adff785122b4ad28809a3420982341241421348097878e577c991de8f0";
+const WAIT: Duration = Duration::from_secs(10);
+/// The caller: INVITE `[service]` as bob, expect an answer, hold 1 s, hang up.
+const CALLER: &str = include_str!("../sipp/caller.xml");
+
+/// Starts Linphone as alice on `a`, waits until it is registered and its binding is listed.
+fn registered_linphone(name: &str, a: &Asterisk) -> Linphone {
+    let mut phone = Linphone::start(name, LinphoneOptions::new("alice", a.sip_port, PN));
+    assert!(
+        phone.wait_registered(WAIT),
+        "Linphone did not register\n{}",
+        a.cli("pjsip show contacts")
+    );
+    let suffix = &TOKEN[TOKEN.len() - 6..];
+    wait_for(WAIT, || {
+        a.cli("push show bindings alice")
+            .contains(&format!("…{suffix}"))
+            .then_some(())
+    })
+    .unwrap_or_else(|| panic!("no binding:\n{}", a.cli("push show bindings")));
+    phone
+}
+
+/// The REGISTER requests a message list holds (by CSeq method), oldest first.
+fn registers(messages: Vec<String>) -> Vec<String> {
+    messages
+        .into_iter()
+        .filter(|m| header(m, "CSeq").is_some_and(|c| c.ends_with("REGISTER")))
+        .collect()
+}
+
+#[test]
+fn linphone_registers_with_push_parameters_and_gets_feature_caps() {
+    let (_mocks, a, _sidecar) = setup("client-register", "");
+    let phone = registered_linphone("client-register", &a);
+
+    // One binding for the device, the token shown by its last 6 characters.
+    let listing = a.cli("push show bindings alice");
+    assert_eq!(binding_count(&listing), 1, "{listing}");
+    assert!(listing.contains("apns"), "{listing}");
+
+    // Linphone sent the RFC 8599 parameters in its Contact URI, with its +sip.instance.
+    let sent = registers(phone.sent());
+    let contact = header(sent.first().expect("a REGISTER"), "Contact").expect("Contact");
+    assert!(contact.contains(&format!(";{PN}")), "{contact}");
+    assert!(contact.contains("+sip.instance="), "{contact}");
+
+    // The registrar's 200 OK advertised push support for the provider (RFC 8599 §6).
+    let ok = registers(phone.received())
+        .into_iter()
+        .find(|m| m.starts_with("SIP/2.0 200"))
+        .unwrap_or_else(|| panic!("no 200 OK to REGISTER in Linphone's log"));
+    assert_eq!(
+        header(&ok, "Feature-Caps").as_deref(),
+        Some("*;+sip.pns=\"apns\""),
+        "{ok}"
+    );
+}
+
+#[test]
+fn awake_linphone_answers_a_push_call_within_two_seconds() {
+    // wake_timeout bounds how long a failing run waits; an awake phone answers long before.
+    let (_mocks, a, _sidecar) = setup("client-call", "wake_timeout = 5");
+    let phone = registered_linphone("client-call", &a);
+
+    let t0 = Instant::now();
+    let caller = a.sipp("caller", CALLER, free_udp_port(), &["-s", "mobile"]);
+    // linphonec auto-answers (-a) and prints "Call <n> with <peer> connected.".
+    let answered = wait_for(WAIT, || {
+        phone
+            .output()
+            .lines()
+            .any(|l| l.contains(" connected."))
+            .then(|| t0.elapsed())
+    });
+    let caller = caller.wait();
+    let answered = answered.unwrap_or_else(|| {
+        panic!(
+            "Linphone never answered (an awake device must be rung at its registered contact \
+             at once: ring_live_contact)\ncaller:\n{}\nlinphonec:\n{}",
+            caller.trace,
+            phone.output()
+        )
+    });
+    assert!(
+        answered <= Duration::from_secs(2),
+        "answered after {answered:?}, not within 2 s of the INVITE"
+    );
+    assert!(caller.ok, "caller:\n{}", caller.trace);
+    // Distinct INVITE transactions (a UDP retransmission is the same INVITE).
+    let mut invites: Vec<_> = phone
+        .received()
+        .into_iter()
+        .filter(|m| m.starts_with("INVITE "))
+        .map(|m| (header(&m, "Call-ID"), header(&m, "CSeq")))
+        .collect();
+    invites.dedup();
+    assert_eq!(
+        invites.len(),
+        1,
+        "exactly one INVITE reached Linphone: {invites:?}"
+    );
+    println!("answered {} ms after the call", answered.as_millis());
+}
+
+#[test]
+fn quitting_linphone_unregisters_and_removes_its_binding() {
+    let (_mocks, a, _sidecar) = setup("client-quit", "");
+    let mut phone = registered_linphone("client-quit", &a);
+
+    assert!(phone.quit(), "linphonec did not exit cleanly");
+    // Its last REGISTER removed the contact (Expires: 0), and Asterisk accepted it.
+    let unregister = registers(phone.sent()).pop().expect("a REGISTER");
+    let expires_zero = header(&unregister, "Expires").as_deref() == Some("0")
+        || header(&unregister, "Contact").is_some_and(|c| c.contains(";expires=0"));
+    assert!(expires_zero, "{unregister}");
+    let last_response = registers(phone.received()).pop().expect("a response");
+    assert!(last_response.starts_with("SIP/2.0 200"), "{last_response}");
+
+    let listing = wait_for(WAIT, || {
+        let l = a.cli("push show bindings alice");
+        (binding_count(&l) == 0).then_some(l)
+    });
+    assert!(
+        listing.is_some(),
+        "binding left behind:\n{}",
+        a.cli("push show bindings alice")
+    );
+    let contacts = a.cli("pjsip show contacts");
+    assert!(!contacts.contains("alice/"), "{contacts}");
+}
+
+#[test]
+fn linphone_over_tcp_registers_gets_feature_caps_and_unregisters() {
+    // No sidecar needed: bindings and Feature-Caps come from the registrar side alone.
+    let tcp_port = free_tcp_port();
+    let a = Asterisk::start(
+        "client-tcp",
+        Options {
+            pjsip_append: format!(
+                "\n[transport-tcp]\ntype = transport\nprotocol = tcp\nbind = 127.0.0.1:{tcp_port}\n"
+            ),
+            ..Options::default()
+        },
+    );
+    let mut options = LinphoneOptions::new("alice", tcp_port, PN);
+    options.transport = Transport::Tcp;
+    let mut phone = Linphone::start("client-tcp", options);
+    assert!(
+        phone.wait_registered(WAIT),
+        "Linphone did not register over TCP\n{}",
+        a.cli("pjsip show contacts")
+    );
+    let listing = wait_for(WAIT, || {
+        let l = a.cli("push show bindings alice");
+        (binding_count(&l) == 1).then_some(l)
+    })
+    .unwrap_or_else(|| panic!("no binding:\n{}", a.cli("push show bindings")));
+    assert!(listing.contains("…1de8f0"), "{listing}");
+    let contact = header(&registers(phone.sent())[0], "Contact").expect("Contact");
+    assert!(contact.contains("transport=tcp"), "{contact}");
+    let ok = registers(phone.received())
+        .into_iter()
+        .find(|m| m.starts_with("SIP/2.0 200"))
+        .expect("a 200 OK to REGISTER");
+    assert_eq!(
+        header(&ok, "Feature-Caps").as_deref(),
+        Some("*;+sip.pns=\"apns\""),
+        "{ok}"
+    );
+
+    assert!(phone.quit(), "linphonec did not exit cleanly");
+    assert!(
+        wait_for(WAIT, || (binding_count(&a.cli("push show bindings alice"))
+            == 0)
+            .then_some(()))
+        .is_some(),
+        "binding left behind:\n{}",
+        a.cli("push show bindings alice")
+    );
+}
