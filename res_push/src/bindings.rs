@@ -156,7 +156,9 @@ impl Bindings {
     /// The contact URI the registry knows for this device of `aor`.
     pub fn contact_of(&self, aor: &str, params: &PushParams) -> Option<String> {
         let id = binding_id(aor, params.provider, &params.app_id, &params.token);
-        lock(&self.store).get(aor, &id).map(|b| b.contact_uri.clone())
+        lock(&self.store)
+            .get(aor, &id)
+            .map(|b| b.contact_uri.clone())
     }
 
     /// The binding of this device token, in whichever AOR.

@@ -5,9 +5,9 @@
 
 use std::sync::{Arc, RwLock};
 
-use arc_swap::ArcSwap;
 use res_push_core::config::{General, PushConfig, Section};
 
+use crate::ast::sync::Snapshot;
 use crate::ast::{channel, cli, config, guard, log, manager, pjsip};
 use crate::bindings::Bindings;
 use crate::link::Link;
@@ -31,14 +31,14 @@ pub struct Running {
     /// Calls waiting for devices to wake.
     pub wake: Wake,
     /// The one `[general]` snapshot every reader uses; reload swaps it whole.
-    general: ArcSwap<General>,
+    general: Snapshot<General>,
 }
 
 impl Running {
     /// The `[general]` settings in force: an immutable snapshot, taken without a lock (PJSIP
     /// threads read it on every REGISTER and INVITE).
-    pub fn general(&self) -> Arc<General> {
-        self.general.load_full()
+    pub fn general(&self) -> &General {
+        self.general.get()
     }
 }
 
@@ -105,7 +105,7 @@ fn start() -> Result<Arc<Running>, String> {
         bindings,
         registrar: Registrar::default(),
         wake: Wake::default(),
-        general: ArcSwap::from_pointee(general),
+        general: Snapshot::new(general),
     });
     // Published before the hooks exist: a REGISTER may arrive the moment they are installed.
     *RUNNING.write().unwrap_or_else(|p| p.into_inner()) = Some(running.clone());
@@ -163,7 +163,7 @@ pub fn reload() -> bool {
             running.link.reconfigure(g.clone());
             running.link.set_apps(config.apps);
             running.bindings.reconfigure(&g);
-            running.general.store(Arc::new(g));
+            running.general.replace(g);
             tracing::info!("{CONFIG_FILE} reloaded");
             true
         }

@@ -510,7 +510,10 @@ pub fn push_device(running: &Running, chan: Chan, data: &str) -> i32 {
     let endpoint = chan.var("PUSH_ENDPOINT").unwrap_or_else(|| b.aor.clone());
     let call_uuid = chan.var("PUSH_CALL_UUID").unwrap_or_else(uuid_v4);
     let timeout = timeout_arg(chan.var("PUSH_WAKE_TIMEOUT").as_ref(), general.wake_timeout);
-    let live = general.ring_live_contact.then(|| live_contact(&b)).flatten();
+    let live = general
+        .ring_live_contact
+        .then(|| live_contact(&b))
+        .flatten();
     let recent = !general.push_skip_recent.is_zero()
         && now().saturating_sub(b.last_register) < general.push_skip_recent.as_secs();
     let leg = Arc::new(DeviceLeg {

@@ -78,12 +78,17 @@ impl Mocks {
 
 /// Asterisk + res_push + sidecar + mocks, apps configured and accepted by the sidecar.
 pub fn setup(name: &str, general: &str) -> (Mocks, Asterisk, Sidecar) {
+    setup_with(name, general, Options::default())
+}
+
+/// [`setup`] with more Asterisk options (extra PJSIP endpoints, transports).
+pub fn setup_with(name: &str, general: &str, options: Options) -> (Mocks, Asterisk, Sidecar) {
     let mocks = Mocks::start(name);
     let a = Asterisk::start(
         name,
         Options {
             push_conf: Some(String::new()),
-            ..Options::default()
+            ..options
         },
     );
     let socket = format!("{}/run/sidecar.sock", a.dir);

@@ -156,13 +156,21 @@ fn invalid_token_fails_fast_and_removes_the_binding() {
     mocks
         .apns
         .script(TOKEN, vec![res_push_mocks::Behavior::Unregistered]);
-    assert!(a.register(&Register::new("alice", &pn(TOKEN))).ok);
+    // A phone asleep long enough for its contact to expire: only the push could reach it
+    // (with a live contact, a failed push does not end the leg ringing it: see live.rs).
+    let mut short = Register::new("alice", &pn(TOKEN));
+    short.expires = 1;
+    assert!(a.register(&short).ok);
     wait_for(WAIT, || {
         a.cli("push show bindings alice")
             .contains("…1de8f0")
             .then_some(())
     })
     .expect("binding");
+    wait_for(WAIT, || {
+        (!a.cli("pjsip show contacts").contains("alice/")).then_some(())
+    })
+    .expect("contact expired");
 
     let caller = a.sipp("caller", CALLER, free_udp_port(), &["-s", "mobile"]);
     let ev = ami.wait_event(WAIT, |p| {

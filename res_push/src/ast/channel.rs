@@ -87,7 +87,12 @@ impl Chan<'_> {
         let mut buf = vec![0u8; 1024];
         // SAFETY: live channel; the shim copies at most `buf.len()` bytes, NUL-terminated.
         let found = unsafe {
-            ffi::rp_shim_getvar(self.ptr(), name.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
+            ffi::rp_shim_getvar(
+                self.ptr(),
+                name.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
         };
         if found == 0 {
             return None;

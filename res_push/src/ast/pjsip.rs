@@ -14,11 +14,17 @@ use crate::ffi;
 /// A received request, borrowed for the callback that received it (`'a`): nothing built from
 /// it can outlive pjsip's pools.
 #[derive(Debug, Clone, Copy)]
-pub struct RxData<'a>(NonNull<ffi::pjsip_rx_data>, PhantomData<&'a ffi::pjsip_rx_data>);
+pub struct RxData<'a>(
+    NonNull<ffi::pjsip_rx_data>,
+    PhantomData<&'a ffi::pjsip_rx_data>,
+);
 
 /// A response about to be sent, borrowed for the callback that sees it.
 #[derive(Debug, Clone, Copy)]
-pub struct TxData<'a>(NonNull<ffi::pjsip_tx_data>, PhantomData<&'a ffi::pjsip_tx_data>);
+pub struct TxData<'a>(
+    NonNull<ffi::pjsip_tx_data>,
+    PhantomData<&'a ffi::pjsip_tx_data>,
+);
 
 impl RxData<'_> {
     /// # Safety
