@@ -903,9 +903,10 @@ async fn fcm_pushes_keep_the_cached_token_while_a_slow_refresh_runs() {
         SLOW_TOKEN_ENDPOINT.as_millis() as u64,
         Behavior::Success,
     )]);
-    // 55 minutes on: the token (3599 s) is due for replacement, and valid for 4 more minutes.
-    sidecar.advance(Duration::from_secs(3300));
-    mocks.fcm.advance_clock(Duration::from_secs(3300));
+    // Close to the hour: the token (3599 s) is due for replacement, and valid for 99 seconds
+    // more. Those are the seconds pushes used to spend waiting for the new one.
+    sidecar.advance(Duration::from_secs(3500));
+    mocks.fcm.advance_clock(Duration::from_secs(3500));
     for n in 1..=5 {
         let started = Instant::now();
         let attempts = sent(
