@@ -74,6 +74,11 @@ const IGNORED_OPTIONS: &[&str] = &["type"];
 
 /// Default age, in minutes, after which an APNs provider token is replaced.
 pub const DEFAULT_JWT_REFRESH_MINUTES: u64 = 50;
+/// Shortest `jwt_refresh_minutes`: APNs throttles more frequent token updates.
+pub const MIN_JWT_REFRESH_MINUTES: u64 = 20;
+/// Longest `jwt_refresh_minutes`: Apple refuses tokens from 60 minutes on, by *its* clock; five
+/// minutes leave room for Apple's clock running ahead of ours.
+pub const MAX_JWT_REFRESH_MINUTES: u64 = 55;
 /// Largest APNs payload for VoIP pushes, in bytes.
 const APNS_VOIP_LIMIT: usize = 5120;
 /// Largest APNs payload for other pushes, and FCM's data limit, in bytes.
@@ -302,7 +307,7 @@ impl App {
     pub(crate) async fn expire_credential(&self, generation: u64) -> bool {
         match &self.client {
             Client::Apns(client) => client.expire_token(generation),
-            Client::Fcm(client) => client.expire_token(generation).await,
+            Client::Fcm(client) => client.expire_token(generation),
         }
     }
 
@@ -377,6 +382,21 @@ impl Loaded {
 
 fn provider_name(p: Provider) -> &'static str {
     crate::metrics::provider_label(p)
+}
+
+/// Reads `jwt_refresh_minutes`, and says whether it was clamped: values above
+/// [`MAX_JWT_REFRESH_MINUTES`] up to Apple's 60 are lowered rather than refused, so that a
+/// push.conf that said 60 keeps working; anything else out of range is an error.
+fn jwt_refresh_minutes(value: &str) -> Result<(u64, bool), String> {
+    match value.parse::<u64>() {
+        Ok(m) if (MIN_JWT_REFRESH_MINUTES..=60).contains(&m) => {
+            Ok((m.min(MAX_JWT_REFRESH_MINUTES), m > MAX_JWT_REFRESH_MINUTES))
+        }
+        _ => Err(format!(
+            "must be a whole number from {MIN_JWT_REFRESH_MINUTES} to {MAX_JWT_REFRESH_MINUTES} \
+             (APNs throttles more frequent token updates and refuses tokens an hour old)"
+        )),
+    }
 }
 
 async fn load(config: AppConfig) -> Result<Loaded, String> {
@@ -495,19 +515,21 @@ fn apns_auth(loaded: &Loaded) -> Result<(apns::Auth, &'static str), String> {
         };
         let minutes = match loaded.opt("jwt_refresh_minutes") {
             None => DEFAULT_JWT_REFRESH_MINUTES,
-            Some(v) => v
-                .parse::<u64>()
-                .ok()
-                .filter(|m| (20..=60).contains(m))
-                .ok_or_else(|| {
-                    format!(
-                        "jwt_refresh_minutes {v:?}: must be a whole number from 20 to 60 (APNs \
-                     throttles more frequent token updates and refuses tokens older than an hour)"
-                    )
-                })?,
+            Some(v) => {
+                let (minutes, clamped) = jwt_refresh_minutes(v)
+                    .map_err(|e| format!("jwt_refresh_minutes {v:?}: {e}"))?;
+                if clamped {
+                    warn!(
+                        app = %loaded.config.name,
+                        "jwt_refresh_minutes {v}: APNs refuses tokens an hour old by its own \
+                         clock, which may be ahead of ours; using {minutes}"
+                    );
+                }
+                minutes
+            }
         };
         // Checked now, so a bad key shows at configure time, not at the first call.
-        apns::token::ProviderToken::new(
+        apns::token::Signer::new(
             pkcs8.secret_pkcs8_der(),
             &key_id,
             &team_id,
@@ -958,6 +980,19 @@ mod tests {
         assert!(find("app 'ok'").contains("defined twice"));
         assert_eq!(errors.len(), 8, "{errors:#?}");
         assert_eq!(set.apps.len(), 1);
+    }
+
+    #[test]
+    fn jwt_refresh_minutes_tops_out_below_apples_hour() {
+        assert_eq!(jwt_refresh_minutes("20"), Ok((20, false)));
+        assert_eq!(jwt_refresh_minutes("55"), Ok((55, false)));
+        // What push.conf accepted before keeps working, at the safe maximum.
+        assert_eq!(jwt_refresh_minutes("58"), Ok((55, true)));
+        assert_eq!(jwt_refresh_minutes("60"), Ok((55, true)));
+        for bad in ["19", "61", "90", "0", "-5", "50.5", "fifty"] {
+            let e = jwt_refresh_minutes(bad).unwrap_err();
+            assert!(e.contains("from 20 to 55"), "{bad}: {e}");
+        }
     }
 
     #[tokio::test]

@@ -23,6 +23,7 @@ pub mod apps;
 mod classify;
 pub mod clock;
 mod conn;
+mod credential;
 mod fcm;
 pub mod jobs;
 pub mod metrics;
@@ -58,7 +59,7 @@ pub struct Config {
     pub max_inflight: usize,
     /// How passing provider failures are retried.
     pub retry: RetryPolicy,
-    /// The wall clock credentials are aged by (tests inject a [`ManualClock`]).
+    /// The clocks credentials are stamped and aged by (tests inject a [`ManualClock`]).
     pub clock: Clock,
 }
 

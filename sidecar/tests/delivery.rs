@@ -12,7 +12,7 @@ use std::{
     net::SocketAddr,
     path::PathBuf,
     sync::{Arc, Mutex},
-    time::{Duration, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
 use futures::{SinkExt, StreamExt};
@@ -858,15 +858,223 @@ async fn fcm_access_token_is_fetched_once_reused_then_refreshed_before_expiry() 
     assert_eq!(sends.len(), 4);
     assert!(sends.iter().all(|a| *a == sends[0]));
 
-    // Nearly an hour later (tokens last 3599 s): replaced ahead of expiry, not after a 401.
+    // Nearly an hour later (tokens last 3599 s): replaced ahead of expiry, not after a 401,
+    // and in the background: this push still carries the old, valid token.
     sidecar.advance(Duration::from_secs(3500));
     mocks.fcm.advance_clock(Duration::from_secs(3500));
     let attempts = sent(&client.push(fcm_push(PushKind::Call, "tok-late")).await);
     assert_eq!(attempts, 1);
+    assert_eq!(auth(&last_send(&mocks)), sends[0]);
+    sidecar
+        .wait_for_metric(r#"res_push_credential_refreshes_total{provider="fcm",app="android"} 2"#)
+        .await;
+    sent(&client.push(fcm_push(PushKind::Call, "tok-later")).await);
     assert_eq!(mocks.fcm.token_requests(), 2);
-    let last = mocks.fcm.requests().last().cloned().unwrap();
+    let last = last_send(&mocks);
     assert_eq!(last.status, 200);
     assert_ne!(auth(&last), sends[0]);
+}
+
+fn last_send(mocks: &Mocks) -> RecordedRequest {
+    mocks
+        .fcm
+        .requests()
+        .into_iter()
+        .rev()
+        .find(|r| r.path.ends_with("messages:send"))
+        .expect("a send")
+}
+
+/// How long the mock token endpoint takes in the slow-endpoint tests.
+const SLOW_TOKEN_ENDPOINT: Duration = Duration::from_secs(2);
+/// What a push may take at most while a refresh runs: it must not wait for it.
+const UNDELAYED: Duration = Duration::from_millis(500);
+
+#[tokio::test]
+async fn fcm_pushes_keep_the_cached_token_while_a_slow_refresh_runs() {
+    let mocks = Mocks::start().await;
+    let sidecar = Sidecar::start().await;
+    let mut client = sidecar.client().await;
+    client.configure_ok(vec![mocks.android_app(&[])]).await;
+    sent(&client.push(fcm_push(PushKind::Call, "tok-0")).await);
+    let first = auth(&last_send(&mocks));
+
+    mocks.fcm.script_token_endpoint(vec![Behavior::delay(
+        SLOW_TOKEN_ENDPOINT.as_millis() as u64,
+        Behavior::Success,
+    )]);
+    // Close to the hour: the token (3599 s) is due for replacement, and valid for 99 seconds
+    // more. Those are the seconds pushes used to spend waiting for the new one.
+    sidecar.advance(Duration::from_secs(3500));
+    mocks.fcm.advance_clock(Duration::from_secs(3500));
+    for n in 1..=5 {
+        let started = Instant::now();
+        let attempts = sent(
+            &client
+                .push(fcm_push(PushKind::Call, &format!("tok-{n}")))
+                .await,
+        );
+        let took = started.elapsed();
+        assert_eq!(attempts, 1);
+        assert!(
+            took < UNDELAYED,
+            "push {n} took {took:?} while the token endpoint takes {SLOW_TOKEN_ENDPOINT:?}"
+        );
+        assert_eq!(
+            auth(&last_send(&mocks)),
+            first,
+            "push {n} used the cached token"
+        );
+    }
+    // The refresh's request may still be on its way to the mock.
+    let waiting = Instant::now();
+    while mocks.fcm.token_requests() < 2 && waiting.elapsed() < PATIENCE {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(
+        mocks.fcm.token_requests(),
+        2,
+        "one refresh for all the pushes, started by the first"
+    );
+
+    // The push that started the refresh is long done; the refresh was not cancelled with it,
+    // and its token serves the next push without another request.
+    sidecar
+        .wait_for_metric(r#"res_push_credential_refreshes_total{provider="fcm",app="android"} 2"#)
+        .await;
+    sent(&client.push(fcm_push(PushKind::Call, "tok-6")).await);
+    assert_ne!(auth(&last_send(&mocks)), first);
+    assert_eq!(mocks.fcm.token_requests(), 2);
+}
+
+#[tokio::test]
+async fn fcm_pushes_wait_for_a_new_token_once_the_cached_one_expired() {
+    let mocks = Mocks::start().await;
+    let sidecar = Sidecar::start().await;
+    let mut client = sidecar.client().await;
+    client.configure_ok(vec![mocks.android_app(&[])]).await;
+    sent(&client.push(fcm_push(PushKind::Call, "tok-0")).await);
+    let first = auth(&last_send(&mocks));
+
+    mocks.fcm.script_token_endpoint(vec![Behavior::delay(
+        SLOW_TOKEN_ENDPOINT.as_millis() as u64,
+        Behavior::Success,
+    )]);
+    // An hour on: the cached token is dead, nothing can be sent without a new one.
+    sidecar.advance(Duration::from_secs(3600));
+    mocks.fcm.advance_clock(Duration::from_secs(3600));
+
+    // A push with half a second to live starts the fetch and gives up at its deadline...
+    let started = Instant::now();
+    let outcome = client.run(500, fcm_push(PushKind::Call, "tok-hasty")).await;
+    assert!(
+        matches!(
+            outcome,
+            Outcome::Failed {
+                class: FailureClass::Provider,
+                ..
+            }
+        ),
+        "{outcome:?}"
+    );
+    assert!(started.elapsed() < Duration::from_millis(1500));
+    assert_eq!(mocks.fcm.token_requests(), 2);
+
+    // ...and the fetch goes on: pushes with time to spare wait for that same one.
+    let started = Instant::now();
+    let ids = [
+        client
+            .submit(DEADLINE_MS, fcm_push(PushKind::Call, "tok-a"))
+            .await,
+        client
+            .submit(DEADLINE_MS, fcm_push(PushKind::Call, "tok-b"))
+            .await,
+        client
+            .submit(DEADLINE_MS, fcm_push(PushKind::Call, "tok-c"))
+            .await,
+    ];
+    for id in ids {
+        assert_eq!(sent(&client.outcome(id).await), 1);
+    }
+    let waited = started.elapsed();
+    assert!(
+        waited >= SLOW_TOKEN_ENDPOINT / 2,
+        "the pushes waited {waited:?} for the token, which took {SLOW_TOKEN_ENDPOINT:?}"
+    );
+    assert_eq!(
+        mocks.fcm.token_requests(),
+        2,
+        "the abandoned fetch served them all"
+    );
+    let sends: Vec<String> = mocks
+        .fcm
+        .requests()
+        .iter()
+        .filter(|r| r.path.ends_with("messages:send") && r.status == 200)
+        .map(auth)
+        .collect();
+    assert_eq!(sends.len(), 4, "nothing went out with the dead token");
+    assert!(sends[1..].iter().all(|a| *a != first && *a == sends[1]));
+}
+
+#[tokio::test]
+async fn fcm_short_expires_in_does_not_mean_a_token_request_per_push() {
+    let mocks = Mocks::start().await;
+    mocks.fcm.set_access_token_lifetime(Duration::from_secs(5));
+    let sidecar = Sidecar::start().await;
+    let mut client = sidecar.client().await;
+    client.configure_ok(vec![mocks.android_app(&[])]).await;
+    for n in 0..10 {
+        sent(
+            &client
+                .push(fcm_push(PushKind::Call, &format!("tok-{n}")))
+                .await,
+        );
+    }
+    assert_eq!(mocks.fcm.token_requests(), 1);
+    // Past its real 5 s the token is still sent (the sidecar's floor is a minute): FCM refuses
+    // it, and it is replaced, once per token, not a configuration error.
+    for round in 0..2 {
+        sidecar.advance(Duration::from_secs(10));
+        mocks.fcm.advance_clock(Duration::from_secs(10));
+        let attempts = sent(
+            &client
+                .push(fcm_push(PushKind::Call, &format!("late-{round}")))
+                .await,
+        );
+        assert_eq!(attempts, 2, "round {round}");
+    }
+    assert_eq!(mocks.fcm.token_requests(), 3);
+}
+
+#[tokio::test]
+async fn fcm_assertion_iat_is_backdated_for_clock_skew() {
+    let mocks = Mocks::start().await;
+    let sidecar = Sidecar::start().await;
+    let mut client = sidecar.client().await;
+    client.configure_ok(vec![mocks.android_app(&[])]).await;
+    let before = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    sent(&client.push(fcm_push(PushKind::Call, "tok-0")).await);
+    let request = mocks
+        .fcm
+        .requests()
+        .into_iter()
+        .find(|r| r.path == "/token")
+        .expect("a token request");
+    let assertion = request.jwt.expect("the assertion");
+    let (iat, exp) = (
+        assertion.claim_secs("iat").unwrap(),
+        assertion.claim_secs("exp").unwrap(),
+    );
+    // Ten seconds back (one more for the second boundary), and still at most an hour long.
+    assert!(
+        iat + 9 <= before && iat + 12 >= before,
+        "iat {iat}, now {before}"
+    );
+    assert_eq!(exp - iat, 3600);
 }
 
 #[tokio::test]

@@ -22,10 +22,11 @@ use tokio::time::Instant;
 use crate::{
     classify::{self, Attempt, Reason, Verdict, describe},
     clock::Clock,
+    credential::Owner,
     metrics::Metrics,
     tls::{self, Identity},
 };
-use token::ProviderToken;
+use token::{ProviderToken, Signer};
 
 /// Apple's production endpoint.
 pub const PRODUCTION_URL: &str = "https://api.push.apple.com";
@@ -144,16 +145,15 @@ impl ApnsClient {
                 key_id,
                 team_id,
                 refresh_after,
-            } => (
-                Some(ProviderToken::new(
-                    &pkcs8,
-                    &key_id,
-                    &team_id,
-                    refresh_after,
-                    clock,
-                )?),
-                None,
-            ),
+            } => {
+                let owner = Owner {
+                    provider: Provider::Apns,
+                    app: Arc::clone(&app),
+                    metrics: Arc::clone(&metrics),
+                };
+                let signer = Signer::new(&pkcs8, &key_id, &team_id, refresh_after, clock)?;
+                (Some(signer.into_cache(owner)), None)
+            }
             Auth::Certificate(identity) => (None, Some(identity)),
         };
         let tls = tls::client_config(&settings.extra_roots, identity, tls::ALPN_H2)?;
@@ -166,7 +166,8 @@ impl ApnsClient {
         })
     }
 
-    /// APNs refused credential `generation` as expired; see [`ProviderToken::expire`].
+    /// APNs refused credential `generation` as expired; see
+    /// [`CredentialCache::expire`](crate::credential::CredentialCache::expire).
     pub(crate) fn expire_token(&self, generation: u64) -> bool {
         self.token.as_ref().is_some_and(|t| t.expire(generation))
     }
@@ -192,7 +193,7 @@ impl ApnsClient {
             builder = builder.header("apns-collapse-id", collapse_id);
         }
         if let Some(token) = &self.token {
-            let bearer = match token.bearer() {
+            let bearer = match token.bearer().await {
                 Ok(bearer) => bearer,
                 Err(e) => {
                     return Attempt {
@@ -201,9 +202,6 @@ impl ApnsClient {
                     };
                 }
             };
-            if bearer.fresh {
-                self.metrics.credential_refreshed(Provider::Apns, &self.app);
-            }
             auth_generation = Some(bearer.generation);
             match HeaderValue::from_str(&bearer.header) {
                 Ok(value) => builder = builder.header(AUTHORIZATION, value),

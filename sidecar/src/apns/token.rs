@@ -2,13 +2,11 @@
 //!
 //! Apple wants the same token reused for 20 to 60 minutes: signing one per request gets
 //! `TooManyProviderTokenUpdates`, keeping one past an hour gets `ExpiredProviderToken`. So a
-//! token is cached and replaced only once it is older than the configured age, or once when
-//! APNs calls it expired (our clock may be behind Apple's).
+//! token is cached ([`CredentialCache`]) and replaced only once it is older than the configured
+//! age, or once when APNs calls it expired (our clock may be behind Apple's). Signing takes
+//! microseconds, so it is not done ahead: the push that finds the token due waits for it.
 
-use std::{
-    sync::{Arc, Mutex},
-    time::{Duration, SystemTime},
-};
+use std::{sync::Arc, time::Duration};
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use ring::{
@@ -17,52 +15,30 @@ use ring::{
 };
 use serde_json::json;
 
-use crate::clock::Clock;
+use crate::{
+    clock::Clock,
+    credential::{CredentialCache, Mint, Minted, Owner, Policy, Refresh},
+};
 
 /// APNs refuses new provider tokens more often than this on one connection.
 const MIN_UPDATE_INTERVAL: Duration = Duration::from_secs(20 * 60);
 
-/// A bearer credential to send, and which token it was (to expire exactly that one).
-#[derive(Debug, Clone)]
-pub(crate) struct Bearer {
-    /// The whole `authorization` header value.
-    pub(crate) header: Arc<str>,
-    /// Increases with every token signed.
-    pub(crate) generation: u64,
-    /// Whether this call signed it (for the metrics of credential refreshes).
-    pub(crate) fresh: bool,
-}
+/// The cached provider token of one APNs key.
+pub(crate) type ProviderToken = CredentialCache<Signer>;
 
+/// Signs provider tokens with one APNs key.
 #[derive(Debug)]
-struct Issued {
-    header: Arc<str>,
-    issued_at: SystemTime,
-    generation: u64,
-    /// Signed because APNs said the previous one was expired; if APNs says this one is
-    /// expired too, the clocks disagree and signing more would only get us throttled.
-    forced: bool,
-}
-
-#[derive(Debug, Default)]
-struct State {
-    current: Option<Issued>,
-    generation: u64,
-    force_next: bool,
-}
-
-/// Signs and caches the provider token of one APNs key.
-#[derive(Debug)]
-pub(crate) struct ProviderToken {
+pub(crate) struct Signer {
     key: EcdsaKeyPair,
     key_id: String,
     team_id: String,
+    /// Age after which a token is replaced.
     max_age: Duration,
     clock: Clock,
     rng: SystemRandom,
-    state: Mutex<State>,
 }
 
-impl ProviderToken {
+impl Signer {
     /// A signer for the PKCS#8 DER `key` (a `.p8` file's contents, decoded).
     pub(crate) fn new(
         pkcs8: &[u8],
@@ -81,74 +57,22 @@ impl ProviderToken {
             max_age,
             clock,
             rng,
-            state: Mutex::new(State::default()),
         })
     }
 
-    fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        // A panic while holding the lock leaves the state consistent (plain field writes).
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The token to send now: the cached one while young enough, else a newly signed one.
-    pub(crate) fn bearer(&self) -> Result<Bearer, String> {
-        let now = self.clock.now();
-        let mut state = self.state();
-        if let Some(issued) = &state.current {
-            // A clock that went backwards counts as age zero rather than as expiry.
-            let age = now.duration_since(issued.issued_at).unwrap_or_default();
-            if age < self.max_age && !state.force_next {
-                return Ok(Bearer {
-                    header: Arc::clone(&issued.header),
-                    generation: issued.generation,
-                    fresh: false,
-                });
-            }
-        }
-        let jwt = self.sign(now)?;
-        state.generation += 1;
-        let issued = Issued {
-            header: format!("bearer {jwt}").into(),
-            issued_at: now,
-            generation: state.generation,
-            forced: std::mem::take(&mut state.force_next),
+    /// The cache handing out this signer's tokens.
+    pub(crate) fn into_cache(self, owner: Owner) -> ProviderToken {
+        let clock = self.clock.clone();
+        let policy = Policy {
+            refresh: Refresh::AtExpiry,
+            min_replace_age: MIN_UPDATE_INTERVAL,
         };
-        let bearer = Bearer {
-            header: Arc::clone(&issued.header),
-            generation: issued.generation,
-            fresh: true,
-        };
-        state.current = Some(issued);
-        Ok(bearer)
+        CredentialCache::new(self, policy, clock, owner)
     }
 
-    /// APNs refused token `generation` as expired. Returns whether a retry with another token
-    /// makes sense: yes when a newer one exists or one will be signed; no when the refused one
-    /// was itself signed after such a refusal, or is younger than APNs' 20-minute update
-    /// interval (a new one would only get `TooManyProviderTokenUpdates`). Either way the clocks
-    /// disagree by far more than a refresh can fix, and only an operator can help.
-    pub(crate) fn expire(&self, generation: u64) -> bool {
-        let now = self.clock.now();
-        let mut state = self.state();
-        match &state.current {
-            Some(issued) if issued.generation == generation => {
-                let age = now.duration_since(issued.issued_at).unwrap_or_default();
-                if issued.forced || age < MIN_UPDATE_INTERVAL {
-                    return false;
-                }
-                state.current = None;
-                state.force_next = true;
-                true
-            }
-            // Someone else already replaced it.
-            _ => true,
-        }
-    }
-
-    fn sign(&self, now: SystemTime) -> Result<String, String> {
-        let iat = now
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+    fn sign(&self) -> Result<String, String> {
+        // `iat` is wall time, as Apple reads it; the token's age is kept on the monotonic clock.
+        let iat = self.clock.unix_seconds();
         let header = json!({"alg": "ES256", "kid": self.key_id});
         let claims = json!({"iss": self.team_id, "iat": iat});
         let mut token = String::new();
@@ -165,11 +89,25 @@ impl ProviderToken {
     }
 }
 
+impl Mint for Signer {
+    type Error = String;
+
+    async fn mint(&self) -> Result<Minted, String> {
+        let jwt = self.sign()?;
+        Ok(Minted {
+            header: Arc::from(format!("bearer {jwt}")),
+            lifetime: self.max_age,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::ManualClock;
+    use crate::{clock::ManualClock, metrics::Metrics};
+    use res_push_proto::Provider;
     use ring::signature::{ECDSA_P256_SHA256_FIXED, KeyPair, UnparsedPublicKey};
+    use std::time::SystemTime;
 
     fn signer(max_age_min: u64) -> (ProviderToken, Arc<ManualClock>, Vec<u8>) {
         let rng = SystemRandom::new();
@@ -181,14 +119,19 @@ mod tests {
                 .as_ref()
                 .to_vec();
         let clock = ManualClock::new();
-        let t = ProviderToken::new(
+        let t = Signer::new(
             pkcs8.as_ref(),
             "KEY1234567",
             "TEAM123456",
             Duration::from_secs(max_age_min * 60),
             Clock::from(Arc::clone(&clock)),
         )
-        .unwrap();
+        .unwrap()
+        .into_cache(Owner {
+            provider: Provider::Apns,
+            app: "ios".into(),
+            metrics: Arc::new(Metrics::new()),
+        });
         (t, clock, public)
     }
 
@@ -205,10 +148,14 @@ mod tests {
         )
     }
 
-    #[test]
-    fn token_is_a_verifiable_es256_jwt_with_kid_iss_iat() {
+    fn iat(header: &str) -> u64 {
+        parts(header).1["iat"].as_u64().unwrap()
+    }
+
+    #[tokio::test]
+    async fn token_is_a_verifiable_es256_jwt_with_kid_iss_iat() {
         let (t, _clock, public) = signer(50);
-        let b = t.bearer().unwrap();
+        let b = t.bearer().await.unwrap();
         let (header, claims, sig, signed) = parts(&b.header);
         assert_eq!(header, json!({"alg": "ES256", "kid": "KEY1234567"}));
         assert_eq!(claims["iss"], "TEAM123456");
@@ -222,48 +169,56 @@ mod tests {
             .expect("signature verifies");
     }
 
-    #[test]
-    fn token_is_reused_until_the_refresh_age() {
+    #[tokio::test]
+    async fn token_is_reused_until_the_refresh_age_then_replaced_by_the_push_that_finds_it_due() {
         let (t, clock, _) = signer(50);
-        let first = t.bearer().unwrap();
-        assert!(first.fresh);
+        let first = t.bearer().await.unwrap();
         clock.advance(Duration::from_secs(49 * 60));
-        let again = t.bearer().unwrap();
-        assert_eq!(again.header, first.header);
-        assert!(!again.fresh);
+        assert_eq!(t.bearer().await.unwrap().header, first.header);
         clock.advance(Duration::from_secs(60));
-        let next = t.bearer().unwrap();
+        let next = t.bearer().await.unwrap();
         assert_ne!(next.header, first.header);
-        assert!(next.fresh);
         assert_eq!(next.generation, first.generation + 1);
     }
 
-    #[test]
-    fn expired_by_apns_forces_one_refresh_only() {
+    #[tokio::test]
+    async fn token_age_is_monotonic_whatever_the_wall_clock_does() {
         let (t, clock, _) = signer(50);
-        let first = t.bearer().unwrap();
+        let first = t.bearer().await.unwrap();
+        // NTP steps the wall clock two hours ahead: by age the token is still fresh, and
+        // signing a new one now would only get TooManyProviderTokenUpdates.
+        clock.step_wall_forward(Duration::from_secs(2 * 3600));
+        assert_eq!(t.bearer().await.unwrap().header, first.header);
+        // Then three hours back, and 51 minutes really pass: the token is past its age, though
+        // the wall clock says it was signed in the future.
+        clock.step_wall_back(Duration::from_secs(3 * 3600));
+        clock.advance(Duration::from_secs(51 * 60));
+        let next = t.bearer().await.unwrap();
+        assert_ne!(next.header, first.header);
+        // `iat` is still the wall clock, which is what Apple compares it with.
+        assert!(iat(&next.header) < iat(&first.header));
+    }
+
+    #[tokio::test]
+    async fn expired_by_apns_forces_one_refresh_only() {
+        let (t, clock, _) = signer(50);
+        let first = t.bearer().await.unwrap();
         // Too young to be really expired: replacing it would be throttled.
         assert!(!t.expire(first.generation));
         clock.advance(Duration::from_secs(30 * 60));
         assert!(t.expire(first.generation));
-        let second = t.bearer().unwrap();
+        let second = t.bearer().await.unwrap();
         assert_ne!(second.header, first.header);
-        // A late report about the old token changes nothing.
-        assert!(t.expire(first.generation));
-        assert_eq!(t.bearer().unwrap().header, second.header);
         // The fresh token refused as well, even later: the clocks disagree, stop signing.
-        clock.advance(Duration::from_secs(30 * 60));
+        clock.advance(Duration::from_secs(25 * 60));
         assert!(!t.expire(second.generation));
-        assert_eq!(t.bearer().unwrap().header, second.header);
-        // Normal ageing still replaces it.
-        clock.advance(Duration::from_secs(30 * 60));
-        assert_ne!(t.bearer().unwrap().header, second.header);
+        assert_eq!(t.bearer().await.unwrap().header, second.header);
     }
 
     #[test]
     fn garbage_key_is_refused() {
-        let err = ProviderToken::new(b"nope", "K", "T", Duration::from_secs(60), Clock::system())
-            .unwrap_err();
+        let err =
+            Signer::new(b"nope", "K", "T", Duration::from_secs(60), Clock::system()).unwrap_err();
         assert!(err.contains("P-256"), "{err}");
     }
 }

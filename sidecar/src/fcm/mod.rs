@@ -17,10 +17,11 @@ use tokio::time::Instant;
 use crate::{
     classify::{self, Attempt, Reason, Verdict, describe},
     clock::Clock,
+    credential::Owner,
     metrics::Metrics,
     tls,
 };
-use oauth::{AccessTokens, ServiceAccountKey, TokenError};
+use oauth::{AccessTokens, Fetcher, ServiceAccountKey, TokenError};
 
 /// Google's endpoint.
 pub const FCM_URL: &str = "https://fcm.googleapis.com";
@@ -63,7 +64,12 @@ impl FcmClient {
             .user_agent(concat!("res-push-sidecar/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
-        let tokens = AccessTokens::new(&settings.key, http.clone(), clock)?;
+        let owner = Owner {
+            provider: Provider::Fcm,
+            app: Arc::clone(&app),
+            metrics: Arc::clone(&metrics),
+        };
+        let tokens = Fetcher::new(&settings.key, http.clone(), clock, owner)?.into_cache();
         let base = settings.fcm_url.as_str().trim_end_matches('/');
         Ok(Self {
             app,
@@ -74,14 +80,16 @@ impl FcmClient {
         })
     }
 
-    /// FCM refused credential `generation`; see [`AccessTokens::expire`].
-    pub(crate) async fn expire_token(&self, generation: u64) -> bool {
-        self.tokens.expire(generation).await
+    /// FCM refused credential `generation`; see
+    /// [`CredentialCache::expire`](crate::credential::CredentialCache::expire).
+    pub(crate) fn expire_token(&self, generation: u64) -> bool {
+        self.tokens.expire(generation)
     }
 
     /// Sends `message` (the v1 `message` object) once, giving up at `deadline`.
     pub(crate) async fn send(&self, message: &Value, deadline: Instant) -> Attempt {
-        let bearer = match tokio::time::timeout_at(deadline, self.tokens.bearer(deadline)).await {
+        // A push that gives up here leaves the refresh running for the pushes after it.
+        let bearer = match tokio::time::timeout_at(deadline, self.tokens.bearer()).await {
             Err(_) => {
                 return Attempt {
                     verdict: Verdict::Retry {
@@ -92,8 +100,6 @@ impl FcmClient {
                 };
             }
             Ok(Err(TokenError::Transient(text))) => {
-                self.metrics
-                    .connection_state(Provider::Fcm, &self.app, "oauth", false);
                 return Attempt {
                     verdict: Verdict::Retry {
                         reason: Reason::new("OAuthUnavailable", text),
@@ -110,11 +116,6 @@ impl FcmClient {
             }
             Ok(Ok(bearer)) => bearer,
         };
-        if bearer.fresh {
-            self.metrics
-                .connection_state(Provider::Fcm, &self.app, "oauth", true);
-            self.metrics.credential_refreshed(Provider::Fcm, &self.app);
-        }
         let Ok(auth) = HeaderValue::from_str(&bearer.header) else {
             return Attempt {
                 verdict: Verdict::Config(Reason::new(

@@ -2,22 +2,22 @@
 //! Google documents for server-to-server use.
 //!
 //! The assertion is signed here (RS256 with ring) and exchanged at the key's `token_uri`, as
-//! written, over the same reqwest client (and trust roots) as the sends. The token is cached
-//! and replaced ahead of its expiry as judged by the sidecar's [`Clock`], so tests can age it;
-//! concurrent pushes that find it stale wait for one fetch rather than each making their own.
+//! written, over the same reqwest client (and trust roots) as the sends. Caching, refreshing
+//! ahead of expiry in a task of its own and single flight are the [`CredentialCache`]'s; this
+//! module only fetches.
 //!
-//! yup-oauth2 was the first choice and was dropped: its assertion is base64url *with* padding
-//! (RFC 7515 forbids it; the project's mock token endpoint, faithful to the RFC, refuses it),
-//! its cache ages tokens by the system clock (so it needed wrapping anyway), and it brings a
-//! second HTTP client stack (hyper-util's legacy client with hyper-rustls) next to reqwest.
+//! yup-oauth2 was the first choice and was dropped: its cache ages tokens by the system clock
+//! and refreshes in the caller's future (so it needed wrapping anyway), and it brings a second
+//! HTTP client stack (hyper-util's legacy client with hyper-rustls) next to reqwest. Its
+//! assertion is base64url *with* padding, which RFC 7515 does not allow but Google's token
+//! endpoint accepts (and so does the project's mock, as it must to stand in for Google); ours
+//! is unpadded, as the RFC asks.
 
-use std::{
-    sync::Arc,
-    time::{Duration, SystemTime},
-};
+use std::{sync::Arc, time::Duration};
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use reqwest::header::CONTENT_TYPE;
+use res_push_proto::Provider;
 use ring::{
     rand::SystemRandom,
     signature::{RSA_PKCS1_SHA256, RsaKeyPair},
@@ -25,9 +25,12 @@ use ring::{
 use rustls_pki_types::{PrivateKeyDer, pem::PemObject};
 use serde::Deserialize;
 use serde_json::json;
-use tokio::{sync::Mutex, time::Instant};
 
-use crate::{classify::describe, clock::Clock};
+use crate::{
+    classify::describe,
+    clock::Clock,
+    credential::{CredentialCache, Lost, Mint, Minted, Owner, Policy, Refresh},
+};
 
 /// The one scope FCM's send API needs.
 const SCOPE: &str = "https://www.googleapis.com/auth/firebase.messaging";
@@ -35,10 +38,17 @@ const SCOPE: &str = "https://www.googleapis.com/auth/firebase.messaging";
 const GRANT: &str = "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer";
 /// Lifetime of the signed assertion; Google accepts at most an hour.
 const ASSERTION_LIFETIME: Duration = Duration::from_secs(3600);
-/// Replace a token this long before it expires, so a push never carries one that dies in flight.
-const REFRESH_AHEAD: Duration = Duration::from_secs(120);
+/// The assertion's `iat` is set this far in the past: Google refuses one issued in its future,
+/// and our clock may be a little ahead of Google's (Google's Go client does the same).
+const ASSERTION_BACKDATE: Duration = Duration::from_secs(10);
 /// Lifetime assumed when the token endpoint does not say (Google's tokens last an hour).
 const DEFAULT_LIFETIME: Duration = Duration::from_secs(3600);
+/// Longest a token request may take. The refresh runs apart from any push, so it needs a bound
+/// of its own; pushes waiting for it still give up at their own deadlines.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The cached access token of one service account.
+pub(crate) type AccessTokens = CredentialCache<Fetcher>;
 
 /// The parts of a Google service-account JSON key the flow uses.
 #[derive(Clone, Deserialize)]
@@ -72,30 +82,18 @@ pub(crate) enum TokenError {
     Refused(String),
 }
 
-/// A bearer credential to send, and which token it was.
-#[derive(Debug, Clone)]
-pub(crate) struct Bearer {
-    pub(crate) header: Arc<str>,
-    pub(crate) generation: u64,
-    pub(crate) fresh: bool,
+impl std::fmt::Display for TokenError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Transient(text) | Self::Refused(text) => f.write_str(text),
+        }
+    }
 }
 
-#[derive(Debug)]
-struct Cached {
-    header: Arc<str>,
-    /// When to stop using it, by the sidecar's clock.
-    stale_at: SystemTime,
-    generation: u64,
-    /// Fetched because the previous one was refused; if this one is refused too, fetching more
-    /// will not help.
-    forced: bool,
-}
-
-#[derive(Debug, Default)]
-struct State {
-    current: Option<Cached>,
-    generation: u64,
-    force_next: bool,
+impl From<Lost> for TokenError {
+    fn from(lost: Lost) -> Self {
+        Self::Transient(lost.into())
+    }
 }
 
 #[derive(Deserialize)]
@@ -110,9 +108,9 @@ struct TokenErrorResponse {
     error_description: Option<String>,
 }
 
-/// The access tokens of one service account.
+/// Fetches the access tokens of one service account.
 #[derive(Debug)]
-pub(crate) struct AccessTokens {
+pub(crate) struct Fetcher {
     key: RsaKeyPair,
     key_id: Option<String>,
     client_email: String,
@@ -120,15 +118,17 @@ pub(crate) struct AccessTokens {
     http: reqwest::Client,
     clock: Clock,
     rng: SystemRandom,
-    state: Mutex<State>,
+    /// For the `oauth` endpoint's connection state.
+    owner: Owner,
 }
 
-impl AccessTokens {
+impl Fetcher {
     /// Sets up the flow for `key`, fetching through `http`. Fails on a key that cannot sign.
     pub(crate) fn new(
         key: &ServiceAccountKey,
         http: reqwest::Client,
         clock: Clock,
+        owner: Owner,
     ) -> Result<Self, String> {
         if let Some(kind) = key.key_type.as_deref().filter(|t| *t != "service_account") {
             return Err(format!("a {kind:?} key, not a \"service_account\" key"));
@@ -153,62 +153,25 @@ impl AccessTokens {
             http,
             clock,
             rng: SystemRandom::new(),
-            state: Mutex::new(State::default()),
+            owner,
         })
     }
 
-    /// The token to send now: the cached one while fresh, else a newly fetched one.
-    pub(crate) async fn bearer(&self, deadline: Instant) -> Result<Bearer, TokenError> {
-        // Held across the fetch on purpose: whoever comes meanwhile gets the new token.
-        let mut state = self.state.lock().await;
-        let now = self.clock.now();
-        if let Some(cached) = &state.current {
-            if now < cached.stale_at && !state.force_next {
-                return Ok(Bearer {
-                    header: Arc::clone(&cached.header),
-                    generation: cached.generation,
-                    fresh: false,
-                });
-            }
-        }
-        let (access, lifetime) = self.fetch(now, deadline).await?;
-        state.generation += 1;
-        let cached = Cached {
-            header: format!("Bearer {access}").into(),
-            stale_at: now + lifetime.saturating_sub(REFRESH_AHEAD),
-            generation: state.generation,
-            forced: std::mem::take(&mut state.force_next),
+    /// The cache handing out this account's tokens.
+    pub(crate) fn into_cache(self) -> AccessTokens {
+        let (clock, owner) = (self.clock.clone(), self.owner.clone());
+        let policy = Policy {
+            refresh: Refresh::Ahead,
+            min_replace_age: Duration::ZERO,
         };
-        let bearer = Bearer {
-            header: Arc::clone(&cached.header),
-            generation: cached.generation,
-            fresh: true,
-        };
-        state.current = Some(cached);
-        Ok(bearer)
+        CredentialCache::new(self, policy, clock, owner)
     }
 
-    /// FCM refused token `generation` as unauthenticated. Returns whether a retry with another
-    /// token makes sense (not when that token was itself fetched after such a refusal).
-    pub(crate) async fn expire(&self, generation: u64) -> bool {
-        let mut state = self.state.lock().await;
-        match &state.current {
-            Some(cached) if cached.generation == generation => {
-                if cached.forced {
-                    return false;
-                }
-                state.current = None;
-                state.force_next = true;
-                true
-            }
-            _ => true,
-        }
-    }
-
-    fn assertion(&self, now: SystemTime) -> Result<String, TokenError> {
-        let iat = now
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+    fn assertion(&self) -> Result<String, TokenError> {
+        let iat = self
+            .clock
+            .unix_seconds()
+            .saturating_sub(ASSERTION_BACKDATE.as_secs());
         let mut header = json!({"alg": "RS256", "typ": "JWT"});
         if let Some(kid) = &self.key_id {
             header["kid"] = kid.as_str().into();
@@ -233,13 +196,10 @@ impl AccessTokens {
         Ok(jwt)
     }
 
-    async fn fetch(
-        &self,
-        now: SystemTime,
-        deadline: Instant,
-    ) -> Result<(String, Duration), TokenError> {
+    async fn fetch(&self) -> Result<(String, Duration), TokenError> {
+        let deadline = tokio::time::Instant::now() + FETCH_TIMEOUT;
         // base64url text needs no form escaping.
-        let body = format!("{GRANT}&assertion={}", self.assertion(now)?);
+        let body = format!("{GRANT}&assertion={}", self.assertion()?);
         let request = self
             .http
             .post(&self.token_uri)
@@ -248,9 +208,9 @@ impl AccessTokens {
             .send();
         let response = match tokio::time::timeout_at(deadline, request).await {
             Err(_) => {
-                return Err(TokenError::Transient(
-                    "no answer from the OAuth2 token endpoint before the deadline".to_owned(),
-                ));
+                return Err(TokenError::Transient(format!(
+                    "no answer from the OAuth2 token endpoint within {FETCH_TIMEOUT:?}"
+                )));
             }
             Ok(Err(e)) => {
                 return Err(TokenError::Transient(format!(
@@ -304,5 +264,31 @@ impl AccessTokens {
         } else {
             Err(TokenError::Refused(text))
         }
+    }
+}
+
+impl Mint for Fetcher {
+    type Error = TokenError;
+
+    async fn mint(&self) -> Result<Minted, TokenError> {
+        let result = self.fetch().await;
+        let (provider, app) = (Provider::Fcm, &self.owner.app);
+        match &result {
+            Ok(_) => self
+                .owner
+                .metrics
+                .connection_state(provider, app, "oauth", true),
+            Err(TokenError::Transient(_)) => {
+                self.owner
+                    .metrics
+                    .connection_state(provider, app, "oauth", false);
+            }
+            Err(TokenError::Refused(_)) => {}
+        }
+        let (access, lifetime) = result?;
+        Ok(Minted {
+            header: Arc::from(format!("Bearer {access}")),
+            lifetime,
+        })
     }
 }

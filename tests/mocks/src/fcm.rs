@@ -38,6 +38,8 @@ const FIXTURE_KEY: &str = include_str!("../fixtures/fcm-service-account-TEST-ONL
 const MAX_PAYLOAD: usize = 4096;
 /// Google: an Android TTL is at most four weeks.
 const MAX_TTL_SECS: u64 = 28 * 24 * 3600;
+/// The one queue of token-endpoint behaviours (it has no device tokens to key them by).
+const TOKEN_ENDPOINT: &str = "token_uri";
 
 /// Configuration of a [`MockFcm`].
 #[derive(Debug, Clone)]
@@ -226,6 +228,8 @@ struct FcmState {
     private_key_pem: String,
     clock: Clock,
     scripts: Scripts,
+    /// Behaviours of the token endpoint, under [`TOKEN_ENDPOINT`].
+    token_scripts: Scripts,
     recorder: Recorder,
     token_owners: Mutex<HashMap<String, String>>,
     connections: Arc<AtomicU64>,
@@ -296,6 +300,7 @@ impl MockFcm {
             private_key_pem,
             clock,
             scripts: Scripts::default(),
+            token_scripts: Scripts::default(),
             recorder: Recorder::default(),
             token_owners: Mutex::default(),
             connections: Arc::new(AtomicU64::new(0)),
@@ -444,9 +449,19 @@ impl MockFcm {
         self.state.scripts.push(token, behaviours);
     }
 
-    /// Forgets all queued scripts.
+    /// Queues behaviours for requests to the token endpoint, consumed in order; afterwards the
+    /// endpoint answers normally. `Delay` holds the answer ([`token_requests`](Self::token_requests)
+    /// counts the request on arrival, the token is issued when the answer goes); `Error` answers an OAuth2
+    /// error with `reason` as the `error` code; `Unregistered` is Google's answer for a deleted
+    /// service account; `Disconnect` drops the connection; `GoAway` answers, then closes.
+    pub fn script_token_endpoint(&self, behaviours: Vec<Behavior>) {
+        self.state.token_scripts.push(TOKEN_ENDPOINT, behaviours);
+    }
+
+    /// Forgets all queued scripts (the token endpoint's too).
     pub fn clear_scripts(&self) {
         self.state.scripts.clear();
+        self.state.token_scripts.clear();
     }
 
     /// Every request answered so far (token endpoint included), oldest first.
@@ -874,17 +889,60 @@ impl Handler for FcmState {
 
         let (status, body, headers) = match (endpoint, post) {
             (Endpoint::OAuthToken, true) => {
-                let base = self
-                    .base_url
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .clone();
-                let a = self
-                    .oauth
-                    .token_request(&req.body, &format!("{base}/token"), &self.clock);
-                rec.jwt = a.jwt;
-                rec.reason = a.error;
-                (a.status, a.body.to_string(), vec![])
+                self.oauth.arrived();
+                let (mut behavior, scripted) = self.token_scripts.next(TOKEN_ENDPOINT);
+                if scripted {
+                    rec.scripted = Some(behavior.clone());
+                }
+                while let Behavior::Delay { ms, then } = behavior {
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    behavior = *then;
+                }
+                match behavior {
+                    Behavior::Error {
+                        status,
+                        reason,
+                        retry_after,
+                    } => {
+                        let headers = retry_after
+                            .map(|s| vec![("retry-after".to_owned(), s.to_string())])
+                            .unwrap_or_default();
+                        let body =
+                            json!({"error": reason, "error_description": "scripted failure"});
+                        rec.reason = Some(reason);
+                        (status, body.to_string(), headers)
+                    }
+                    Behavior::Unregistered => {
+                        let body = json!({"error": "invalid_grant", "error_description": "Invalid grant: account not found"});
+                        rec.reason = Some("invalid_grant".into());
+                        (400, body.to_string(), vec![])
+                    }
+                    Behavior::Disconnect => {
+                        rec.reason = Some("disconnect".into());
+                        self.recorder.push(rec);
+                        conn.disconnect().await;
+                        return json_response(500, "", &[]);
+                    }
+                    // Success and GoAway (Delay cannot be left after the loop).
+                    other => {
+                        let base = self
+                            .base_url
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .clone();
+                        let a = self.oauth.token_request(
+                            &req.body,
+                            &format!("{base}/token"),
+                            &self.clock,
+                        );
+                        if other == Behavior::GoAway {
+                            conn.go_away();
+                        }
+                        rec.jwt = a.jwt;
+                        rec.reason = a.error;
+                        (a.status, a.body.to_string(), vec![])
+                    }
+                }
             }
             (Endpoint::FcmSend, true) => {
                 let project = send_project.unwrap_or_default();

@@ -10,7 +10,11 @@
 
 use anyhow::{Context, anyhow, bail};
 use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::alphabet;
+use base64::engine::DecodePaddingMode;
+use base64::engine::general_purpose::{
+    GeneralPurpose, GeneralPurposeConfig, URL_SAFE, URL_SAFE_NO_PAD,
+};
 use ring::rand::SystemRandom;
 use ring::signature::{self, EcdsaKeyPair, RsaKeyPair, UnparsedPublicKey};
 use serde::Serialize;
@@ -71,22 +75,42 @@ impl DecodedJwt {
     }
 }
 
-/// Splits a compact JWS and parses its header and claims.
+/// base64url that takes segments with or without `=` padding.
+const URL_SAFE_ANY_PADDING: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::URL_SAFE,
+    GeneralPurposeConfig::new()
+        .with_encode_padding(false)
+        .with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
+/// Splits a compact JWS and parses its header and claims; segments must be unpadded
+/// base64url, as RFC 7515 §2 requires.
 pub fn decode(token: &str) -> anyhow::Result<DecodedJwt> {
+    decode_with(token, &URL_SAFE_NO_PAD)
+}
+
+/// Like [`decode`], also taking `=`-padded segments. Google's token endpoint accepts them, and
+/// clients rely on it: yup-oauth2 pads its assertions. The signature still covers the
+/// segments exactly as sent.
+pub fn decode_allowing_padding(token: &str) -> anyhow::Result<DecodedJwt> {
+    decode_with(token, &URL_SAFE_ANY_PADDING)
+}
+
+fn decode_with(token: &str, base64url: &GeneralPurpose) -> anyhow::Result<DecodedJwt> {
     let mut parts = token.split('.');
     let (Some(h), Some(c), Some(s), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         bail!("not a compact JWS (three dot-separated parts)");
     };
-    let header: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(h).context("header")?)
-        .context("header JSON")?;
-    let claims: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(c).context("claims")?)
-        .context("claims JSON")?;
+    let header: Value =
+        serde_json::from_slice(&base64url.decode(h).context("header")?).context("header JSON")?;
+    let claims: Value =
+        serde_json::from_slice(&base64url.decode(c).context("claims")?).context("claims JSON")?;
     if !header.is_object() || !claims.is_object() {
         bail!("header and claims must be JSON objects");
     }
-    let signature = URL_SAFE_NO_PAD.decode(s).context("signature")?;
+    let signature = base64url.decode(s).context("signature")?;
     Ok(DecodedJwt {
         header,
         claims,
@@ -95,11 +119,15 @@ pub fn decode(token: &str) -> anyhow::Result<DecodedJwt> {
     })
 }
 
-fn signing_input(header: &Value, claims: &Value) -> anyhow::Result<String> {
+fn signing_input(
+    header: &Value,
+    claims: &Value,
+    base64url: &GeneralPurpose,
+) -> anyhow::Result<String> {
     Ok(format!(
         "{}.{}",
-        URL_SAFE_NO_PAD.encode(serde_json::to_vec(header)?),
-        URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims)?)
+        base64url.encode(serde_json::to_vec(header)?),
+        base64url.encode(serde_json::to_vec(claims)?)
     ))
 }
 
@@ -118,7 +146,7 @@ pub fn sign_es256(p8_pem: &str, header: &Value, claims: &Value) -> anyhow::Resul
         &rng,
     )
     .map_err(|e| anyhow!("P-256 key: {e}"))?;
-    let input = signing_input(header, claims)?;
+    let input = signing_input(header, claims, &URL_SAFE_NO_PAD)?;
     let sig = key
         .sign(&rng, input.as_bytes())
         .map_err(|e| anyhow!("ES256 signing: {e}"))?;
@@ -128,9 +156,27 @@ pub fn sign_es256(p8_pem: &str, header: &Value, claims: &Value) -> anyhow::Resul
 /// Signs `header`/`claims` with RS256 using a PKCS#8 PEM RSA key (a service account's
 /// `private_key`).
 pub fn sign_rs256(pkcs8_pem: &str, header: &Value, claims: &Value) -> anyhow::Result<String> {
+    sign_rs256_with(pkcs8_pem, header, claims, &URL_SAFE_NO_PAD)
+}
+
+/// Like [`sign_rs256`] with `=`-padded segments, as yup-oauth2 builds its assertions.
+pub fn sign_rs256_padded(
+    pkcs8_pem: &str,
+    header: &Value,
+    claims: &Value,
+) -> anyhow::Result<String> {
+    sign_rs256_with(pkcs8_pem, header, claims, &URL_SAFE)
+}
+
+fn sign_rs256_with(
+    pkcs8_pem: &str,
+    header: &Value,
+    claims: &Value,
+    base64url: &GeneralPurpose,
+) -> anyhow::Result<String> {
     let key =
         RsaKeyPair::from_pkcs8(&pkcs8_der(pkcs8_pem)?).map_err(|e| anyhow!("RSA key: {e}"))?;
-    let input = signing_input(header, claims)?;
+    let input = signing_input(header, claims, base64url)?;
     let mut sig = vec![0u8; key.public().modulus_len()];
     key.sign(
         &signature::RSA_PKCS1_SHA256,
@@ -139,7 +185,7 @@ pub fn sign_rs256(pkcs8_pem: &str, header: &Value, claims: &Value) -> anyhow::Re
         &mut sig,
     )
     .map_err(|e| anyhow!("RS256 signing: {e}"))?;
-    Ok(format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig)))
+    Ok(format!("{input}.{}", base64url.encode(sig)))
 }
 
 /// An APNs provider token as Apple specifies it: header `{"alg":"ES256","kid"}`, claims
@@ -161,23 +207,37 @@ pub fn apns_provider_token(
 /// client libraries build it from a service-account JSON: `iss` = `client_email`,
 /// `aud` = `token_uri`, `scope` = FCM's scope, one hour of validity from `iat`.
 pub fn google_assertion(service_account: &Value, iat: u64) -> anyhow::Result<String> {
+    let (header, claims, key) = google_assertion_parts(service_account, iat)?;
+    sign_rs256(key, &header, &claims)
+}
+
+/// [`google_assertion`] with `=`-padded segments, as yup-oauth2 sends it.
+pub fn google_assertion_padded(service_account: &Value, iat: u64) -> anyhow::Result<String> {
+    let (header, claims, key) = google_assertion_parts(service_account, iat)?;
+    sign_rs256_padded(key, &header, &claims)
+}
+
+fn google_assertion_parts(
+    service_account: &Value,
+    iat: u64,
+) -> anyhow::Result<(Value, Value, &str)> {
     let field = |name: &str| {
         service_account
             .get(name)
             .and_then(Value::as_str)
             .with_context(|| format!("service account JSON lacks {name}"))
     };
-    sign_rs256(
-        field("private_key")?,
-        &json!({"alg": "RS256", "typ": "JWT", "kid": field("private_key_id")?}),
-        &json!({
+    Ok((
+        json!({"alg": "RS256", "typ": "JWT", "kid": field("private_key_id")?}),
+        json!({
             "iss": field("client_email")?,
             "aud": field("token_uri")?,
             "scope": crate::oauth::FCM_SCOPE,
             "iat": iat,
             "exp": iat + 3600,
         }),
-    )
+        field("private_key")?,
+    ))
 }
 
 /// The uncompressed public point of a PKCS#8 PEM P-256 key.
@@ -251,6 +311,26 @@ mod tests {
         assert_eq!(u.len(), 36);
         assert_eq!(&u[14..15], "4");
         assert!(matches!(&u[19..20], "8" | "9" | "a" | "b"), "{u}");
+    }
+
+    #[test]
+    fn padded_segments_are_taken_only_where_allowed() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let pem = key.serialize_pem();
+        // Claims whose JSON length is not a multiple of 3, so padding shows.
+        let claims = json!({"iss": "TEAM123456", "iat": 1_700_000_000, "x": "ab"});
+        let unpadded = sign_es256(&pem, &json!({"alg": "ES256"}), &claims).unwrap();
+        let (h, rest) = unpadded.split_once('.').unwrap();
+        let (c, s) = rest.split_once('.').unwrap();
+        let pad = |seg: &str| format!("{seg}{}", "=".repeat((4 - seg.len() % 4) % 4));
+        let padded = format!("{}.{}.{}", pad(h), pad(c), pad(s));
+        assert!(padded.contains('='), "{padded}");
+        assert!(decode(&padded).is_err(), "strict decoding refuses padding");
+        let d = decode_allowing_padding(&padded).unwrap();
+        assert_eq!(d.claim_secs("iat"), Some(1_700_000_000));
+        assert_eq!(d.signing_input, format!("{}.{}", pad(h), pad(c)));
+        assert!(decode_allowing_padding(&unpadded).is_ok());
+        assert!(decode_allowing_padding("!!.??.x").is_err());
     }
 
     #[test]

@@ -100,9 +100,14 @@ impl OAuthServer {
         self.issued.load(Ordering::SeqCst)
     }
 
+    /// Counts a request as it arrives, before any scripted delay, so a test can tell that a
+    /// client's request is under way.
+    pub(crate) fn arrived(&self) {
+        self.requests.fetch_add(1, Ordering::SeqCst);
+    }
+
     /// Handles one `POST token_uri` with a form body.
     pub(crate) fn token_request(&self, body: &[u8], token_uri: &str, clock: &Clock) -> TokenAnswer {
-        self.requests.fetch_add(1, Ordering::SeqCst);
         let form: HashMap<String, String> = form_urlencoded::parse(body).into_owned().collect();
         let grant = form.get("grant_type").map(String::as_str).unwrap_or("");
         if grant != JWT_BEARER_GRANT {
@@ -119,7 +124,9 @@ impl OAuthServer {
                 None,
             );
         };
-        let Ok(decoded) = jwt::decode(assertion) else {
+        // Google takes `=`-padded segments too, though RFC 7515 leaves padding out, and clients
+        // send them (yup-oauth2 does).
+        let Ok(decoded) = jwt::decode_allowing_padding(assertion) else {
             return fail("invalid_grant", "Invalid JWT: could not be parsed.", None);
         };
         let d = Some(decoded.clone());

@@ -241,6 +241,72 @@ async fn token_endpoint_rejects_bad_assertions_like_google() {
 }
 
 #[tokio::test]
+async fn padded_assertion_is_accepted_as_google_does() {
+    let m = mock().await;
+    let c = client(&m.ca_pem());
+    let sa = m.service_account_json();
+    let padded = jwt::google_assertion_padded(&sa, m.clock().unix_secs()).unwrap();
+    assert!(
+        padded.split('.').any(|segment| segment.ends_with('=')),
+        "the test needs a padded segment: {padded}"
+    );
+    // reqwest's form encoding sends `=` as %3D, as yup-oauth2's form serializer does.
+    let (status, body) = exchange(&c, &m.token_uri(), &padded).await;
+    assert_eq!(status, 200, "{body}");
+    let token = body["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(
+        send(&c, &m.send_url(), &token, &call_push(DEVICE)).await.0,
+        200
+    );
+    // Padding is no licence to tamper: the signature covers the segments as sent.
+    let (h, rest) = padded.split_once('.').unwrap();
+    let other_claims = jwt::google_assertion_padded(&sa, m.clock().unix_secs() - 5).unwrap();
+    let forged = format!(
+        "{h}.{}.{}",
+        other_claims.split('.').nth(1).unwrap(),
+        rest.split_once('.').unwrap().1
+    );
+    let (status, body) = exchange(&c, &m.token_uri(), &forged).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_grant")),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn token_endpoint_follows_its_script() {
+    let m = mock().await;
+    let c = client(&m.ca_pem());
+    m.script_token_endpoint(vec![
+        Behavior::delay(300, Behavior::Success),
+        Behavior::error(503, "temporarily_unavailable"),
+    ]);
+    let started = std::time::Instant::now();
+    let (token_uri, assertion) = (m.token_uri(), m.assertion());
+    let slow = exchange(&c, &token_uri, &assertion);
+    let (answer, arrived) = tokio::join!(slow, async {
+        // Counted on arrival, while the answer is held.
+        while m.token_requests() == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        (m.token_requests(), m.tokens_issued(), started.elapsed())
+    });
+    assert_eq!(answer.0, 200, "{}", answer.1);
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert_eq!((arrived.0, arrived.1), (1, 0), "issued when answered");
+    assert!(arrived.2 < Duration::from_millis(300));
+    let (status, body) = exchange(&c, &m.token_uri(), &m.assertion()).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (503, Some("temporarily_unavailable"))
+    );
+    // Script used up: back to normal.
+    assert_eq!(exchange(&c, &m.token_uri(), &m.assertion()).await.0, 200);
+    assert_eq!((m.token_requests(), m.tokens_issued()), (3, 2));
+}
+
+#[tokio::test]
 async fn expired_or_missing_access_tokens_are_401() {
     let m = mock().await;
     let c = client(&m.ca_pem());
