@@ -14,6 +14,9 @@ echo "== integration tests (real Asterisk 22 in $RES_PUSH_CHROOT)" >&2
 # Two at a time: each test runs its own Asterisk, and CI machines have two cores.
 cargo test --locked -p res-push-itests -- --test-threads=2
 
+echo "== demo: the README's first command, non-interactive; it checks its own timeline" >&2
+tests/demo.sh
+
 echo "== benchmarks (figures only, no assertions on time)" >&2
 cargo bench --locked -p res-push-core --bench register
 cargo build --locked --release -p res_push

@@ -471,6 +471,22 @@ impl SipExchange {
         })
     }
 
+    /// When SIPp logged the first message whose first line starts with `start` (e.g.
+    /// `"INVITE sip:"`, `"CANCEL sip:"`): SIPp stamps each traced message with its wall-clock
+    /// time, which is how tests and benchmarks time what a phone saw.
+    pub fn logged_at(&self, start: &str) -> Option<std::time::SystemTime> {
+        self.trace
+            .split("----------------------------------------------- ")
+            .find(|block| {
+                block
+                    .lines()
+                    .skip(1)
+                    .find(|l| !l.trim().is_empty() && !l.contains("message "))
+                    .is_some_and(|l| l.trim_start().starts_with(start))
+            })
+            .and_then(|block| parse_utc(block.lines().next()?.trim()))
+    }
+
     /// The status line of the response.
     pub fn status_line(&self) -> String {
         self.response
@@ -807,4 +823,25 @@ pub fn module_running(a: &Asterisk) -> bool {
     a.cli("module show like res_push").lines().any(|l| {
         l.starts_with("res_push.so") && l.contains(" Running ") && !l.contains("Not Running")
     })
+}
+
+/// `2026-12-02T01:12:11.395043Z` (SIPp's trace stamps) as a `SystemTime`.
+pub fn parse_utc(stamp: &str) -> Option<std::time::SystemTime> {
+    let stamp = stamp.strip_suffix('Z')?;
+    let (date, time) = stamp.split_once('T')?;
+    let mut d = date.splitn(3, '-').map(|p| p.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
+    let mut t = hms.splitn(3, ':').map(|p| p.parse::<i64>().ok());
+    let (hh, mm, ss) = (t.next()??, t.next()??, t.next()??);
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * ((m + 9) % 12) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = u64::try_from(days * 86_400 + hh * 3600 + mm * 60 + ss).ok()?;
+    let micros: u64 = format!("{frac:0<6}").get(..6)?.parse().ok()?;
+    Some(std::time::UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_micros(micros))
 }

@@ -59,16 +59,6 @@ fn invites(ex: &SipExchange) -> Vec<String> {
         .collect()
 }
 
-/// When SIPp logged the first message starting with `start`: the timestamp line SIPp writes
-/// before each message (same format in every trace, so strings compare in time order).
-fn logged_at(ex: &SipExchange, start: &str) -> Option<String> {
-    ex.trace
-        .split("----------------------------------------------- ")
-        .find(|block| block.lines().any(|l| l.starts_with(start)))
-        .and_then(|block| block.lines().next())
-        .map(|l| l.trim().to_string())
-}
-
 fn assert_no_push_params(invite: &str) {
     assert!(
         !invite.contains("pn-") && !invite.contains("push-token"),
@@ -187,9 +177,12 @@ fn register_from_a_new_contact_cancels_the_stale_leg_then_rings_the_new_one() {
     assert_eq!(invites(&new).len(), 1);
     assert_no_push_params(&invites(&new)[0]);
     // At most one ringing leg per device: the stale one was cancelled before the new rang.
-    let cancelled = logged_at(&old, "CANCEL sip:").expect("CANCEL time");
-    let rung = logged_at(&new, "INVITE sip:").expect("INVITE time");
-    assert!(cancelled <= rung, "CANCEL {cancelled} after INVITE {rung}");
+    let cancelled = old.logged_at("CANCEL sip:").expect("CANCEL time");
+    let rung = new.logged_at("INVITE sip:").expect("INVITE time");
+    assert!(
+        cancelled <= rung,
+        "CANCEL {cancelled:?} after INVITE {rung:?}"
+    );
 }
 
 #[test]

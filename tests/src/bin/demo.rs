@@ -1,9 +1,11 @@
 //! `tests/demo.sh`: the whole story on a real Asterisk 22 with res_push.so, res-push-sidecar
 //! and the mock APNs: a phone registers with RFC 8599 push parameters and goes to sleep, a call
 //! comes in, the push goes out, the phone wakes, registers from a new address and answers.
-//! Prints the timeline. `--keep` leaves everything running until Ctrl-C.
+//! Prints the timeline and checks it (push sent, REGISTER in, INVITE out, answered, in that
+//! order): it exits non-zero when a step is missing, so the README test command runs it too.
+//! `--keep` leaves everything running until Ctrl-C.
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use res_push_itests::push_env::setup;
 use res_push_itests::{Register, field, free_udp_port, status_field, wait_for};
@@ -47,6 +49,7 @@ fn main() {
 
     step("bob calls alice: Dial(Push/alice)");
     let call_start = Instant::now();
+    let call_wall = SystemTime::now();
     let caller = a.sipp(
         "caller",
         include_str!("../../sipp/caller.xml"),
@@ -92,12 +95,17 @@ fn main() {
         reg.status_line()
     );
 
-    let invite = ami.wait_event(Duration::from_secs(10), |p| {
+    let woken = ami.wait_event(Duration::from_secs(10), |p| {
         field(p, "Event") == Some("PushWakeRegistered")
     });
     let phone = phone.wait();
     let caller = caller.wait();
     let done = Instant::now();
+    // When the INVITE reached the woken phone, from its SIPp trace (wall clock).
+    let invite_ms = phone
+        .logged_at("INVITE sip:")
+        .and_then(|t| t.duration_since(call_wall).ok())
+        .map(|d| d.as_millis());
 
     step("timeline");
     println!("  {:>6} ms  call in (INVITE from bob)", 0);
@@ -110,9 +118,9 @@ fn main() {
         ms(registered)
     );
     println!(
-        "  {:>6} ms  INVITE out to the fresh contact (waited {} ms for the REGISTER)",
-        ms(registered),
-        invite
+        "  {:>6} ms  INVITE out to the fresh contact (the device waited {} ms for its REGISTER)",
+        invite_ms.map_or("?".to_string(), |m| m.to_string()),
+        woken
             .as_ref()
             .and_then(|p| field(p, "WaitMs"))
             .unwrap_or("?")
@@ -127,13 +135,36 @@ fn main() {
         }
     );
     print!("{}", a.cli("push show bindings alice"));
+    let mut wrong = Vec::new();
+    if !reg.status_line().contains("200") {
+        wrong.push("the woken phone's REGISTER was not accepted".to_string());
+    }
+    if woken.is_none() {
+        wrong.push("no PushWakeRegistered event".to_string());
+    }
+    match invite_ms {
+        None => wrong.push("no INVITE reached the woken phone".to_string()),
+        Some(i) if i < ms(pushed).min(ms(registered)) => wrong.push(format!(
+            "INVITE at {i} ms, before the push ({} ms) and the REGISTER ({} ms)",
+            ms(pushed),
+            ms(registered)
+        )),
+        Some(_) => {}
+    }
+    if ms(registered) < ms(pushed) {
+        wrong.push("REGISTER before the push".to_string());
+    }
     if !(caller.ok && phone.ok) {
-        eprintln!(
+        wrong.push(format!(
             "call failed:\ncaller:\n{}\nphone:\n{}",
             caller.trace, phone.trace
-        );
+        ));
+    }
+    if !wrong.is_empty() {
+        eprintln!("demo FAILED:\n{}\n{}", wrong.join("\n"), a.log());
         std::process::exit(1);
     }
+    println!("demo timeline ok: push, REGISTER, INVITE, answer");
 
     if keep {
         step(&format!(
