@@ -304,6 +304,12 @@ impl Linphone {
         format!("[... {cut} bytes cut ...]\n{}", &log[cut..])
     }
 
+    /// The app goes to sleep: the process dies without unregistering (its contact stays
+    /// registered, its TCP connection, if any, is gone).
+    pub fn sleep(&mut self) {
+        self.kill();
+    }
+
     fn kill(&mut self) {
         self.stdin = None;
         if let Some(mut c) = self.child.take() {
@@ -338,17 +344,43 @@ impl Drop for Linphone {
 /// SIP messages from a belle-sip debug log: each follows a line containing `marker` and ends
 /// at the first empty line (the end of the headers; tests look at headers, not bodies).
 fn sip_messages(log: &str, marker: &str) -> Vec<String> {
+    // A log record starts with its timestamp; what follows a marker record up to the next
+    // record is what went over the wire, which over TCP may hold several messages.
+    let is_record = |l: &str| {
+        let b = l.as_bytes();
+        b.len() > 10 && b[..4].iter().all(u8::is_ascii_digit) && b[4] == b'-' && b[7] == b'-'
+    };
+    let is_start = |l: &str| {
+        l.starts_with("SIP/2.0 ")
+            || l.split_once(' ').is_some_and(|(m, rest)| {
+                !m.is_empty()
+                    && m.bytes().all(|c| c.is_ascii_uppercase())
+                    && rest.ends_with(" SIP/2.0")
+            })
+    };
     let mut out = Vec::new();
-    let mut lines = log.lines();
+    let mut lines = log.lines().peekable();
     while let Some(l) = lines.next() {
         if !l.contains(marker) {
             continue;
         }
-        let msg: Vec<&str> = lines
-            .by_ref()
-            .take_while(|l| !l.trim().is_empty())
-            .collect();
-        out.push(msg.join("\n"));
+        let mut current: Vec<&str> = Vec::new();
+        while let Some(next) = lines.peek() {
+            if is_record(next) {
+                break;
+            }
+            let next = lines.next().unwrap_or_default();
+            if is_start(next.trim_end()) && !current.is_empty() {
+                out.push(current.join("\n").trim_end().to_string());
+                current.clear();
+            }
+            if !current.is_empty() || is_start(next.trim_end()) {
+                current.push(next.trim_end());
+            }
+        }
+        if !current.is_empty() {
+            out.push(current.join("\n").trim_end().to_string());
+        }
     }
     out
 }

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use res_push_itests::linphone::{Linphone, LinphoneOptions, Transport, header};
-use res_push_itests::push_env::setup;
+use res_push_itests::push_env::{setup, setup_with};
 use res_push_itests::{Asterisk, Options, binding_count, free_tcp_port, free_udp_port, wait_for};
 
 const TOKEN: &str = "00fc13adff785122b4ad28809a3420982341241421348097878e577c991de8f0";
@@ -112,7 +112,116 @@ fn awake_linphone_answers_a_push_call_within_two_seconds() {
         1,
         "exactly one INVITE reached Linphone: {invites:?}"
     );
+    // strip_pn_params: the Request-URI carries no push parameters, its other ones stay.
+    let invite = phone
+        .received()
+        .into_iter()
+        .find(|m| m.starts_with("INVITE "))
+        .expect("INVITE");
+    let request_line = invite.lines().next().unwrap_or_default();
+    assert!(!request_line.contains("pn-"), "{request_line}");
+    assert!(request_line.contains("transport=udp"), "{request_line}");
     println!("answered {} ms after the call", answered.as_millis());
+}
+
+/// A sleeping Linphone is woken by the push and answers from its new registration: over UDP
+/// from a new port, over TCP on a new connection (the INVITE goes on that connection).
+fn sleeping_linphone_wakes(transport: Transport) {
+    let name = match transport {
+        Transport::Udp => "client-wake-udp",
+        Transport::Tcp => "client-wake-tcp",
+    };
+    let tcp_port = free_tcp_port();
+    // dave: a mobile user behind NAT (rewrite_contact), reachable only through the
+    // connection or address it registered from.
+    let (mocks, a, _sidecar) = setup_with(
+        name,
+        "wake_timeout = 15",
+        Options {
+            pjsip_append: format!(
+                "\n[transport-tcp]\ntype = transport\nprotocol = tcp\nbind = 127.0.0.1:{tcp_port}\n\
+                 \n[dave]\ntype = endpoint\ncontext = default\ndisallow = all\nallow = ulaw\naors = dave\n\
+                 rewrite_contact = yes\n\n[dave]\ntype = aor\nmax_contacts = 5\n"
+            ),
+            ..Options::default()
+        },
+    );
+    let registrar_port = match transport {
+        Transport::Udp => a.sip_port,
+        Transport::Tcp => tcp_port,
+    };
+    let start = |tag: &str| {
+        let mut o = LinphoneOptions::new("dave", registrar_port, PN);
+        o.transport = transport;
+        let mut p = Linphone::start(&format!("{name}-{tag}"), o);
+        assert!(p.wait_registered(WAIT), "{}", a.cli("pjsip show contacts"));
+        p
+    };
+    let mut asleep = start("before");
+    wait_for(WAIT, || {
+        a.cli("push show bindings dave")
+            .contains("…1de8f0")
+            .then_some(())
+    })
+    .expect("binding");
+    asleep.sleep();
+
+    a.cli("pjsip set logger on");
+    let caller = a.sipp("caller", CALLER, free_udp_port(), &["-s", "push-dave"]);
+    mocks
+        .wait_apns(WAIT, |r| r.device_token.as_deref() == Some(TOKEN))
+        .expect("call push");
+    let awake = start("after");
+    let caller = caller.wait();
+    assert!(
+        caller.ok,
+        "caller:\n{}\nlinphonec:\n{}\n{}",
+        caller.trace,
+        awake.output(),
+        a.log()
+    );
+    let invites: Vec<_> = awake
+        .received()
+        .into_iter()
+        .filter(|m| m.starts_with("INVITE "))
+        .map(|m| (header(&m, "Call-ID"), header(&m, "CSeq")))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    assert_eq!(invites.len(), 1, "{invites:?}");
+    if transport == Transport::Tcp {
+        // The INVITE came in on the connection the woken phone's REGISTER went out on
+        // (belle-sip names each connection by its channel).
+        let log = awake.log();
+        let channel_of = |needle: &str, marker: &str| {
+            let mut last = None;
+            let mut lines = log.lines().peekable();
+            while let Some(l) = lines.next() {
+                if l.contains(marker) {
+                    let ch = l.split("channel [").nth(1)?.split(']').next()?.to_string();
+                    let chunk: Vec<&str> =
+                        lines.clone().take_while(|n| !n.starts_with("20")).collect();
+                    if chunk.iter().any(|n| n.starts_with(needle)) {
+                        last.get_or_insert(ch);
+                    }
+                }
+            }
+            last
+        };
+        let register = channel_of("REGISTER sip:", "message sent to").expect("REGISTER sent");
+        let invite = channel_of("INVITE sip:", "new bytes from").expect("INVITE received");
+        assert_eq!(invite, register, "INVITE not on the REGISTER's connection");
+    }
+}
+
+#[test]
+fn sleeping_linphone_over_udp_is_woken_and_answers() {
+    sleeping_linphone_wakes(Transport::Udp);
+}
+
+#[test]
+fn sleeping_linphone_over_tcp_is_woken_on_its_new_connection() {
+    sleeping_linphone_wakes(Transport::Tcp);
 }
 
 #[test]
