@@ -141,6 +141,9 @@ pub struct Options {
     pub push_conf: Option<String>,
     /// Appended to pjsip.conf (more endpoints, for benchmarks).
     pub pjsip_append: String,
+    /// RTP ports of its own. A call INVITEd to a dead contact keeps its RTP ports until the
+    /// INVITE transaction times out (32 s), so back-to-back calls (benchmarks) need more.
+    pub rtp_ports: u32,
 }
 
 impl Default for Options {
@@ -149,6 +152,7 @@ impl Default for Options {
             load_res_push: true,
             push_conf: None,
             pjsip_append: String::new(),
+            rtp_ports: 20,
         }
     }
 }
@@ -186,13 +190,14 @@ impl Asterisk {
         let sip_port = free_udp_port();
         let ami_port = free_tcp_port();
         // RTP ranges must not overlap between concurrent tests: derive them from the SIP port.
-        let rtp_start = 20000 + (u32::from(sip_port) % 2000) * 20;
+        let ports = opts.rtp_ports.clamp(20, 4000) & !1;
+        let rtp_start = 20000 + (u32::from(sip_port) % (40000 / ports)) * ports;
         let vars: HashMap<&str, String> = HashMap::from([
             ("@DIR@", dir.clone()),
             ("@SIP_PORT@", sip_port.to_string()),
             ("@AMI_PORT@", ami_port.to_string()),
             ("@RTP_START@", rtp_start.to_string()),
-            ("@RTP_END@", (rtp_start + 19).to_string()),
+            ("@RTP_END@", (rtp_start + ports - 1).to_string()),
             ("@SOCKET@", format!("{dir}/run/sidecar.sock")),
             (
                 "@RES_PUSH@",

@@ -43,6 +43,7 @@ fn main() {
                     .into(),
             ),
             pjsip_append: pjsip,
+            ..Options::default()
         },
     );
     let mut csv = String::from("SEQUENTIAL\n");
