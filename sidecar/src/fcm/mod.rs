@@ -38,7 +38,8 @@ pub(crate) struct Settings {
 #[derive(Debug)]
 pub(crate) struct FcmClient {
     app: Arc<str>,
-    send_url: String,
+    /// Parsed once, not per push.
+    send_url: Url,
     http: reqwest::Client,
     tokens: AccessTokens,
     metrics: Arc<Metrics>,
@@ -67,7 +68,11 @@ impl FcmClient {
         let base = settings.fcm_url.as_str().trim_end_matches('/');
         Ok(Self {
             app,
-            send_url: format!("{base}/v1/projects/{}/messages:send", settings.project),
+            send_url: Url::parse(&format!(
+                "{base}/v1/projects/{}/messages:send",
+                settings.project
+            ))
+            .map_err(|e| format!("fcm_url {base}: {e}"))?,
             http,
             tokens,
             metrics,
@@ -127,7 +132,7 @@ impl FcmClient {
         let body = json!({ "message": message }).to_string();
         let request = self
             .http
-            .post(&self.send_url)
+            .post(self.send_url.clone())
             .header(AUTHORIZATION, auth)
             .header(CONTENT_TYPE, "application/json")
             .body(body);
