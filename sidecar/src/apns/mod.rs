@@ -261,15 +261,17 @@ impl ApnsClient {
         self.metrics
             .connection_state(Provider::Apns, &self.app, endpoint.label, true);
         let status = response.status().as_u16();
-        let headers = response.headers().clone();
+        // Only what is needed, rather than a copy of every header per push.
+        let provider_id = response
+            .headers()
+            .get("apns-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let retry_after = classify::retry_after(response.headers());
         let body = tokio::time::timeout_at(deadline, response.bytes()).await;
         self.metrics
             .request_took(Provider::Apns, &self.app, started.elapsed());
         if status == 200 {
-            let provider_id = headers
-                .get("apns-id")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned);
             return Verdict::Sent { provider_id };
         }
         let body = match body {
@@ -277,6 +279,6 @@ impl ApnsClient {
             // The status alone still classifies; the reason text is what is lost.
             _ => Default::default(),
         };
-        classify::apns(status, &body, classify::retry_after(&headers))
+        classify::apns(status, &body, retry_after)
     }
 }

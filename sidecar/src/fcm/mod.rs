@@ -11,7 +11,7 @@ use reqwest::{
 };
 use res_push_proto::Provider;
 use rustls_pki_types::CertificateDer;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::time::Instant;
 
 use crate::{
@@ -129,7 +129,12 @@ impl FcmClient {
                 auth_generation: Some(bearer.generation),
             };
         };
-        let body = json!({ "message": message }).to_string();
+        // Serialized straight from the prepared message: `json!` would copy it first.
+        #[derive(serde::Serialize)]
+        struct SendRequest<'a> {
+            message: &'a Value,
+        }
+        let body = serde_json::to_vec(&SendRequest { message }).unwrap_or_default();
         let request = self
             .http
             .post(self.send_url.clone())
