@@ -183,7 +183,10 @@ impl ApnsClient {
         };
         let mut auth_generation = None;
         let mut url = endpoint.base.clone();
-        url.set_path(&format!("{}/3/device/{}", endpoint.prefix, req.device_token));
+        url.set_path(&format!(
+            "{}/3/device/{}",
+            endpoint.prefix, req.device_token
+        ));
         let mut builder = endpoint
             .http
             .post(url)

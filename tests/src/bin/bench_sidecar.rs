@@ -163,11 +163,7 @@ fn main() {
     for (provider, _, app_id) in &providers {
         link.run(*provider, app_id, 64, counts.warmup);
     }
-    let apns_shape = Shape::capture(
-        &apns.requests(),
-        Endpoint::ApnsPush,
-        &apns.production_url(),
-    );
+    let apns_shape = Shape::capture(&apns.requests(), Endpoint::ApnsPush, &apns.production_url());
     let fcm_shape = Shape::capture(&fcm.requests(), Endpoint::FcmSend, &fcm.url());
     apns.set_recording(false);
     fcm.set_recording(false);
@@ -385,9 +381,8 @@ impl SidecarProcess {
             .spawn()
             .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
         let s = SidecarProcess { child, log };
-        let up = res_push_itests::wait_for(Duration::from_secs(20), || {
-            socket.exists().then_some(())
-        });
+        let up =
+            res_push_itests::wait_for(Duration::from_secs(20), || socket.exists().then_some(()));
         assert!(
             up.is_some(),
             "sidecar {} did not create its socket:\n{}",
@@ -434,7 +429,12 @@ fn cpu_time(pid: u32) -> Duration {
     // field 3, utime 14, stime 15.
     let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
     let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
         .ok()
         .flatten()
@@ -607,7 +607,11 @@ struct Shape {
 }
 
 impl Shape {
-    fn capture(requests: &[res_push_mocks::RecordedRequest], endpoint: Endpoint, url: &str) -> Shape {
+    fn capture(
+        requests: &[res_push_mocks::RecordedRequest],
+        endpoint: Endpoint,
+        url: &str,
+    ) -> Shape {
         let r = requests
             .iter()
             .rev()
@@ -673,7 +677,10 @@ async fn ceiling(
     let conn = tokio::spawn(conn);
     // One warm request, so that the measured phase starts on an open connection.
     let mut warm = sender.clone();
-    let response = warm.send_request(shape.request()).await.expect("warm request");
+    let response = warm
+        .send_request(shape.request())
+        .await
+        .expect("warm request");
     assert_eq!(response.status(), 200, "ceiling warm request refused");
 
     let shape = Arc::new(Shape {
