@@ -599,6 +599,7 @@ fn push_job(provider: Provider, app_id: &str, n: usize) -> Job {
 // The ceiling: a bare HTTP/2 client
 
 /// A request the sidecar sent, to be replayed as is.
+#[derive(Clone)]
 struct Shape {
     authority: String,
     path: String,
@@ -683,12 +684,7 @@ async fn ceiling(
         .expect("warm request");
     assert_eq!(response.status(), 200, "ceiling warm request refused");
 
-    let shape = Arc::new(Shape {
-        authority: shape.authority.clone(),
-        path: shape.path.clone(),
-        headers: shape.headers.clone(),
-        body: shape.body.clone(),
-    });
+    let shape = Arc::new(shape.clone());
     let left = Arc::new(AtomicUsize::new(count));
     let start = Instant::now();
     let mut tasks = Vec::new();
