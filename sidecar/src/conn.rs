@@ -34,6 +34,8 @@ use crate::{
 /// Frames queued for the writer. Small: when the peer stops reading, jobs should stall on a full
 /// queue (and the reader on the job limit) rather than buffer without bound.
 const OUTBOX: usize = 64;
+/// Most frames written with one flush, so one busy stretch cannot delay the first of them long.
+const WRITE_BATCH: usize = 64;
 
 /// What every connection shares.
 #[derive(Debug)]
@@ -92,15 +94,31 @@ async fn write_side(
     mut rx: mpsc::Receiver<ServerFrame>,
     peer_gone: &CancellationToken,
 ) {
-    while let Some(frame) = rx.recv().await {
-        let body = match encode_body(&frame) {
-            Ok(body) => body,
-            Err(e) => {
-                error!("cannot encode {frame:?}: {e}");
-                continue;
+    while let Some(first) = rx.recv().await {
+        // Frames already queued behind this one go out in the same write: under load that is
+        // one system call (and one wake-up of the module's reader) for many outcomes.
+        let mut frame = Some(first);
+        let mut batched = 0;
+        while let Some(next) = frame.take() {
+            let body = match encode_body(&next) {
+                Ok(body) => body,
+                Err(e) => {
+                    error!("cannot encode {next:?}: {e}");
+                    frame = rx.try_recv().ok();
+                    continue;
+                }
+            };
+            if let Err(e) = sink.feed(Bytes::from(body)).await {
+                debug!("write failed: {e}");
+                peer_gone.cancel();
+                return;
             }
-        };
-        if let Err(e) = sink.send(Bytes::from(body)).await {
+            batched += 1;
+            if batched < WRITE_BATCH {
+                frame = rx.try_recv().ok();
+            }
+        }
+        if let Err(e) = SinkExt::<Bytes>::flush(&mut sink).await {
             debug!("write failed: {e}");
             peer_gone.cancel();
             return;

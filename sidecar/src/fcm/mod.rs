@@ -11,7 +11,7 @@ use reqwest::{
 };
 use res_push_proto::Provider;
 use rustls_pki_types::CertificateDer;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::time::Instant;
 
 use crate::{
@@ -39,7 +39,8 @@ pub(crate) struct Settings {
 #[derive(Debug)]
 pub(crate) struct FcmClient {
     app: Arc<str>,
-    send_url: String,
+    /// Parsed once, not per push.
+    send_url: Url,
     http: reqwest::Client,
     tokens: AccessTokens,
     metrics: Arc<Metrics>,
@@ -73,7 +74,11 @@ impl FcmClient {
         let base = settings.fcm_url.as_str().trim_end_matches('/');
         Ok(Self {
             app,
-            send_url: format!("{base}/v1/projects/{}/messages:send", settings.project),
+            send_url: Url::parse(&format!(
+                "{base}/v1/projects/{}/messages:send",
+                settings.project
+            ))
+            .map_err(|e| format!("fcm_url {base}: {e}"))?,
             http,
             tokens,
             metrics,
@@ -125,10 +130,15 @@ impl FcmClient {
                 auth_generation: Some(bearer.generation),
             };
         };
-        let body = json!({ "message": message }).to_string();
+        // Serialized straight from the prepared message: `json!` would copy it first.
+        #[derive(serde::Serialize)]
+        struct SendRequest<'a> {
+            message: &'a Value,
+        }
+        let body = serde_json::to_vec(&SendRequest { message }).unwrap_or_default();
         let request = self
             .http
-            .post(&self.send_url)
+            .post(self.send_url.clone())
             .header(AUTHORIZATION, auth)
             .header(CONTENT_TYPE, "application/json")
             .body(body);

@@ -474,6 +474,12 @@ impl MockFcm {
         self.state.recorder.clear();
     }
 
+    /// Stops (`false`) or resumes keeping a record of every request. Answers do not change;
+    /// benchmarks turn recording off so the mock's cost per request stays flat. On by default.
+    pub fn set_recording(&self, on: bool) {
+        self.state.recorder.set_enabled(on);
+    }
+
     /// The first request, already recorded or arriving within `timeout`, matching `pred`.
     pub async fn wait_for_request(
         &self,

@@ -1,6 +1,7 @@
 //! The record of every request a mock answered, for tests to assert on.
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -117,6 +118,8 @@ impl RecordedRequest {
 /// Append-only log with a change signal for waiters.
 #[derive(Debug)]
 pub(crate) struct Recorder {
+    /// Off for benchmarks: requests are still answered the same way, just not kept.
+    enabled: AtomicBool,
     entries: Mutex<Vec<RecordedRequest>>,
     seq: Mutex<u64>,
     changed: watch::Sender<u64>,
@@ -125,6 +128,7 @@ pub(crate) struct Recorder {
 impl Default for Recorder {
     fn default() -> Self {
         Recorder {
+            enabled: AtomicBool::new(true),
             entries: Mutex::default(),
             seq: Mutex::new(0),
             changed: watch::channel(0).0,
@@ -133,7 +137,21 @@ impl Default for Recorder {
 }
 
 impl Recorder {
+    /// Whether requests are being kept (see [`Recorder::set_enabled`]).
+    pub(crate) fn enabled(&self) -> bool {
+        self.enabled.load(Ordering::Relaxed)
+    }
+
+    /// Starts or stops keeping requests; a benchmark turns it off so that a growing log of
+    /// every request does not weigh on what is measured.
+    pub(crate) fn set_enabled(&self, on: bool) {
+        self.enabled.store(on, Ordering::Relaxed);
+    }
+
     pub(crate) fn push(&self, mut r: RecordedRequest) {
+        if !self.enabled() {
+            return;
+        }
         {
             let mut seq = self.seq.lock().unwrap_or_else(|e| e.into_inner());
             *seq += 1;
