@@ -28,6 +28,9 @@ done
 # Sidecar throughput against the mocks, beside a bare HTTP/2 client (short run; --full for more).
 cargo build --locked --release -p res-push-sidecar -p res-push-itests --bin res-push-sidecar --bin res-push-bench-sidecar
 RES_PUSH_SIDECAR_BIN="$RES_PUSH_ROOT/target/release/res-push-sidecar" target/release/res-push-bench-sidecar
+# Wake-up latency against the polling baselines, release module and sidecar (short; --full: 200 calls).
+RES_PUSH_MODULE="$RES_PUSH_ROOT/target/release/libres_push.so" \
+    RES_PUSH_SIDECAR_BIN="$RES_PUSH_ROOT/target/release/res-push-sidecar" target/debug/res-push-bench-wake
 
 echo "== Debian package: release build, .deb + lintian, apt install/upgrade/remove/purge in a copy of the chroot" >&2
 tests/package-test.sh
