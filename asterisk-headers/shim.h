@@ -150,7 +150,8 @@ void rp_shim_set_hangupcause(struct ast_channel *chan, int cause);
 void rp_shim_softhangup(struct ast_channel *chan);
 
 /* Implemented in Rust (res_push/src/entry.rs). */
-int rp_wake_local_destination(const char *endpoint, char *dest, size_t len);
+/* `requestor` (the caller, or NULL): the call pushes go out from here, before any Local leg runs. */
+int rp_wake_local_destination(const char *endpoint, struct ast_channel *requestor, char *dest, size_t len);
 int rp_wake_devicestate(const char *endpoint);
 int rp_wake_app(int app, struct ast_channel *chan, const char *data);
 int rp_sip_on_register(struct pjsip_rx_data *rdata);

@@ -27,7 +27,7 @@ static struct ast_channel *rp_push_requester(const char *type, struct ast_format
 {
 	char dest[512];
 
-	if (rp_wake_local_destination(addr, dest, sizeof(dest))) {
+	if (rp_wake_local_destination(addr, (struct ast_channel *) requestor, dest, sizeof(dest))) {
 		*cause = AST_CAUSE_NO_ROUTE_DESTINATION;
 		return NULL;
 	}

@@ -98,9 +98,8 @@ pub extern "C" fn rp_sip_on_register(rdata: *mut crate::ffi::pjsip_rx_data) -> i
 pub extern "C" fn rp_sip_on_response(tdata: *mut crate::ffi::pjsip_tx_data) {
     guard("REGISTER response hook", (), || {
         // SAFETY: pjsip's live response for the duration of this callback.
-        if let (Some(r), Some(tdata)) =
-            (module::running(), unsafe { pjsip::TxData::from_ptr(tdata) })
-        {
+        let tdata = unsafe { pjsip::TxData::from_ptr(tdata) };
+        if let (Some(r), Some(tdata)) = (module::running(), tdata) {
             r.registrar.on_response(tdata, &r);
         }
     })
@@ -123,10 +122,12 @@ pub extern "C" fn rp_ami_exec(
 /// `Push/<endpoint>` requested: fills `dest` with the Local destination; 0 on success.
 ///
 /// # Safety
-/// `endpoint` is a C string; `dest` points to `len` writable bytes.
+/// `endpoint` is a C string; `requestor` a live channel or NULL; `dest` points to `len`
+/// writable bytes.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn rp_wake_local_destination(
     endpoint: *const c_char,
+    requestor: *mut crate::ffi::ast_channel,
     dest: *mut c_char,
     len: usize,
 ) -> i32 {
@@ -135,7 +136,10 @@ pub unsafe extern "C" fn rp_wake_local_destination(
         let endpoint = unsafe { std::ffi::CStr::from_ptr(endpoint) }
             .to_string_lossy()
             .into_owned();
-        match crate::wake::local_destination(&endpoint) {
+        // SAFETY: the requesting channel, alive for the request; NULL for originates.
+        let requestor = unsafe { crate::ast::channel::Chan::from_ptr(requestor) };
+        let running = module::running();
+        match crate::wake::local_destination(running.as_deref(), &endpoint, requestor) {
             Some(d) if d.len() < len => {
                 // SAFETY: `dest` has room for `len` bytes; we write d.len() + 1 < len + 1.
                 unsafe {

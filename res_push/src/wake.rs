@@ -169,6 +169,18 @@ impl Watcher {
     }
 }
 
+/// A call push sent when `Dial(Push/...)` requested the channel, before the device leg that
+/// waits for its outcome exists.
+#[derive(Debug)]
+enum Early {
+    /// No outcome yet, no leg yet (or the push was the leg's own).
+    InFlight,
+    /// The outcome, for the leg to pick up.
+    Done(Result<(), String>),
+    /// The leg waiting for the outcome.
+    Leg(Weak<DeviceLeg>),
+}
+
 /// Watchers by binding id, device legs by id (for the INVITE hook), which (call, device)
 /// pairs were already pushed.
 #[derive(Debug, Default)]
@@ -176,7 +188,7 @@ pub struct Wake {
     watchers: Mutex<HashMap<String, Vec<Watcher>>>,
     legs: Mutex<HashMap<u64, Weak<DeviceLeg>>>,
     next_leg: AtomicU64,
-    pushed: Mutex<HashMap<(String, String), Instant>>,
+    pushed: Mutex<HashMap<(String, String), (Instant, Early)>>,
 }
 
 /// Wake-up counters, by AMI event name. Statics live as long as the library: from module
@@ -245,10 +257,44 @@ impl Wake {
     /// True the first time (call, device) is asked for.
     fn first_push(&self, call: &str, id: &str) -> bool {
         let mut pushed = lock(&self.pushed);
-        pushed.retain(|_, at| at.elapsed() < DEDUP_TTL);
-        pushed
-            .insert((call.to_string(), id.to_string()), Instant::now())
-            .is_none()
+        pushed.retain(|_, (at, _)| at.elapsed() < DEDUP_TTL);
+        let key = (call.to_string(), id.to_string());
+        if pushed.contains_key(&key) {
+            return false;
+        }
+        pushed.insert(key, (Instant::now(), Early::InFlight));
+        true
+    }
+
+    /// The outcome of an early push: to its leg if one waits, else kept for it.
+    fn early_done(&self, call: &str, id: &str, r: Result<(), String>) {
+        let mut pushed = lock(&self.pushed);
+        let Some((_, state)) = pushed.get_mut(&(call.to_string(), id.to_string())) else {
+            return;
+        };
+        match std::mem::replace(state, Early::Done(r.clone())) {
+            Early::Leg(leg) => {
+                drop(pushed);
+                if let Some(leg) = leg.upgrade() {
+                    leg.feed(r.map_or_else(Event::PushFailed, |()| Event::PushSent));
+                }
+            }
+            Early::InFlight | Early::Done(_) => {}
+        }
+    }
+
+    /// A device leg whose push already went out: its outcome now if known (else it will be
+    /// fed to `leg`).
+    fn claim_push(&self, call: &str, id: &str, leg: &Arc<DeviceLeg>) -> Option<Result<(), String>> {
+        let mut pushed = lock(&self.pushed);
+        let (_, state) = pushed.get_mut(&(call.to_string(), id.to_string()))?;
+        match state {
+            Early::Done(r) => Some(r.clone()),
+            _ => {
+                *state = Early::Leg(Arc::downgrade(leg));
+                None
+            }
+        }
     }
 
     /// The INVITE hook saw `PUSH_LEG` = `<leg id>.<dial number>` on a channel being called.
@@ -309,10 +355,79 @@ fn dial_uri(uri: &str) -> String {
     uri.replace('&', "%26").replace(',', "%2C")
 }
 
-/// `Push/<endpoint>` → the Local destination, or `None` for an unknown endpoint.
-pub fn local_destination(endpoint: &str) -> Option<String> {
-    channel::endpoint_aors(endpoint)?;
-    Some(format!("w{}@res-push-wake/n", encode_endpoint(endpoint)))
+/// `Push/<endpoint>` → the Local destination, or `None` for an unknown endpoint. The call
+/// pushes go out here, on the caller's `Dial` thread, before the Local legs start (they
+/// cost milliseconds each); the device legs pick up their outcomes. The call UUID travels in
+/// the extension: `w<uuid><endpoint>`.
+pub fn local_destination(
+    running: Option<&Running>,
+    endpoint: &str,
+    requestor: Option<Chan>,
+) -> Option<String> {
+    let aors = channel::endpoint_aors(endpoint)?;
+    let call_uuid = requestor
+        .and_then(|c| c.var("PUSH_CALL_UUID"))
+        .filter(|u| is_uuid(u))
+        .unwrap_or_else(uuid_v4);
+    if let Some(running) = running {
+        early_pushes(running, endpoint, &aors, &call_uuid, requestor);
+    }
+    Some(format!(
+        "w{call_uuid}{}@res-push-wake/n",
+        encode_endpoint(endpoint)
+    ))
+}
+
+fn is_uuid(s: &str) -> bool {
+    s.len() == 36
+        && s.bytes().enumerate().all(|(i, b)| match i {
+            8 | 13 | 18 | 23 => b == b'-',
+            _ => b.is_ascii_hexdigit(),
+        })
+}
+
+/// The call push of each device that [`push_device`] would push.
+fn early_pushes(
+    running: &Running,
+    endpoint: &str,
+    aors: &[String],
+    call_uuid: &str,
+    requestor: Option<Chan>,
+) {
+    let general = running.general();
+    let skip = general.push_skip_recent.as_secs();
+    let (caller_number, caller_name) = requestor.map(|c| c.caller()).unwrap_or_default();
+    for b in bindings_of(running, aors) {
+        let recent = skip > 0 && now().saturating_sub(b.last_register) < skip;
+        if recent && general.ring_live_contact && live_contact(&b).is_some() {
+            continue;
+        }
+        if !running.wake.first_push(call_uuid, &b.id) {
+            continue;
+        }
+        let data = PushData {
+            caller_number: caller_number.clone(),
+            caller_name: caller_name.clone(),
+            call_uuid: Some(call_uuid.to_string()),
+            call_id: requestor.and_then(|c| c.var("PUSH_CALL_ID")),
+            endpoint: Some(endpoint.to_string()),
+            text: None,
+        };
+        let (call, id) = (call_uuid.to_string(), b.id.clone());
+        let report = Box::new(move |r: Result<(), String>| {
+            if let Some(running) = crate::module::running() {
+                running.wake.early_done(&call, &id, r);
+            }
+        });
+        push(
+            running,
+            &b,
+            PushKind::Call,
+            data,
+            general.wake_timeout,
+            Some(report),
+        );
+    }
 }
 
 /// Device state of `Push/<endpoint>`: idle while a push binding can wake it, even with no
@@ -459,7 +574,10 @@ fn leg_end(chan: Chan) -> LegEnd {
 /// `PushDial(endpoint[,timeout])`: ring plain contacts now and each push device when it wakes.
 pub fn push_dial(running: &Running, chan: Chan, data: &str) -> i32 {
     let a = args(data);
-    let endpoint = decode_endpoint(&a[0]);
+    let (call_uuid, endpoint) = match a[0].get(..36).filter(|u| is_uuid(u)) {
+        Some(u) => (Some(u.to_string()), decode_endpoint(&a[0][36..])),
+        None => (None, decode_endpoint(&a[0])),
+    };
     let Some(aors) = channel::endpoint_aors(&endpoint) else {
         chan.set_var("PUSHSTATUS", "NOBINDING");
         chan.set_hangup_cause(CAUSE_SUBSCRIBER_ABSENT);
@@ -477,8 +595,11 @@ pub fn push_dial(running: &Running, chan: Chan, data: &str) -> i32 {
         chan.set_hangup_cause(CAUSE_SUBSCRIBER_ABSENT);
         return -1;
     }
-    // Inherited by the device legs: one call UUID for call, cancel and missed pushes.
-    if chan.var("PUSH_CALL_UUID").is_none() {
+    // Inherited by the device legs: one call UUID for call, cancel and missed pushes (the
+    // one the call pushes already carry).
+    if let Some(u) = call_uuid {
+        chan.set_var("__PUSH_CALL_UUID", &u);
+    } else if chan.var("PUSH_CALL_UUID").is_none() {
         chan.set_var("__PUSH_CALL_UUID", &uuid_v4());
     }
     chan.set_var("__PUSH_ENDPOINT", &endpoint);
@@ -563,9 +684,9 @@ pub fn push_device(running: &Running, chan: Chan, data: &str) -> i32 {
                         timeout,
                         Some(report),
                     );
-                } else {
-                    // This call already pushed the device (a dialplan retry): that push wakes it.
-                    leg.feed(Event::PushSent);
+                } else if let Some(r) = running.wake.claim_push(&call_uuid, &b.id, &leg) {
+                    // Pushed when the call requested Push/ (or by a dialplan retry of this call).
+                    leg.feed(r.map_or_else(Event::PushFailed, |()| Event::PushSent));
                 }
             }
             Step::Ring { uri, timeout } => {
