@@ -16,7 +16,9 @@
 #   CARGO_TARGET_DIR         as for cargo (default: target); this build goes to its bullseye/
 #                            subfolder, so it never mixes with host-built artifacts
 #   RES_PUSH_MIRROR          Debian mirror (default: the host's, as asterisk-headers/prepare.sh)
-# Prints the directory holding libres_push.so and res-push-sidecar on stdout's last line.
+# Prints the directory holding libres_push.so and res-push-sidecar on stdout's last line. Next
+# to them, res-push.shlibs: the shlibs:Depends that Debian 11's dpkg-shlibdeps derives from
+# them, with their checksums (build-deb.sh packages it; see below why not sid's).
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -27,8 +29,8 @@ die() { printf '[build-bullseye] error: %s\n' "$*" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || die "must run as root (mmdebstrap, chroot and bind mounts need it)"
 root=${RES_PUSH_BULLSEYE_ROOT:-/var/lib/res-push/bullseye-build}
 # Changing this list rebuilds the root. libclang-dev: bindgen; gcc/libc6-dev: the C shim, ring
-# and the link.
-PACKAGES="gcc,libc6-dev,libclang-dev"
+# and the link; dpkg-dev: dpkg-shlibdeps (below).
+PACKAGES="gcc,libc6-dev,libclang-dev,dpkg-dev"
 
 for v in ASTERISK_INCLUDE_DIR PJPROJECT_INCLUDE_DIR ASTERISK_VERSION; do
     [ -n "${!v:-}" ] || die "set $v (asterisk-headers/prepare.sh prints it for Debian's Asterisk)"
@@ -106,10 +108,21 @@ chroot "$r" env -i PATH="$sysroot/bin:/usr/bin:/bin" HOME=/tmp LC_ALL=C.UTF-8 \
     CARGO_HOME="$cargo_home" CARGO_TARGET_DIR="$target_dir/bullseye" CARGO_TERM_COLOR=never \
     ASTERISK_INCLUDE_DIR="$asterisk" PJPROJECT_INCLUDE_DIR="$pjproject" ASTERISK_VERSION="$version" \
     sh -c "cd '$top' && cargo build --locked --offline --release -p res_push -p res-push-sidecar"
+# The shared-library dependencies, computed here against Debian 11's libc6 symbols: sid's
+# dpkg-shlibdeps would attribute pthread_* and dl* (libpthread.so.0 and libdl.so.2 in 2.31,
+# merged into libc.so.6 in 2.34) to libc.so.6 and ask for libc6 (>= 2.34).
+out=$target_dir/bullseye/release
+chroot "$r" env -i PATH=/usr/bin:/bin LC_ALL=C.UTF-8 sh -euc "
+    mkdir -p /tmp/shlibs/debian && cp '$top/packaging/debian/control' /tmp/shlibs/debian/
+    cd /tmp/shlibs
+    dpkg-shlibdeps -O -e'$out/libres_push.so' -e'$out/res-push-sidecar' >shlibs
+    grep -q '^shlibs:Depends=' shlibs
+    cd '$out' && sha256sum libres_push.so res-push-sidecar | sed 's/^/# /' >/tmp/shlibs/sums
+    cat /tmp/shlibs/sums /tmp/shlibs/shlibs >'$out/res-push.shlibs'"
 NS
 out=$target_dir/bullseye/release
 for f in libres_push.so res-push-sidecar; do
     [ -f "$out/$f" ] || die "$out/$f not built"
 done
-log "built against glibc $glibc: $out"
+log "built against glibc $glibc: $out ($(sed -n 's/^shlibs:Depends=//p' "$out/res-push.shlibs"))"
 echo "$out"
