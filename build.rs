@@ -176,7 +176,12 @@ fn record_identity(flags: &[&str], out: &Path) {
         .filter(|v| !v.trim().is_empty());
     let asterisk = match (&from_num, &given) {
         (Some(n), Some(g)) => {
-            if !g.starts_with(n.as_str()) {
+            let unepoched = g.split_once(':').map_or(g.as_str(), |(_, r)| r);
+            let release: String = unepoched
+                .chars()
+                .take_while(|c| c.is_ascii_digit() || *c == '.')
+                .collect();
+            if release != *n {
                 panic!(
                     "\n\nASTERISK_VERSION={g} but the headers say ASTERISK_VERSION_NUM {n}: they are from another Asterisk.\n\n"
                 );
