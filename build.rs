@@ -2,7 +2,13 @@
 //!
 //! Inputs (see asterisk-headers/prepare.sh, which prints them for Debian's Asterisk 22):
 //! - `ASTERISK_INCLUDE_DIR`: folder holding `asterisk.h` and `asterisk/`;
-//! - `PJPROJECT_INCLUDE_DIR`: folder holding the pjproject headers Asterisk was built with.
+//! - `PJPROJECT_INCLUDE_DIR`: folder holding the pjproject headers Asterisk was built with;
+//! - `ASTERISK_VERSION`: the version of the Asterisk those headers come from (e.g. its
+//!   `asterisk-dev` package's, `22.10.1+dfsg+~cs6.17.60671434-1`), needed when the headers do
+//!   not define `ASTERISK_VERSION_NUM` (Debian's do not).
+//!
+//! The Asterisk and pjproject versions of those headers are recorded in the module
+//! (`identity.rs` in `OUT_DIR`); at load it declines to run in any other (res_push_core::identity).
 //!
 //! bindgen and the shim get exactly the same defines and include paths, so the structs Rust sees
 //! are the structs the shim and Asterisk use.
@@ -43,8 +49,9 @@ fn main() {
         "res_pjsip.h needs the headers of the pjproject bundled with that Asterisk, configured.",
     );
 
-    const SHIM_SOURCES: [&str; 4] = [
+    const SHIM_SOURCES: [&str; 5] = [
         "shim_module.c",
+        "shim_identity.c",
         "shim_pjsip.c",
         "shim_manager.c",
         "shim_wake.c",
@@ -112,4 +119,139 @@ fn main() {
     // linker would drop them and Asterisk would never see the module register.
     shim.link_lib_modifier("+whole-archive");
     shim.compile("res_push_shim");
+
+    record_identity(&flags, &out);
+}
+
+/// Reads the Asterisk and pjproject versions from the headers (through the C preprocessor, with
+/// the flags the shim is compiled with) and writes `identity.rs`: the record the module checks
+/// at load. Its layout is res_push_core::identity::encode's.
+fn record_identity(flags: &[&str], out: &Path) {
+    println!("cargo:rerun-if-env-changed=ASTERISK_VERSION");
+    let probe = out.join("identity_probe.c");
+    std::fs::write(
+        &probe,
+        "#include \"asterisk.h\"\n#include <pj/config.h>\n\
+         res_push_ast_num ASTERISK_VERSION_NUM\n\
+         res_push_ast_pkg PACKAGE_VERSION\n\
+         res_push_pj PJ_VERSION_NUM_MAJOR PJ_VERSION_NUM_MINOR PJ_VERSION_NUM_REV PJ_VERSION_NUM_EXTRA\n",
+    )
+    .expect("writing identity_probe.c");
+    let mut cpp = cc::Build::new();
+    cpp.file(&probe).cargo_metadata(false);
+    for f in flags {
+        cpp.flag(f);
+    }
+    let expanded = cpp.expand();
+    let expanded = String::from_utf8_lossy(&expanded);
+    let tagged = |tag: &str| -> Vec<String> {
+        expanded
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(tag))
+            .map(|rest| rest.split_whitespace().map(str::to_string).collect())
+            .unwrap_or_default()
+    };
+
+    let pj = tagged("res_push_pj ");
+    let num = |i: usize| -> u32 {
+        pj.get(i)
+            .and_then(|v| v.trim_matches(|c| c == '(' || c == ')').parse().ok())
+            .unwrap_or_else(|| {
+                panic!("\n\nthe pjproject headers define no PJ_VERSION_NUM_MAJOR/MINOR/REV (pj/config.h): {pj:?}\n\n")
+            })
+    };
+    let extra = pj.get(3..).map(|e| e.concat()).unwrap_or_default();
+    let extra = extra.trim_matches('"');
+    let pjproject = pjproject_version(num(0), num(1), num(2), extra);
+
+    let from_num = tagged("res_push_ast_num ")
+        .first()
+        .and_then(|v| v.parse::<u64>().ok())
+        .and_then(|n| (n >= 10000).then(|| format!("{}.{}.{}", n / 10000, n / 100 % 100, n % 100)));
+    let package = tagged("res_push_ast_pkg ")
+        .first()
+        .map(|v| v.trim_matches('"').to_string());
+    let given = env::var("ASTERISK_VERSION")
+        .ok()
+        .filter(|v| !v.trim().is_empty());
+    let asterisk = match (&from_num, &given) {
+        (Some(n), Some(g)) => {
+            let unepoched = g.split_once(':').map_or(g.as_str(), |(_, r)| r);
+            let release: String = unepoched
+                .chars()
+                .take_while(|c| c.is_ascii_digit() || *c == '.')
+                .collect();
+            if release != *n {
+                panic!(
+                    "\n\nASTERISK_VERSION={g} but the headers say ASTERISK_VERSION_NUM {n}: they are from another Asterisk.\n\n"
+                );
+            }
+            g.clone()
+        }
+        (Some(n), None) => n.clone(),
+        (None, Some(g)) => g.clone(),
+        (None, None) => panic!(
+            "\n\nThe Asterisk headers do not define ASTERISK_VERSION_NUM, so set ASTERISK_VERSION to the \
+             version of the Asterisk they come from (e.g. `dpkg-query -W -f '${{Version}}' asterisk-dev`).\n\
+             asterisk-headers/prepare.sh prints it for Debian's Asterisk.\n\n"
+        ),
+    };
+    // autoconfig.h's PACKAGE_VERSION is the major ("22") in release builds: a cheap guard
+    // against pairing headers with the version of another Asterisk.
+    if let Some(major) = package
+        .as_deref()
+        .filter(|p| p.bytes().all(|b| b.is_ascii_digit()))
+    {
+        let v = asterisk
+            .split_once(':')
+            .map_or(asterisk.as_str(), |(_, r)| r);
+        if v.split('.').next() != Some(major) {
+            panic!(
+                "\n\nASTERISK_VERSION={asterisk} but the headers are Asterisk {major}'s (PACKAGE_VERSION in autoconfig.h).\n\n"
+            );
+        }
+    }
+    let record = encode_identity(&asterisk, &pjproject);
+    std::fs::write(
+        out.join("identity.rs"),
+        format!(
+            "/// What this module was built for, as res_push_core::identity encodes it: \
+             Asterisk {asterisk:?}, pjproject {pjproject:?}.\n\
+             #[used]\npub static BUILT_FOR: [u8; {}] = *b\"{}\";\n",
+            record.len(),
+            record
+                .iter()
+                .map(|b| format!("\\x{b:02x}"))
+                .collect::<String>()
+        ),
+    )
+    .expect("writing identity.rs");
+}
+
+/// res_push_core::identity::pjproject_version (pjlib's spelling), repeated so that the build
+/// script needs no build-dependency.
+fn pjproject_version(major: u32, minor: u32, rev: u32, extra: &str) -> String {
+    if rev == 0 {
+        format!("{major}.{minor}{extra}")
+    } else {
+        format!("{major}.{minor}.{rev}{extra}")
+    }
+}
+
+/// res_push_core::identity::encode, repeated here (see its docs): marker, then two 64-byte
+/// NUL-padded slots. The unit tests of res_push_core and the foundation test read it back.
+fn encode_identity(asterisk: &str, pjproject: &str) -> Vec<u8> {
+    const MARKER: &[u8] = b"RES_PUSH_BUILT_FOR:\0";
+    const SLOT: usize = 64;
+    let mut out = MARKER.to_vec();
+    for v in [asterisk, pjproject] {
+        assert!(
+            !v.is_empty() && v.len() < SLOT && !v.contains('\0'),
+            "version '{v}' does not fit a {SLOT}-byte slot"
+        );
+        let mut slot = v.as_bytes().to_vec();
+        slot.resize(SLOT, 0);
+        out.extend_from_slice(&slot);
+    }
+    out
 }

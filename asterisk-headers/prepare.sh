@@ -152,3 +152,7 @@ echo "RES_PUSH_CHROOT=$CHROOT"
 echo "RES_PUSH_CLIENT_CHROOT=$CLIENT_CHROOT"
 echo "ASTERISK_INCLUDE_DIR=$OUT/asterisk"
 echo "PJPROJECT_INCLUDE_DIR=$OUT/pjproject"
+# The headers carry no ASTERISK_VERSION_NUM: build.rs records this version (epoch dropped) in the
+# module, which compares it with the running Asterisk's at load.
+ver=$(chroot "$CHROOT" dpkg-query -W -f='${Version}' asterisk-dev)
+echo "ASTERISK_VERSION=${ver#*:}"

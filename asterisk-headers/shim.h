@@ -47,6 +47,11 @@ struct ast_config *rp_shim_config_load(const char *filename, int only_if_changed
 /* The system name from asterisk.conf (empty when unset). */
 const char *rp_shim_system_name(void);
 
+/* The running Asterisk's version (ast_get_version) and its pjproject's (pj_get_version);
+ * shim_identity.c. */
+const char *rp_shim_asterisk_version(void);
+const char *rp_shim_pjproject_version(void);
+
 /* Threads: created through Asterisk so `core show threads` lists them under their name. */
 int rp_shim_thread_create(pthread_t *thread, void *(*start)(void *), void *data, const char *name);
 

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Builds the Debian package asterisk-res-push for the Asterisk whose headers are given.
 #
-#   ASTERISK_INCLUDE_DIR=... PJPROJECT_INCLUDE_DIR=... packaging/build-deb.sh [options]
+#   ASTERISK_INCLUDE_DIR=... PJPROJECT_INCLUDE_DIR=... ASTERISK_VERSION=... packaging/build-deb.sh [options]
 #
-# 1. cargo builds res_push.so and res-push-sidecar (release) against those headers, on this
-#    machine (skipped with --prebuilt);
+# 1. cargo builds res_push.so and res-push-sidecar (release) against those headers and Debian
+#    11's glibc, in a bullseye build root (packaging/build-bullseye.sh), so that the package
+#    installs on Debian 11 and later (skipped with --prebuilt; --host-glibc builds on this
+#    machine instead);
 # 2. they are staged with push.conf, the operator guide and the crates' licenses;
 # 3. dpkg-buildpackage -b runs in a throwaway overlay of a Debian build root (the sid chroot of
 #    asterisk-headers/prepare.sh; the root itself is never written), with the headers the module
@@ -20,9 +22,17 @@
 #   --prebuilt DIR     take libres_push.so and res-push-sidecar from DIR instead of building;
 #                      they must have been built against ASTERISK_INCLUDE_DIR (checked)
 #   --lintian          run lintian on the package; fails on any error
+#   --host-glibc       build with this machine's cargo and glibc instead of Debian 11's: the
+#                      package then needs this machine's glibc version or later
+#   --asterisk-depends DEP
+#                      depend on DEP (a Debian relation, e.g. 'asterisk (= 8:18.0.24-1)')
+#                      instead of asterisk-abi-<AST_BUILDOPT_SUM>, for an Asterisk package that
+#                      provides no asterisk-abi-* (see the operator guide for the risk)
 # Environment:
 #   ASTERISK_INCLUDE_DIR   folder holding asterisk.h and asterisk/ (required)
 #   PJPROJECT_INCLUDE_DIR  configured pjproject headers of that Asterisk (required to build)
+#   ASTERISK_VERSION       that Asterisk's version, when its headers lack ASTERISK_VERSION_NUM
+#                          (required to build from Debian's headers; see build.rs)
 #   RES_PUSH_CHROOT        Debian build root with debhelper and asterisk-dev (for dh_asterisk)
 #                          (default: /var/lib/res-push/sid-chroot)
 #   CARGO_TARGET_DIR       as for cargo (default: target)
@@ -39,6 +49,8 @@ moddir=
 version=
 prebuilt=
 lintian=false
+host_glibc=false
+asterisk_depends=
 while [ $# -gt 0 ]; do
     case "$1" in
         --out) out=$2; shift 2 ;;
@@ -46,6 +58,12 @@ while [ $# -gt 0 ]; do
         --version) version=$2; shift 2 ;;
         --prebuilt) prebuilt=$2; shift 2 ;;
         --lintian) lintian=true; shift ;;
+        --host-glibc) host_glibc=true; shift ;;
+        --asterisk-depends)
+            asterisk_depends=$2; shift 2
+            [ -n "$asterisk_depends" ] || die "--asterisk-depends needs a dependency (e.g. 'asterisk (= VERSION)')"
+            case "$asterisk_depends" in *,* | *'|'*) die "--asterisk-depends takes one relation, no ',' or '|'" ;; esac
+            ;;
         -h|--help) sed -n '2,/^set -e/p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//;$d'; exit 0 ;;
         *) die "unknown option $1 (see --help)" ;;
     esac
@@ -68,9 +86,14 @@ cd "$top"
 target_dir=${CARGO_TARGET_DIR:-$top/target}
 if [ -z "$prebuilt" ]; then
     [ -n "${PJPROJECT_INCLUDE_DIR:-}" ] || die "set PJPROJECT_INCLUDE_DIR to the pjproject headers of that Asterisk"
-    log "building res_push.so and res-push-sidecar (release) against $headers"
-    cargo build --locked --release -p res_push -p res-push-sidecar >&2
-    prebuilt=$target_dir/release
+    if [ "$host_glibc" = true ]; then
+        log "building res_push.so and res-push-sidecar (release) against $headers, with this machine's glibc"
+        cargo build --locked --release -p res_push -p res-push-sidecar >&2
+        prebuilt=$target_dir/release
+    else
+        log "building res_push.so and res-push-sidecar (release) against $headers and Debian 11's glibc"
+        prebuilt=$("$here/build-bullseye.sh" | tail -n 1)
+    fi
 fi
 for f in libres_push.so res-push-sidecar; do
     [ -f "$prebuilt/$f" ] || die "$prebuilt/$f not found"
@@ -90,6 +113,13 @@ cp "$prebuilt/res-push-sidecar" "$src/stage/res-push-sidecar"
 cp "$top/conf/push.conf" "$src/stage/push.conf"
 cp "$top/docs/operator-guide.md" "$src/stage/operator-guide.md"
 cp "$buildopts" "$src/stage/buildopts.h"
+# Built in the Debian 11 root: its dpkg-shlibdeps result, if it is about these very binaries.
+if [ -f "$prebuilt/res-push.shlibs" ]; then
+    sed -n 's/^# //p' "$prebuilt/res-push.shlibs" | (cd "$prebuilt" && sha256sum --check --quiet --status) ||
+        die "$prebuilt/res-push.shlibs does not describe the binaries next to it (rebuild with packaging/build-bullseye.sh)"
+    grep '^shlibs:Depends=' "$prebuilt/res-push.shlibs" >"$src/stage/shlibs.substvars"
+    log "shared-library dependencies from the Debian 11 root: $(sed 's/^shlibs:Depends=//' "$src/stage/shlibs.substvars")"
+fi
 
 # Licenses of the crates statically linked into the two binaries (the copyright file points
 # here): name, version and license expression from cargo, then each crate's license files.
@@ -133,11 +163,14 @@ upstream=${upstream%-*}
 [ "$upstream" = "$cargo_version" ] ||
     die "package version $version does not match Cargo's $cargo_version: add a debian/changelog entry or pass --version"
 
-log "dpkg-buildpackage -b for asterisk-res-push $version (ABI asterisk-abi-$abi${moddir:+, modules in $moddir}) in an overlay of $root"
+if [ -n "$asterisk_depends" ]; then
+    log "WARNING: depending on '$asterisk_depends' instead of asterisk-abi-$abi: apt will not check the Asterisk ABI; only Asterisk's load-time checks (build options, res_push's version identity) will"
+fi
+log "dpkg-buildpackage -b for asterisk-res-push $version (${asterisk_depends:-ABI asterisk-abi-$abi}${moddir:+, modules in $moddir}) in an overlay of $root"
 # Everything below runs in a private mount namespace: the overlay and bind mounts vanish with it.
 unshare --mount --propagation private -- bash -euo pipefail -s -- \
-    "$root" "$work" "$headers" "$moddir" "$lintian" <<'NS' >&2
-root=$1 work=$2 headers=$3 moddir=$4 lintian=$5
+    "$root" "$work" "$headers" "$moddir" "$lintian" "$asterisk_depends" <<'NS' >&2
+root=$1 work=$2 headers=$3 moddir=$4 lintian=$5 asterisk_depends=$6
 r=$work/root
 mount -t overlay overlay -o "lowerdir=$root,upperdir=$work/upper,workdir=$work/wd" "$r"
 mkdir -p "$r/build"
@@ -150,7 +183,7 @@ mount -t proc proc "$r/proc"
 mount --rbind /dev "$r/dev"
 in_root() {
     chroot "$r" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LC_ALL=C.UTF-8 \
-        ${moddir:+ASTERISK_MODDIR=$moddir} "$@"
+        ${moddir:+ASTERISK_MODDIR=$moddir} ${asterisk_depends:+"ASTERISK_DEPENDS=$asterisk_depends"} "$@"
 }
 # Nothing is compiled here, so build-essential (implied by dpkg-checkbuilddeps) is not needed:
 # check the declared Build-Depends alone, then build without the implicit check.

@@ -17,10 +17,10 @@ cd "$RES_PUSH_ROOT"
 # prepare.sh prints VAR=value lines last; everything else it says goes to stderr.
 while IFS='=' read -r key value; do
     case "$key" in
-        RES_PUSH_CHROOT|RES_PUSH_CLIENT_CHROOT|ASTERISK_INCLUDE_DIR|PJPROJECT_INCLUDE_DIR) export "$key=$value" ;;
+        RES_PUSH_CHROOT|RES_PUSH_CLIENT_CHROOT|ASTERISK_INCLUDE_DIR|PJPROJECT_INCLUDE_DIR|ASTERISK_VERSION) export "$key=$value" ;;
     esac
 done < <(asterisk-headers/prepare.sh)
 
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
-export RES_PUSH_MODULE="$RES_PUSH_ROOT/target/debug/libres_push.so"
-export RES_PUSH_SIDECAR_BIN="$RES_PUSH_ROOT/target/debug/res-push-sidecar"
+export RES_PUSH_MODULE="${CARGO_TARGET_DIR:-$RES_PUSH_ROOT/target}/debug/libres_push.so"
+export RES_PUSH_SIDECAR_BIN="${CARGO_TARGET_DIR:-$RES_PUSH_ROOT/target}/debug/res-push-sidecar"

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Package test: builds the Debian package asterisk-res-push (release binaries, lintian), then
+# Package test: builds the Debian package asterisk-res-push (release binaries built against
+# Debian 11's glibc, checked with objdump -T; lintian), then
 # installs, upgrades, removes and purges it with apt in a throwaway copy of the sid chroot while
 # Debian's own Asterisk runs there from its stock /etc/asterisk, as on a media server:
 #   - install: the asterisk-abi-<sum> dependency resolves against Debian's asterisk (and a
@@ -7,6 +8,9 @@
 #     Asterisk; files, owners and modes; the unit passes systemd-analyze verify;
 #   - the sidecar started as its unit starts it (user, group, environment, runtime directory)
 #     serves Asterisk: `push show status` says connected, `push ping` answers;
+#   - Debian 11 and later: Depends says libc6 (>= 2.31) or lower and neither binary uses a
+#     GLIBC_2.32+ symbol version;
+#   - --asterisk-depends (an Asterisk without asterisk-abi-*): that relation replaces the ABI one;
 #   - upgrade to a rebuilt package keeps an edited push.conf and reloads the module;
 #   - remove unloads the module first; purge leaves no file, account or state of ours.
 #
@@ -15,7 +19,8 @@
 # mount and process is gone when the namespace ends.
 #
 # Run by tests/run-tests.sh (or alone, as root). RES_PUSH_PKG_PREBUILT=<dir> packages the
-# libres_push.so and res-push-sidecar found there instead of building them (release).
+# libres_push.so and res-push-sidecar found there instead of building them (in the Debian 11
+# build root, packaging/build-bullseye.sh).
 set -euo pipefail
 
 say() { printf '[package-test] %s\n' "$*" >&2; }
@@ -27,9 +32,8 @@ if [ "${1:-}" != --in-namespace ]; then
     if [ -n "${RES_PUSH_PKG_PREBUILT:-}" ]; then
         bin=$RES_PUSH_PKG_PREBUILT
     else
-        say "cargo build --release"
-        cargo build --locked --release -p res_push -p res-push-sidecar
-        bin=${CARGO_TARGET_DIR:-$RES_PUSH_ROOT/target}/release
+        say "cargo build --release against Debian 11's glibc (packaging/build-bullseye.sh)"
+        bin=$(packaging/build-bullseye.sh | tail -n 1)
     fi
     work=$(mktemp -d /var/tmp/res-push-pkgtest.XXXXXX)
     trap 'rm -rf "$work"' EXIT
@@ -37,15 +41,40 @@ if [ "${1:-}" != --in-namespace ]; then
     deb1=$(packaging/build-deb.sh --prebuilt "$bin" --out "$work/v1" --lintian | tail -n 1)
     v1=$(dpkg-deb -f "$deb1" Version)
     deb2=$(packaging/build-deb.sh --prebuilt "$bin" --out "$work/v2" --version "$v1+rebuild1" | tail -n 1)
+
+    say "Debian 11 and later: the glibc the binaries need"
+    # dpkg-shlibdeps's libc6 version comes from the symbols actually used.
+    libc=$(dpkg-deb -f "$deb1" Depends | sed -n 's/.*libc6 (>= \([0-9.]*\)).*/\1/p')
+    [ -n "$libc" ] || fail "no versioned libc6 dependency: $(dpkg-deb -f "$deb1" Depends)"
+    dpkg --compare-versions "$libc" le 2.31 ||
+        fail "Depends: libc6 (>= $libc): the package would not install on Debian 11 (glibc 2.31)"
+    dpkg-deb -x "$deb1" "$work/x"
+    for f in "$work"/x/usr/lib/*/asterisk/modules/res_push.so "$work"/x/usr/sbin/res-push-sidecar; do
+        [ -f "$f" ] || fail "$f not in the package"
+        newest=$(objdump -T "$f" | grep -o 'GLIBC_[0-9][0-9.]*' | sed 's/GLIBC_//' | sort -uV | tail -n 1)
+        newer=$(objdump -T "$f" | grep -o 'GLIBC_[0-9][0-9.]*' | sed 's/GLIBC_//' | sort -uV |
+            while read -r v; do if dpkg --compare-versions "$v" gt 2.31; then echo "GLIBC_$v"; fi; done | tr '\n' ' ')
+        [ -z "$newer" ] || fail "${f##*/} uses glibc symbol versions newer than Debian 11's 2.31: $newer"
+        say "  ${f##*/}: newest glibc symbol version GLIBC_$newest"
+    done
+    say "  Depends: libc6 (>= $libc)"
+
+    say "--asterisk-depends: for an Asterisk package without asterisk-abi-*"
+    astver=$(chroot "$RES_PUSH_CHROOT" dpkg-query -W -f '${Version}' asterisk)
+    deb3=$(packaging/build-deb.sh --prebuilt "$bin" --out "$work/v3" --asterisk-depends "asterisk (= $astver)" | tail -n 1)
+    deps3=$(dpkg-deb -f "$deb3" Depends)
+    case "$deps3" in *"asterisk (= $astver)"*) ;; *) fail "--asterisk-depends not in Depends: $deps3" ;; esac
+    case "$deps3" in *asterisk-abi-*) fail "--asterisk-depends left the ABI dependency: $deps3" ;; esac
+    say "  Depends: $deps3"
     mkdir "$work/upper" "$work/wd" "$work/root"
     unshare --mount --net --pid --fork --mount-proc --propagation private -- \
-        "$0" --in-namespace "$work" "$deb1" "$deb2" "$ASTERISK_INCLUDE_DIR/asterisk/buildopts.h"
+        "$0" --in-namespace "$work" "$deb1" "$deb2" "$ASTERISK_INCLUDE_DIR/asterisk/buildopts.h" "$deb3"
     say "passed ($((SECONDS - started)) s)"
     exit 0
 fi
 
 # ---- inside the namespace ------------------------------------------------------------------
-work=$2 deb1=$3 deb2=$4 buildopts=$5
+work=$2 deb1=$3 deb2=$4 buildopts=$5 deb3=$6
 r=$work/root
 mount -t overlay overlay -o "lowerdir=$RES_PUSH_CHROOT,upperdir=$work/upper,workdir=$work/wd" "$r"
 mount -t proc proc "$r/proc"
@@ -117,8 +146,10 @@ module_running && fail "res_push loaded before the package is installed"
 
 pkgdir=/var/tmp/res-push-pkgtest
 mkdir -p "$r$pkgdir"
+mkdir -p "$r$pkgdir/v3"
 cp "$deb1" "$deb2" "$r$pkgdir/"
-deb1=$pkgdir/${deb1##*/} deb2=$pkgdir/${deb2##*/}
+cp "$deb3" "$r$pkgdir/v3/"
+deb1=$pkgdir/${deb1##*/} deb2=$pkgdir/${deb2##*/} deb3=$pkgdir/v3/${deb3##*/}
 
 say "ABI dependency"
 sum=$(sed -n 's/^#define[[:space:]]*AST_BUILDOPT_SUM[[:space:]]*"\([0-9a-f]*\)".*/\1/p' "$buildopts")
@@ -137,6 +168,9 @@ grep -q 'asterisk-abi-00000000000000000000000000000000 but it is not installable
     fail "unexpected refusal: $(cat "$work/mismatch.log")"
 rm -rf "$r/var/tmp/mismatch" "$r/var/tmp/mismatch.deb"
 say "  Depends: $(in_root dpkg-deb -f "$deb1" Depends); a package for ABI 0000… is refused by apt"
+in_root apt-get install -s "$deb3" >"$work/depends3.log" 2>&1 ||
+    fail "the --asterisk-depends package would not install next to Debian's asterisk: $(cat "$work/depends3.log")"
+say "  the --asterisk-depends package installs (apt-get install -s) next to Debian's asterisk"
 
 say "install $(basename "$deb1") with apt while Asterisk runs"
 apt_install "$work/install.log" "$deb1"
@@ -201,6 +235,10 @@ wait_until 20 link_connected || fail "push show status never said connected: $(c
 pong=$(cli "push ping")
 case "$pong" in Pong*) ;; *) fail "push ping: $pong" ;; esac
 say "  Sidecar link: $(status_field 'Sidecar link'); $pong"
+built_for=$(status_field 'Built for') running_in=$(status_field 'Running in')
+[ -n "$built_for" ] && [ "${built_for##*, }" = "${running_in##*, }" ] ||
+    fail "push show status: Built for '$built_for', Running in '$running_in'"
+say "  Built for: $built_for; Running in: $running_in"
 
 say "edit push.conf, then upgrade to $(basename "$deb2")"
 printf '\n; edited by the package test\n[general]\nheartbeat_interval = 7\n' >>"$r/etc/asterisk/push.conf"

@@ -88,6 +88,8 @@ pub fn exec(index: i32, out: Output, args: &[String]) -> Outcome {
         rp_cli_command::RP_CLI_SHOW_STATUS => {
             let mut status = running.link.status(VERSION);
             status.wake = running.wake.counters();
+            status.built_for = crate::ast::identity::built_for();
+            status.running_in = Some(crate::ast::identity::running_in());
             out.write(&status.render());
             Outcome::Success
         }

@@ -8,7 +8,7 @@ use std::sync::{Arc, RwLock};
 use res_push_core::config::{General, PushConfig, Section};
 
 use crate::ast::sync::Snapshot;
-use crate::ast::{channel, cli, config, guard, log, manager, pjsip};
+use crate::ast::{channel, cli, config, guard, identity, log, manager, pjsip};
 use crate::bindings::Bindings;
 use crate::link::Link;
 use crate::registrar::Registrar;
@@ -70,10 +70,22 @@ fn read_config(only_if_changed: bool) -> Result<Option<PushConfig>, String> {
     Ok(Some(parsed.config))
 }
 
+/// The identity check: nothing that touches pjproject structs may run in an Asterisk (or a
+/// pjproject) other than the one whose headers the module was compiled against.
+fn check_identity() -> Result<(), String> {
+    let running = identity::running_in();
+    let Some(built) = identity::built_for() else {
+        return Err(format!(
+            "its record of the Asterisk it was built for is unreadable (running in {running}): declining to load"
+        ));
+    };
+    res_push_core::identity::check(&built, &running).map_err(|m| m.to_string())
+}
+
 pub fn load() -> Result<(), ()> {
     guard::install_panic_hook();
     log::AsteriskLogger::install();
-    match start() {
+    match check_identity().and_then(|()| start()) {
         Ok(_) => {
             tracing::info!("res_push {VERSION} loaded");
             Ok(())

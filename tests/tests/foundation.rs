@@ -5,7 +5,10 @@ use std::fs;
 use std::os::unix::net::UnixListener;
 use std::time::Duration;
 
-use res_push_itests::{Asterisk, Options, Sidecar, module_running, status_field, wait_for};
+use res_push_core::identity::{self, Identity, RECORD_LEN};
+use res_push_itests::{
+    Asterisk, Options, Sidecar, module_path, module_running, status_field, wait_for,
+};
 
 const LINK_WAIT: Duration = Duration::from_secs(15);
 
@@ -48,6 +51,19 @@ fn loads_at_startup_connects_and_pings() {
     assert_eq!(
         status_field(&status, "Protocol version").as_deref(),
         Some("1"),
+        "{status}"
+    );
+    // The identity it was built for and the one it runs in (they match, or it would not run).
+    let built = status_field(&status, "Built for").unwrap_or_default();
+    let running = status_field(&status, "Running in").unwrap_or_default();
+    assert!(
+        built.starts_with("Asterisk 22.") && built.contains(", pjproject 2."),
+        "{status}"
+    );
+    assert!(running.starts_with("Asterisk 22."), "{status}");
+    assert_eq!(
+        built.rsplit_once(", ").map(|(_, pj)| pj),
+        running.rsplit_once(", ").map(|(_, pj)| pj),
         "{status}"
     );
     assert!(
@@ -266,6 +282,95 @@ fn invalid_config_is_refused_and_asterisk_keeps_running() {
     let status = a.cli("push show status");
     assert!(
         status_field(&status, "Sidecar socket").is_some_and(|p| p.ends_with("run/sidecar.sock")),
+        "{status}"
+    );
+}
+
+/// Installs `bytes` as the test's res_push.so: a new file renamed into place, so that a library
+/// Asterisk may still have mapped is never rewritten under it.
+fn install_library(a: &Asterisk, bytes: &[u8]) {
+    let dest = a.host_dir.join("modules/res_push.so");
+    let tmp = a.host_dir.join("modules/.res_push.so.new");
+    fs::write(&tmp, bytes).expect("write module");
+    fs::rename(&tmp, &dest).expect("install module");
+}
+
+#[test]
+fn a_module_built_for_another_asterisk_or_pjproject_declines_to_load() {
+    let mut a = Asterisk::start(
+        "identity",
+        Options {
+            load_res_push: false,
+            ..Options::default()
+        },
+    );
+    let lib = fs::read(module_path()).expect("read res_push.so");
+    let at = identity::find(&lib).expect("exactly one identity record in res_push.so");
+    let built = identity::decode(&lib[at..]).expect("a readable record");
+    let version = a.cli("core show version");
+    assert!(
+        version.starts_with(&format!(
+            "Asterisk {}",
+            identity::asterisk_release(&built.asterisk).unwrap_or_default()
+        )),
+        "the module under test is built for {built}, the chroot runs {version}"
+    );
+
+    // The same library, its record altered as if built against another Asterisk, then another
+    // pjproject: each is refused at load with one line naming both, and Asterisk runs on.
+    let cases = [
+        (
+            Identity {
+                asterisk: "21.0.0".into(),
+                pjproject: built.pjproject.clone(),
+            },
+            "(Asterisk differs)",
+        ),
+        (
+            Identity {
+                asterisk: built.asterisk.clone(),
+                pjproject: "2.10".into(),
+            },
+            "(pjproject differs)",
+        ),
+    ];
+    for (altered, differs) in cases {
+        let mut patched = lib.clone();
+        patched[at..at + RECORD_LEN].copy_from_slice(&identity::encode(&altered).expect("encode"));
+        install_library(&a, &patched);
+        let out = a.cli("module load res_push.so");
+        assert!(!module_running(&a), "{altered}: {out}");
+        let wanted = format!("res_push not loaded: built for {altered} but running in Asterisk ");
+        let line = wait_for(LINK_WAIT, || {
+            a.log()
+                .lines()
+                .find(|l| l.contains(&wanted) && l.contains(differs))
+                .map(str::to_string)
+        });
+        let line = line.unwrap_or_else(|| panic!("no refusal for {altered}:\n{}", a.log()));
+        eprintln!("refused as expected: {line}");
+        assert!(
+            line.contains(&format!(", pjproject {}", built.pjproject))
+                && line.contains("declining to load"),
+            "{line}"
+        );
+        assert!(a.is_running());
+        assert!(
+            a.cli("core show version").starts_with("Asterisk 22"),
+            "Asterisk must keep running"
+        );
+        assert!(a.cli("push show status").contains("No such command"));
+    }
+
+    // The genuine library then loads into the same Asterisk.
+    install_library(&a, &lib);
+    let out = a.cli("module load res_push.so");
+    assert!(out.contains("Loaded res_push.so"), "{out}");
+    assert!(module_running(&a));
+    let status = a.cli("push show status");
+    assert_eq!(
+        status_field(&status, "Built for"),
+        Some(built.to_string()),
         "{status}"
     );
 }

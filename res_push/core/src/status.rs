@@ -4,6 +4,8 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
+use crate::identity::Identity;
+
 /// State of the link to the sidecar.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LinkState {
@@ -62,6 +64,10 @@ pub struct WakeCounters {
 pub struct StatusSnapshot {
     /// res_push's version.
     pub module_version: String,
+    /// The Asterisk and pjproject the module was built for (`None`: not filled in).
+    pub built_for: Option<Identity>,
+    /// The Asterisk and pjproject it runs in.
+    pub running_in: Option<Identity>,
     /// Where the sidecar is expected.
     pub socket: PathBuf,
     /// The link.
@@ -102,6 +108,12 @@ impl StatusSnapshot {
             let _ = writeln!(o, "{k:<20}: {v}");
         };
         line("Module version", &self.module_version);
+        if let Some(b) = &self.built_for {
+            line("Built for", b);
+        }
+        if let Some(r) = &self.running_in {
+            line("Running in", r);
+        }
         line("Sidecar socket", &self.socket.display());
         match &self.link {
             LinkState::Connected {
@@ -158,6 +170,14 @@ mod tests {
     fn snapshot(link: LinkState) -> StatusSnapshot {
         StatusSnapshot {
             module_version: "0.1.0".into(),
+            built_for: Some(Identity {
+                asterisk: "22.10.1".into(),
+                pjproject: "2.17".into(),
+            }),
+            running_in: Some(Identity {
+                asterisk: "22.10.1+dfsg-1".into(),
+                pjproject: "2.17".into(),
+            }),
             socket: "/run/res-push/sidecar.sock".into(),
             link,
             queue_depth: 3,
@@ -193,6 +213,14 @@ mod tests {
         })
         .render();
         assert!(s.contains("Sidecar link        : connected\n"), "{s}");
+        assert!(
+            s.contains("Built for           : Asterisk 22.10.1, pjproject 2.17\n"),
+            "{s}"
+        );
+        assert!(
+            s.contains("Running in          : Asterisk 22.10.1+dfsg-1, pjproject 2.17\n"),
+            "{s}"
+        );
         assert!(
             s.contains("Connected since     : 2027-01-15T08:00:00Z (1m 40s ago)\n"),
             "{s}"

@@ -8,6 +8,7 @@ pub mod channel;
 pub mod cli;
 pub mod config;
 pub mod guard;
+pub mod identity;
 pub mod log;
 pub mod manager;
 pub mod pjsip;

@@ -268,6 +268,8 @@ impl Link {
         };
         StatusSnapshot {
             module_version: module_version.to_string(),
+            built_for: None,
+            running_in: None,
             socket: s.config().sidecar_socket,
             link: s.state(),
             queue_depth: self.jobs.len(),
