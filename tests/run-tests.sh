@@ -22,9 +22,7 @@ cargo bench --locked -p res-push-core --bench register
 cargo build --locked --release -p res_push
 cargo build --locked -p res-push-itests --bins
 # The release module: the figure is about the product, not about debug assertions.
-for kind in pn plain; do
-    RES_PUSH_MODULE="$RES_PUSH_ROOT/target/release/libres_push.so" target/debug/res-push-bench-register 12000 4 "$kind"
-done
+RES_PUSH_MODULE="$RES_PUSH_ROOT/target/release/libres_push.so" target/debug/res-push-bench-register
 
 echo "== Debian package: release build, .deb + lintian, apt install/upgrade/remove/purge in a copy of the chroot" >&2
 tests/package-test.sh
