@@ -98,9 +98,8 @@ pub extern "C" fn rp_sip_on_register(rdata: *mut crate::ffi::pjsip_rx_data) -> i
 pub extern "C" fn rp_sip_on_response(tdata: *mut crate::ffi::pjsip_tx_data) {
     guard("REGISTER response hook", (), || {
         // SAFETY: pjsip's live response for the duration of this callback.
-        if let (Some(r), Some(tdata)) =
-            (module::running(), unsafe { pjsip::TxData::from_ptr(tdata) })
-        {
+        let tdata = unsafe { pjsip::TxData::from_ptr(tdata) };
+        if let (Some(r), Some(tdata)) = (module::running(), tdata) {
             r.registrar.on_response(tdata, &r);
         }
     })

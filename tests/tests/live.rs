@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use res_push_itests::push_env::{Mocks, setup, setup_with};
+use res_push_itests::push_env::{Mocks, setup};
 use res_push_itests::{
     Asterisk, Options, Register, SipExchange, binding_count, field, free_udp_port, wait_for,
 };
