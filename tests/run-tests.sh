@@ -22,9 +22,7 @@ cargo bench --locked -p res-push-core --bench register
 cargo build --locked --release -p res_push
 cargo build --locked -p res-push-itests --bins
 # The release module: the figure is about the product, not about debug assertions.
-for kind in pn plain; do
-    RES_PUSH_MODULE="$RES_PUSH_ROOT/target/release/libres_push.so" target/debug/res-push-bench-register 12000 4 "$kind"
-done
+RES_PUSH_MODULE="$RES_PUSH_ROOT/target/release/libres_push.so" target/debug/res-push-bench-register
 # Sidecar throughput against the mocks, beside a bare HTTP/2 client (short run; --full for more).
 cargo build --locked --release -p res-push-sidecar -p res-push-itests --bin res-push-sidecar --bin res-push-bench-sidecar
 RES_PUSH_SIDECAR_BIN="$RES_PUSH_ROOT/target/release/res-push-sidecar" target/release/res-push-bench-sidecar

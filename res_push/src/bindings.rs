@@ -6,9 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError, bounded, select};
-use res_push_core::binding::{
-    Binding, Change, Registration, Store, binding_id, redact, redact_uri,
-};
+use res_push_core::binding::{Binding, Change, Registration, Store, redact, redact_uri};
 use res_push_core::config::General;
 use res_push_core::pn::PushParams;
 use res_push_core::registrar::Action;
@@ -153,12 +151,11 @@ impl Bindings {
         }
     }
 
-    /// The contact URI the registry knows for this device of `aor`.
-    pub fn contact_of(&self, aor: &str, params: &PushParams) -> Option<String> {
-        let id = binding_id(aor, params.provider, &params.app_id, &params.token);
+    /// Whether the registry knows this device of `aor` at this contact URI.
+    pub fn is_at(&self, aor: &str, params: &PushParams, contact_uri: &str) -> bool {
         lock(&self.store)
-            .get(aor, &id)
-            .map(|b| b.contact_uri.clone())
+            .of_device(aor, params.provider, &params.app_id, &params.token)
+            .is_some_and(|b| b.contact_uri == contact_uri)
     }
 
     /// The binding of this device token, in whichever AOR.
@@ -226,7 +223,7 @@ impl Bindings {
         aor: &str,
         actions: Vec<Action>,
         user_agent: Option<String>,
-        granted: &[(String, u32)],
+        granted: &[(&str, u32)],
     ) {
         let now = now();
         let changes = {

@@ -15,8 +15,7 @@ use std::time::{Duration, Instant};
 use res_push_core::binding::redact_uri;
 use res_push_core::pn::{Request, from_contact, may_concern};
 use res_push_core::registrar::{Action, RegisterRequest, Verdict, decide};
-use res_push_core::sip::parse_contact;
-use res_push_core::wake::ContactRef;
+use res_push_core::sip::{contact_expires, parse_contact};
 
 use crate::ast::channel;
 use crate::ast::pjsip::{self, Register, RxData, TxData};
@@ -38,9 +37,14 @@ const PENDING_TTL: Duration = Duration::from_secs(32);
 /// The REGISTERs in flight (the policy is read from the running `[general]` snapshot).
 #[derive(Debug, Default)]
 pub struct Registrar {
-    pending: Mutex<HashMap<(String, i32), Pending>>,
-    /// When `pending` was last swept of entries whose response never came.
-    swept: Mutex<Option<Instant>>,
+    pending: Mutex<InFlight>,
+}
+
+#[derive(Debug, Default)]
+struct InFlight {
+    by_request: HashMap<(String, i32), Pending>,
+    /// When `by_request` was last swept of entries whose response never came.
+    swept: Option<Instant>,
 }
 
 /// The AOR the registrar will use: the To user (or user@host) when the endpoint serves it.
@@ -66,23 +70,15 @@ impl Registrar {
         if rdata.raw().is_some_and(|raw| !may_concern(raw)) {
             return false;
         }
-        let Some(reg) = rdata.register() else {
+        let Some(mut reg) = rdata.register() else {
             return false;
         };
         let general = running.general();
-        let Register {
-            call_id,
-            cseq,
-            contacts,
-            expires,
-            x_mpush,
-            user_agent,
-            ..
-        } = &reg;
+        // Moved, not copied: `reg` keeps what the answer needs (AOR, source, endpoint).
         let request = RegisterRequest {
-            contacts: contacts.clone(),
-            expires: *expires,
-            x_mpush: x_mpush.clone(),
+            contacts: std::mem::take(&mut reg.contacts),
+            expires: reg.expires,
+            x_mpush: reg.x_mpush.take(),
         };
         match decide(&request, &general.policy) {
             Verdict::Ignore => false,
@@ -106,22 +102,24 @@ impl Registrar {
                 make_room(running, &aor, &actions);
                 let now = Instant::now();
                 let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+                // Entries whose response never came, swept at most once per TTL rather than
+                // scanned on every REGISTER.
+                if pending
+                    .swept
+                    .is_none_or(|at| now.duration_since(at) >= PENDING_TTL)
                 {
-                    // Entries whose response never came, swept at most once per TTL rather
-                    // than scanned on every REGISTER.
-                    let mut swept = self.swept.lock().unwrap_or_else(|p| p.into_inner());
-                    if swept.is_none_or(|at| now.duration_since(at) >= PENDING_TTL) {
-                        pending.retain(|_, p| now.duration_since(p.since) < PENDING_TTL);
-                        *swept = Some(now);
-                    }
+                    pending
+                        .by_request
+                        .retain(|_, p| now.duration_since(p.since) < PENDING_TTL);
+                    pending.swept = Some(now);
                 }
-                pending.insert(
-                    (call_id.clone(), *cseq),
+                pending.by_request.insert(
+                    (std::mem::take(&mut reg.call_id), reg.cseq),
                     Pending {
                         aor,
                         feature_caps,
                         actions,
-                        user_agent: user_agent.clone(),
+                        user_agent: reg.user_agent.take(),
                         since: now,
                     },
                 );
@@ -138,18 +136,20 @@ impl Registrar {
             .pending
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+            .by_request
             .is_empty()
         {
             return;
         }
-        let Some(resp) = tdata.register_response() else {
+        let Some(mut resp) = tdata.register_response() else {
             return;
         };
         let Some(p) = self
             .pending
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(&(resp.call_id.clone(), resp.cseq))
+            .by_request
+            .remove(&(std::mem::take(&mut resp.call_id), resp.cseq))
         else {
             return;
         };
@@ -171,15 +171,18 @@ impl Registrar {
                 ..
             } = a
             {
-                let contact = ContactRef::new(contact_uri.clone(), instance.clone());
-                running.wake.registered(&p.aor, params, &contact);
+                running
+                    .wake
+                    .registered(&p.aor, params, contact_uri, instance.as_deref());
             }
         }
-        let granted: Vec<(String, u32)> = resp
+        let granted: Vec<(&str, u32)> = resp
             .contacts
             .iter()
-            .map(|c| parse_contact(c))
-            .filter_map(|c| Some((c.uri.clone(), c.expires()?)))
+            .filter_map(|c| match contact_expires(c)? {
+                (uri, Some(expires)) => Some((uri, expires)),
+                _ => None,
+            })
             .collect();
         running
             .bindings
@@ -203,12 +206,7 @@ fn make_room(running: &Running, aor: &str, actions: &[Action]) {
             } => Some((params, contact_uri)),
             _ => None,
         })
-        .filter(|(params, uri)| {
-            running
-                .bindings
-                .contact_of(aor, params)
-                .is_none_or(|known| known != **uri)
-        })
+        .filter(|(params, uri)| !running.bindings.is_at(aor, params, uri))
         .collect();
     if moved.is_empty() {
         return;

@@ -218,9 +218,23 @@ impl Wake {
     }
 
     /// Called by the REGISTER hook once the registrar accepted a binding's REGISTER.
-    pub fn registered(&self, aor: &str, params: &PushParams, contact: &ContactRef) {
-        let id = binding_id(aor, params.provider, &params.app_id, &params.token);
-        let watchers = lock(&self.watchers).get(&id).cloned().unwrap_or_default();
+    pub fn registered(
+        &self,
+        aor: &str,
+        params: &PushParams,
+        contact_uri: &str,
+        instance: Option<&str>,
+    ) {
+        let watchers = {
+            let map = lock(&self.watchers);
+            // No call waiting for any device (the usual case): nothing to name or copy.
+            if map.is_empty() {
+                return;
+            }
+            let id = binding_id(aor, params.provider, &params.app_id, &params.token);
+            map.get(&id).cloned().unwrap_or_default()
+        };
+        let contact = ContactRef::new(contact_uri, instance.map(str::to_string));
         for w in watchers {
             match w {
                 Watcher::Device(leg) => leg.feed(Event::Registered(contact.clone())),

@@ -177,10 +177,12 @@ fn fnv1a(parts: &[&str]) -> u64 {
 /// The id of the binding of `aor` for this provider, app and token: stable, so the same device
 /// keeps its id across restarts and the REGISTER hook can name the binding a call waits for.
 pub fn binding_id(aor: &str, provider: Provider, app_id: &str, token: &str) -> String {
-    format!(
-        "{:010x}",
-        fnv1a(&[aor, &format!("{provider:?}"), app_id, token]) >> 24
-    )
+    // The provider as its `Debug` name, as ids have always been computed.
+    let provider = match provider {
+        Provider::Apns => "Apns",
+        Provider::Fcm => "Fcm",
+    };
+    format!("{:010x}", fnv1a(&[aor, provider, app_id, token]) >> 24)
 }
 
 /// A token as shown to people: its last 6 characters.
@@ -269,15 +271,38 @@ impl Store {
         self.of_aor(aor).find(|b| b.id == id)
     }
 
+    /// The binding of this device (provider, app and token) in `aor`: the one `binding_id`
+    /// names, found without computing the id.
+    pub fn of_device<'a>(
+        &'a self,
+        aor: &'a str,
+        provider: Provider,
+        app_id: &str,
+        token: &str,
+    ) -> Option<&'a Binding> {
+        self.of_aor(aor)
+            .find(|b| b.provider == provider && b.app_id == app_id && b.token == token)
+    }
+
     /// Records a REGISTER that carries push parameters.
     pub fn register(&mut self, r: Registration, now: u64) -> Vec<Change> {
         let mut changes = Vec::new();
-        let key = Key::new(&r.aor, r.params.provider, &r.params.app_id, &r.params.token);
+        let Registration {
+            aor,
+            params,
+            contact_uri,
+            user_agent,
+            instance,
+            ua_pnsreg,
+            expires,
+        } = r;
+        // The key takes the strings; a new binding copies them back (refreshes are the norm).
+        let key = Key(aor, params.provider, params.app_id, params.token);
         // A device instance that now presents a new token replaces its old binding: apps get new
         // tokens on reinstall or token rotation, and the old one would ring nothing.
-        if let Some(instance) = &r.instance {
+        if let Some(instance) = &instance {
             let replaced: Vec<Key> = self
-                .aor_entries(&r.aor)
+                .aor_entries(&key.0)
                 .filter(|(k, b)| **k != key && b.instance.as_deref() == Some(instance))
                 .map(|(k, _)| k.clone())
                 .collect();
@@ -290,22 +315,22 @@ impl Store {
                 }
             }
         }
-        let expires_at = now + u64::from(r.expires);
+        let expires_at = now + u64::from(expires);
         match self.bindings.get_mut(&key) {
             Some(b) => {
-                let stale_contact = (b.contact_uri != r.contact_uri)
-                    .then(|| std::mem::replace(&mut b.contact_uri, r.contact_uri));
-                let instance = r.instance.or(b.instance.take());
-                let environment = r.params.environment.or(b.environment);
+                let stale_contact = (b.contact_uri != contact_uri)
+                    .then(|| std::mem::replace(&mut b.contact_uri, contact_uri));
+                let instance = instance.or(b.instance.take());
+                let environment = params.environment.or(b.environment);
                 let changed = stale_contact.is_some()
-                    || b.user_agent != r.user_agent
+                    || b.user_agent != user_agent
                     || b.instance != instance
-                    || b.ua_pnsreg != r.ua_pnsreg
+                    || b.ua_pnsreg != ua_pnsreg
                     || b.environment != environment
                     || b.failures != 0;
-                b.user_agent = r.user_agent;
+                b.user_agent = user_agent;
                 b.instance = instance;
-                b.ua_pnsreg = r.ua_pnsreg;
+                b.ua_pnsreg = ua_pnsreg;
                 b.environment = environment;
                 b.last_register = now;
                 b.expires_at = expires_at;
@@ -325,16 +350,16 @@ impl Store {
                 let id = binding_id(&key.0, key.1, &key.2, &key.3);
                 let b = Binding {
                     id,
-                    aor: r.aor,
-                    provider: r.params.provider,
-                    app_id: r.params.app_id,
-                    token: r.params.token,
-                    environment: r.params.environment,
-                    form: r.params.form,
-                    contact_uri: r.contact_uri,
-                    user_agent: r.user_agent,
-                    instance: r.instance,
-                    ua_pnsreg: r.ua_pnsreg,
+                    aor: key.0.clone(),
+                    provider: key.1,
+                    app_id: key.2.clone(),
+                    token: key.3.clone(),
+                    environment: params.environment,
+                    form: params.form,
+                    contact_uri,
+                    user_agent,
+                    instance,
+                    ua_pnsreg,
                     created: now,
                     last_register: now,
                     expires_at,

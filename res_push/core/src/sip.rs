@@ -55,12 +55,37 @@ impl Contact {
 
 /// Splits a Contact header value (without the `Contact:` name).
 pub fn parse_contact(value: &str) -> Contact {
-    let value = value.trim();
-    if value == "*" {
+    let Some((uri, rest)) = split_contact(value) else {
         return Contact {
             star: true,
             ..Default::default()
         };
+    };
+    Contact {
+        star: false,
+        uri: uri.to_string(),
+        uri_params: uri_params(uri),
+        header_params: split_params(rest),
+    }
+}
+
+/// The URI of a Contact header value and its `expires` header parameter: the same as
+/// `parse_contact(value).uri` and `.expires()`, without building the parameter lists (the
+/// REGISTER response hook reads the registrar's granted expiries on every REGISTER).
+/// `None` for `*`.
+pub fn contact_expires(value: &str) -> Option<(&str, Option<u32>)> {
+    let (uri, rest) = split_contact(value)?;
+    let expires = params_iter(rest)
+        .find(|(n, _)| n.eq_ignore_ascii_case("expires"))
+        .and_then(|(_, v)| param_value(v?).trim().parse().ok());
+    Some((uri, expires))
+}
+
+/// (trimmed URI, header parameter text) of a Contact header value; `None` for `*`.
+fn split_contact(value: &str) -> Option<(&str, &str)> {
+    let value = value.trim();
+    if value == "*" {
+        return None;
     }
     // The URI is between the first '<' outside a quoted display name and the next '>'
     // (a URI cannot contain an unescaped '>'; header parameters such as +sip.instance can).
@@ -82,12 +107,7 @@ pub fn parse_contact(value: &str) -> Contact {
             None => (value, ""),
         },
     };
-    Contact {
-        star: false,
-        uri: uri.trim().to_string(),
-        uri_params: uri_params(uri),
-        header_params: split_params(rest),
-    }
+    Some((uri.trim(), rest))
 }
 
 /// The parameters of a SIP URI: after the host part, up to any `?headers`.
@@ -102,47 +122,65 @@ pub fn uri_params(uri: &str) -> Vec<Param> {
 }
 
 fn split_params(text: &str) -> Vec<Param> {
-    split_outside_quotes(text)
-        .into_iter()
-        .filter_map(|p| {
-            let p = p.trim();
-            if p.is_empty() {
-                return None;
-            }
-            Some(match p.split_once('=') {
-                Some((n, v)) => (
-                    n.trim().to_string(),
-                    Some(unquote(&percent_decode(v.trim()))),
-                ),
-                None => (p.to_string(), None),
-            })
-        })
+    params_iter(text)
+        .map(|(n, v)| (n.to_string(), v.map(param_value)))
         .collect()
 }
 
-fn split_outside_quotes(text: &str) -> Vec<&str> {
-    let mut parts = Vec::new();
-    let mut quoted = false;
-    let mut start = 0;
-    for (i, c) in text.char_indices() {
-        match c {
-            '"' => quoted = !quoted,
-            ';' if !quoted => {
-                parts.push(&text[start..i]);
-                start = i + 1;
-            }
-            _ => {}
+/// The non-empty `name[=value]` parameters of `text` (split on `;` outside quotes), names and
+/// raw values trimmed.
+fn params_iter(text: &str) -> impl Iterator<Item = (&str, Option<&str>)> {
+    split_outside_quotes(text).filter_map(|p| {
+        let p = p.trim();
+        if p.is_empty() {
+            return None;
         }
-    }
-    parts.push(&text[start..]);
-    parts
+        Some(match p.split_once('=') {
+            Some((n, v)) => (n.trim(), Some(v.trim())),
+            None => (p, None),
+        })
+    })
 }
 
-fn unquote(v: &str) -> String {
+/// A raw parameter value percent-decoded, then unquoted.
+fn param_value(v: &str) -> String {
+    if v.contains('%') {
+        unquote(&percent_decode(v)).to_string()
+    } else {
+        // Nothing to decode (and `v` is already UTF-8): skip the copies.
+        unquote(v).to_string()
+    }
+}
+
+fn split_outside_quotes(text: &str) -> impl Iterator<Item = &str> {
+    let mut quoted = false;
+    let mut start = 0;
+    let mut done = false;
+    let mut chars = text.char_indices();
+    std::iter::from_fn(move || {
+        if done {
+            return None;
+        }
+        for (i, c) in chars.by_ref() {
+            match c {
+                '"' => quoted = !quoted,
+                ';' if !quoted => {
+                    let part = &text[start..i];
+                    start = i + 1;
+                    return Some(part);
+                }
+                _ => {}
+            }
+        }
+        done = true;
+        Some(&text[start..])
+    })
+}
+
+fn unquote(v: &str) -> &str {
     v.strip_prefix('"')
         .and_then(|s| s.strip_suffix('"'))
         .unwrap_or(v)
-        .to_string()
 }
 
 /// `%41` → `A`. Invalid escapes are kept as written; invalid UTF-8 becomes U+FFFD.
@@ -162,7 +200,7 @@ pub fn percent_decode(v: &str) -> String {
         out.push(bytes[i]);
         i += 1;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
 #[cfg(test)]

@@ -133,7 +133,9 @@ proptest! {
 
     #[test]
     fn stripped_uri_has_no_push_parameter_left(
-        params in prop::collection::vec((param_name(), value()), 0..6),
+        // URI parameter values as a URI can carry them (RFC 3261 paramchar: '@', '>', ';' and
+        // '?' only escaped), as pjsip prints them.
+        params in prop::collection::vec((param_name(), "[A-Za-z0-9:_.!~*'()%&+$\\[\\]/-]{0,40}"), 0..6),
     ) {
         let p: String = params.iter().map(|(n, v)| format!(";{n}={v}")).collect();
         let uri = format!("sip:alice@192.0.2.1:5060{p}");
