@@ -60,22 +60,26 @@ struct DeviceLeg {
 impl DeviceLeg {
     /// Feeds an event from any thread and carries out what must happen at once.
     fn feed(&self, ev: Event) {
-        let (effect, newly_registered) = {
+        // Channel calls (hangup, wake) happen after our locks are released: Asterisk may hold
+        // a channel lock while it enters the INVITE hook, which takes `callee`.
+        let (effect, newly_registered, stale) = {
             let mut m = lock(&self.machine);
             let was = m.registered();
             let effect = m.on(ev);
+            let mut stale = None;
             if effect.cancel_leg {
                 let mut c = lock(&self.callee);
                 c.cancel = true;
-                if let Some(callee) = &c.chan {
-                    callee.soft_hangup();
-                }
+                stale = c.chan.clone();
             }
             if effect.wake {
                 self.attention.store(true, Ordering::Release);
             }
-            (effect, !was && m.registered())
+            (effect, !was && m.registered(), stale)
         };
+        if let Some(callee) = stale {
+            callee.soft_hangup();
+        }
         if effect.wake {
             self.chan.wake();
         }
@@ -114,14 +118,17 @@ impl DeviceLeg {
 
     /// The INVITE of leg `leg` is leaving on `callee`.
     fn callee_started(&self, leg: u32, callee: ChanRef) {
-        let mut c = lock(&self.callee);
-        if c.leg != leg {
-            return;
-        }
-        if c.cancel {
+        let cancel = {
+            let mut c = lock(&self.callee);
+            if c.leg != leg {
+                return;
+            }
+            c.chan = Some(callee.clone());
+            c.cancel
+        };
+        if cancel {
             callee.soft_hangup();
         }
-        c.chan = Some(callee);
     }
 }
 
@@ -410,7 +417,7 @@ fn early_pushes(
 ) {
     let general = running.general();
     let skip = general.push_skip_recent.as_secs();
-    let (caller_number, caller_name) = requestor.map(|c| c.caller()).unwrap_or_default();
+    let (caller_number, caller_name) = caller_id(running, requestor);
     for b in bindings_of(running, aors) {
         let recent = skip > 0 && now().saturating_sub(b.last_register) < skip;
         if recent && general.ring_live_contact && live_contact(&b).is_some() {
@@ -541,8 +548,17 @@ fn push(
     }
 }
 
-fn call_data(chan: Chan, endpoint: &str, call_uuid: &str) -> PushData {
-    let (caller_number, caller_name) = chan.caller();
+/// The caller's number and name for a payload, unless `push_caller_id = no` keeps them off
+/// Apple's and Google's servers.
+fn caller_id(running: &Running, chan: Option<Chan>) -> (Option<String>, Option<String>) {
+    match chan {
+        Some(c) if running.general().push_caller_id => c.caller(),
+        _ => (None, None),
+    }
+}
+
+fn call_data(running: &Running, chan: Chan, endpoint: &str, call_uuid: &str) -> PushData {
+    let (caller_number, caller_name) = caller_id(running, Some(chan));
     PushData {
         caller_number,
         caller_name,
@@ -621,7 +637,10 @@ pub fn push_dial(running: &Running, chan: Chan, data: &str) -> i32 {
         chan.set_var("__PUSH_WAKE_TIMEOUT", t);
     }
     tracing::debug!("{endpoint}: ringing {}", dests.join(" & "));
-    chan.exec("Dial", &dests.join("&"));
+    // `c`: when one leg answers, the CANCELs to the contacts this Dial rings carry RFC 3326's
+    // `Reason: SIP;cause=200;text="Call completed elsewhere"`, so phones show the call as
+    // answered elsewhere, not missed.
+    chan.exec("Dial", &format!("{},,c", dests.join("&")));
     // Pass the outcome up through the Local channel: the caller's Dial turns it into DIALSTATUS.
     let cause = match chan.var("DIALSTATUS").as_deref() {
         Some("BUSY") => CAUSE_BUSY,
@@ -694,7 +713,7 @@ pub fn push_device(running: &Running, chan: Chan, data: &str) -> i32 {
                         running,
                         &b,
                         PushKind::Call,
-                        call_data(chan, &endpoint, &call_uuid),
+                        call_data(running, chan, &endpoint, &call_uuid),
                         timeout,
                         Some(report),
                     );
@@ -710,7 +729,13 @@ pub fn push_device(running: &Running, chan: Chan, data: &str) -> i32 {
                 }
                 // Inherited by the PJSIP channel: the INVITE hook hands it to this leg.
                 chan.set_var("_PUSH_LEG", &format!("{}.{n}", leg.id));
-                let mut dial = format!("PJSIP/{endpoint}/{}", dial_uri(&uri));
+                // Stripped here, not only by the INVITE hook: the URI dialed is also the To.
+                let target = general
+                    .strip_pn_params
+                    .then(|| strip_push_params(&uri))
+                    .flatten()
+                    .unwrap_or(uri);
+                let mut dial = format!("PJSIP/{endpoint}/{}", dial_uri(&target));
                 if let Some(t) = timeout {
                     dial.push_str(&format!(",{:.3}", t.as_secs_f64().max(0.001)));
                 }
@@ -802,7 +827,7 @@ pub fn push_device(running: &Running, chan: Chan, data: &str) -> i32 {
             chan.set_hangup_cause(CAUSE_NO_ANSWER);
             cancel("timeout");
             if general.missed_call_push {
-                let data = call_data(chan, &endpoint, &call_uuid);
+                let data = call_data(running, chan, &endpoint, &call_uuid);
                 push(
                     running,
                     &b,
@@ -885,7 +910,7 @@ pub fn push_wake(running: &Running, chan: Chan, data: &str) -> i32 {
                 running,
                 b,
                 PushKind::Call,
-                call_data(chan, &endpoint, &call_uuid),
+                call_data(running, chan, &endpoint, &call_uuid),
                 timeout,
                 Some(report),
             );
@@ -959,7 +984,7 @@ fn plain_dial(running: &Running, chan: Option<Chan>, request_uri: &str, call_id:
     if !running.wake.first_push(call_id, &b.id) {
         return;
     }
-    let (caller_number, caller_name) = chan.map(|c| c.caller()).unwrap_or_default();
+    let (caller_number, caller_name) = caller_id(running, chan);
     let data = PushData {
         caller_number,
         caller_name,

@@ -359,3 +359,100 @@ fn moved_device_fits_a_full_aor_without_remove_existing() {
 fn moved_device_fits_a_full_aor_with_remove_existing() {
     moved_device_fits("yes");
 }
+
+/// `push_caller_id = no`: no caller number or name in any payload (issue 12's privacy item).
+#[test]
+fn push_caller_id_off_keeps_the_caller_out_of_payloads() {
+    let (mocks, a, _sidecar) = setup(
+        "live-privacy",
+        "push_caller_id = no\nwake_timeout = 2\nmissed_call_push = yes",
+    );
+    assert!(a.register(&Register::new("alice", &pn(TOKEN))).ok);
+    wait_binding(&a, "alice");
+    let caller = a.sipp("caller", CALLER, free_udp_port(), &["-s", "mobile"]);
+    let push = mocks
+        .wait_apns(WAIT, |r| r.device_token.as_deref() == Some(TOKEN))
+        .expect("call push");
+    assert!(!caller.wait().ok);
+    std::thread::sleep(Duration::from_millis(500));
+    let bodies: Vec<String> = mocks
+        .apns
+        .requests()
+        .iter()
+        .map(|r| r.body_text.clone())
+        .collect();
+    assert!(
+        bodies.len() >= 2,
+        "call and cancel/missed pushes: {bodies:?}"
+    );
+    for b in &bodies {
+        assert!(!b.contains("bob") && !b.contains("Bob"), "{b}");
+    }
+    assert!(push.json.is_some());
+}
+
+/// When the mobile answers, the desk phone that `Push/` rang beside it is cancelled with
+/// RFC 3326's "completed elsewhere" reason, so it does not show a missed call (part of issue
+/// 12's first item: the contacts PushDial rings itself).
+#[test]
+fn answer_on_the_mobile_cancels_the_desk_as_completed_elsewhere() {
+    let (_mocks, a, _sidecar) = setup("live-elsewhere", "wake_timeout = 20");
+    let (mobile_port, desk_port) = (free_udp_port(), free_udp_port());
+    let desk = a.sipp("desk", PHONE_STALE, desk_port, &[]);
+    let mobile = a.sipp("mobile", PHONE_SLOW, mobile_port, &[]);
+    register_at(&a, "alice", mobile_port);
+    let mut r = Register::new("alice", "");
+    r.contact_port = Some(desk_port);
+    assert!(a.register(&r).ok);
+    wait_binding(&a, "alice");
+    let caller = a.sipp("caller", CALLER, free_udp_port(), &["-s", "mobile"]);
+    let (mobile, desk, caller) = (mobile.wait(), desk.wait(), caller.wait());
+    assert!(mobile.ok, "{}\n{}", mobile.trace, a.log());
+    assert!(caller.ok, "{}", caller.trace);
+    assert!(desk.ok, "the desk phone was not cancelled:\n{}", desk.trace);
+    let cancel = desk
+        .trace
+        .split("----------------------------------------------- ")
+        .find(|b| b.contains("CANCEL sip:"))
+        .expect("CANCEL");
+    assert!(
+        cancel.contains("Reason: SIP;cause=200;text=\"Call completed elsewhere\""),
+        "{cancel}"
+    );
+}
+
+/// The same between two devices of the user: each rung through its own device leg.
+#[test]
+fn answer_on_one_device_cancels_the_other_as_completed_elsewhere() {
+    let (_mocks, a, _sidecar) = setup("live-elsewhere2", "wake_timeout = 20");
+    let token2 = "44fc13adff785122b4ad28809a3420982341241421348097878e577c991de8f0";
+    let (p1, p2) = (free_udp_port(), free_udp_port());
+    let other = a.sipp("other", PHONE_STALE, p2, &[]);
+    let answering = a.sipp("answering", PHONE_SLOW, p1, &[]);
+    register_at(&a, "alice", p1);
+    let mut r = Register::new("alice", &pn(token2));
+    r.contact_port = Some(p2);
+    assert!(a.register(&r).ok);
+    wait_for(WAIT, || {
+        (binding_count(&a.cli("push show bindings alice")) == 2).then_some(())
+    })
+    .expect("two devices");
+    let caller = a.sipp("caller", CALLER, free_udp_port(), &["-s", "mobile"]);
+    let (answering, other, caller) = (answering.wait(), other.wait(), caller.wait());
+    assert!(answering.ok, "{}\n{}", answering.trace, a.log());
+    assert!(caller.ok, "{}", caller.trace);
+    assert!(
+        other.ok,
+        "the other device was not cancelled:\n{}",
+        other.trace
+    );
+    let cancel = other
+        .trace
+        .split("----------------------------------------------- ")
+        .find(|b| b.contains("CANCEL sip:"))
+        .expect("CANCEL");
+    assert!(
+        cancel.contains("Reason: SIP;cause=200;text=\"Call completed elsewhere\""),
+        "{cancel}"
+    );
+}

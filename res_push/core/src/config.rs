@@ -61,6 +61,9 @@ pub struct General {
     pub push_skip_recent: Duration,
     /// Remove push parameters from the Request-URI of INVITEs to push contacts.
     pub strip_pn_params: bool,
+    /// Put the caller's number and name in push payloads (off: templates see empty values,
+    /// for deployments where nothing personal may cross Apple's and Google's servers).
+    pub push_caller_id: bool,
 }
 
 /// What the caller hears while devices wake up (XiVO's `XIVO_MAPP_WAIT_WITH_MUSIC`).
@@ -93,6 +96,7 @@ impl Default for General {
             ring_live_contact: true,
             push_skip_recent: Duration::ZERO,
             strip_pn_params: true,
+            push_caller_id: true,
         }
     }
 }
@@ -269,6 +273,9 @@ fn parse_general(
                     return Err(err("must be at most 1h"));
                 }
                 g.push_skip_recent = d;
+            }
+            "push_caller_id" => {
+                g.push_caller_id = parse_bool(v).ok_or_else(|| err("must be yes or no"))?
             }
             "strip_pn_params" => {
                 g.strip_pn_params = parse_bool(v).ok_or_else(|| err("must be yes or no"))?

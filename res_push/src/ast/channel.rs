@@ -40,6 +40,13 @@ impl ChanRef {
     }
 }
 
+impl Clone for ChanRef {
+    fn clone(&self) -> Self {
+        // SAFETY: we hold a reference, so the channel is alive; the new one is ours to drop.
+        ChanRef(unsafe { ffi::rp_shim_channel_ref(self.0) })
+    }
+}
+
 impl Drop for ChanRef {
     fn drop(&mut self) {
         // SAFETY: releasing the reference taken in `Chan::handle`.
