@@ -25,6 +25,7 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 top=$(cd "$here/.." && pwd)
 log() { printf '[build-bullseye] %s\n' "$*" >&2; }
 die() { printf '[build-bullseye] error: %s\n' "$*" >&2; exit 1; }
+source "$top/asterisk-headers/chroots.sh"
 
 [ "$(id -u)" = 0 ] || die "must run as root (mmdebstrap, chroot and bind mounts need it)"
 root=${RES_PUSH_BULLSEYE_ROOT:-/var/lib/res-push/bullseye-build}
@@ -47,36 +48,12 @@ target_dir=$(cd "$target_dir" && pwd)
 asterisk=$(cd "$ASTERISK_INCLUDE_DIR" && pwd)
 pjproject=$(cd "$PJPROJECT_INCLUDE_DIR" && pwd)
 
-mirror() {
-    local m=""
-    if [ -f /etc/apt/sources.list.d/debian.sources ]; then
-        m=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources)
-    fi
-    if [ -z "$m" ] && [ -f /etc/apt/sources.list ]; then
-        m=$(awk '$1 == "deb" && $0 !~ /security/ {for (i = 2; i <= NF; i++) if ($i ~ /^[a-z]+:\/\//) {print $i; exit}}' /etc/apt/sources.list)
-    fi
-    echo "${RES_PUSH_MIRROR:-${m:-http://deb.debian.org/debian}}"
-}
 
-stamp="$root/.res-push-stamp"
-want="packages=$PACKAGES"
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
-    log "reusing build root $root"
-else
-    command -v mmdebstrap >/dev/null || {
-        log "installing mmdebstrap"
-        apt-get update -qq >&2 && apt-get install -y -qq mmdebstrap >&2
-    }
-    m=$(mirror)
-    log "building the Debian 11 build root $root from $m (about a minute)"
-    rm -rf "$root.tmp"
-    mkdir -p "$(dirname "$root")"
-    mmdebstrap --quiet --variant=apt --aptopt='Acquire::Check-Valid-Until "false"' \
-        --include="$PACKAGES" bullseye "$root.tmp" "deb $m bullseye main" >&2
-    echo "$want" >"$root.tmp/.res-push-stamp"
-    rm -rf "$root"
-    mv "$root.tmp" "$root"
-fi
+command -v mmdebstrap >/dev/null || {
+    log "installing mmdebstrap"
+    apt-get update -qq >&2 && apt-get install -y -qq mmdebstrap >&2
+}
+build_chroot "$root" bullseye "$PACKAGES"
 glibc=$(chroot "$root" dpkg-query -W -f '${Version}' libc6)
 log "glibc of the build root: $glibc"
 
