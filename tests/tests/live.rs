@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use res_push_itests::push_env::{Mocks, setup};
 use res_push_itests::{
-    Asterisk, Options, Register, SipExchange, binding_count, field, free_udp_port, wait_for,
+    Asterisk, Options, Register, SipExchange, SippRun, binding_count, field, free_udp_port,
+    wait_for,
 };
 
 const TOKEN: &str = "00fc13adff785122b4ad28809a3420982341241421348097878e577c991de8f0";
@@ -37,6 +38,22 @@ fn wait_binding(a: &Asterisk, user: &str) {
             .then_some(())
     })
     .expect("binding");
+}
+
+/// An awake phone: SIPp runs `scenario` on a port of its own, registered there with push
+/// parameters; then bob calls `exten`. Returns the running phone and caller.
+fn awake_phone_called(
+    a: &Asterisk,
+    scenario: &str,
+    phone_args: &[&str],
+    exten: &str,
+) -> (SippRun, SippRun, u16) {
+    let port = free_udp_port();
+    let phone = a.sipp("phone", scenario, port, phone_args);
+    register_at(a, "alice", port);
+    wait_binding(a, "alice");
+    let caller = a.sipp("caller", CALLER, free_udp_port(), &["-s", exten]);
+    (phone, caller, port)
 }
 
 fn call_pushes(mocks: &Mocks) -> usize {
@@ -114,11 +131,7 @@ fn failed_push_does_not_end_a_leg_ringing_a_live_contact() {
     mocks
         .apns
         .script(TOKEN, vec![res_push_mocks::Behavior::Unregistered]);
-    let port = free_udp_port();
-    let phone = a.sipp("phone", PHONE_SLOW, port, &[]);
-    register_at(&a, "alice", port);
-    wait_binding(&a, "alice");
-    let caller = a.sipp("caller", CALLER, free_udp_port(), &["-s", "mobile"]);
+    let (phone, caller, _) = awake_phone_called(&a, PHONE_SLOW, &[], "mobile");
     let phone = phone.wait();
     let caller = caller.wait();
     assert!(phone.ok, "phone:\n{}\n{}", phone.trace, a.log());
@@ -132,11 +145,7 @@ fn failed_push_does_not_end_a_leg_ringing_a_live_contact() {
 #[test]
 fn register_from_the_same_contact_keeps_the_ringing_leg() {
     let (_mocks, a, _sidecar) = setup("live-same", "wake_timeout = 20");
-    let port = free_udp_port();
-    let phone = a.sipp("phone", PHONE_SLOW, port, &[]);
-    register_at(&a, "alice", port);
-    wait_binding(&a, "alice");
-    let caller = a.sipp("caller", CALLER, free_udp_port(), &["-s", "mobile"]);
+    let (phone, caller, port) = awake_phone_called(&a, PHONE_SLOW, &[], "mobile");
     // The push woke the phone, which registers again: same contact, while it rings.
     std::thread::sleep(Duration::from_millis(800));
     register_at(&a, "alice", port);
@@ -188,11 +197,7 @@ fn register_from_a_new_contact_cancels_the_stale_leg_then_rings_the_new_one() {
 #[test]
 fn recently_registered_device_is_rung_without_a_push() {
     let (mocks, a, _sidecar) = setup("live-skip", "push_skip_recent = 60");
-    let port = free_udp_port();
-    let phone = a.sipp("phone", PHONE, port, &[]);
-    register_at(&a, "alice", port);
-    wait_binding(&a, "alice");
-    let caller = a.sipp("caller", CALLER, free_udp_port(), &["-s", "mobile"]);
+    let (phone, caller, _) = awake_phone_called(&a, PHONE, &[], "mobile");
     let (phone, caller) = (phone.wait(), caller.wait());
     assert!(phone.ok, "phone:\n{}\n{}", phone.trace, a.log());
     assert!(caller.ok, "caller:\n{}", caller.trace);
@@ -207,11 +212,7 @@ fn recently_registered_device_is_rung_without_a_push() {
 #[test]
 fn without_ring_live_contact_the_device_waits_for_its_register() {
     let (mocks, a, _sidecar) = setup("live-off", "ring_live_contact = no\nwake_timeout = 2");
-    let port = free_udp_port();
-    let phone = a.sipp("phone", PHONE, port, &["-timeout", "6s"]);
-    register_at(&a, "alice", port);
-    wait_binding(&a, "alice");
-    let caller = a.sipp("caller", CALLER, free_udp_port(), &["-s", "mobile"]);
+    let (phone, caller, _) = awake_phone_called(&a, PHONE, &["-timeout", "6s"], "mobile");
     let (phone, caller) = (phone.wait(), caller.wait());
     assert!(!caller.ok, "nobody re-registered: no answer");
     assert!(invites(&phone).is_empty(), "{}", phone.trace);
@@ -221,11 +222,7 @@ fn without_ring_live_contact_the_device_waits_for_its_register() {
 #[test]
 fn plain_dial_sends_no_push_parameters_in_the_request_uri() {
     let (_mocks, a, _sidecar) = setup("live-plain-strip", "");
-    let port = free_udp_port();
-    let phone = a.sipp("phone", PHONE, port, &[]);
-    register_at(&a, "alice", port);
-    wait_binding(&a, "alice");
-    let caller = a.sipp("caller", CALLER, free_udp_port(), &["-s", "plain"]);
+    let (phone, caller, _) = awake_phone_called(&a, PHONE, &[], "plain");
     let (phone, caller) = (phone.wait(), caller.wait());
     assert!(phone.ok, "phone:\n{}\n{}", phone.trace, a.log());
     assert!(caller.ok);
@@ -235,11 +232,7 @@ fn plain_dial_sends_no_push_parameters_in_the_request_uri() {
 #[test]
 fn strip_pn_params_off_keeps_them() {
     let (_mocks, a, _sidecar) = setup("live-nostrip", "strip_pn_params = no");
-    let port = free_udp_port();
-    let phone = a.sipp("phone", PHONE, port, &[]);
-    register_at(&a, "alice", port);
-    wait_binding(&a, "alice");
-    let caller = a.sipp("caller", CALLER, free_udp_port(), &["-s", "plain"]);
+    let (phone, caller, _) = awake_phone_called(&a, PHONE, &[], "plain");
     let (phone, _caller) = (phone.wait(), caller.wait());
     assert!(invites(&phone)[0].contains("pn-prid="), "{}", phone.trace);
 }
