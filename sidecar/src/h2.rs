@@ -134,7 +134,8 @@ impl Origin {
         };
         Ok(Self {
             scheme,
-            authority: Authority::try_from(authority.as_str()).map_err(|e| format!("{url}: {e}"))?,
+            authority: Authority::try_from(authority.as_str())
+                .map_err(|e| format!("{url}: {e}"))?,
             host,
             port,
             tls,

@@ -346,7 +346,10 @@ impl Mocks {
 async fn wait_until(what: &str, cond: impl Fn() -> bool) {
     let until = tokio::time::Instant::now() + PATIENCE;
     while !cond() {
-        assert!(tokio::time::Instant::now() < until, "gave up waiting: {what}");
+        assert!(
+            tokio::time::Instant::now() < until,
+            "gave up waiting: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -1383,7 +1386,11 @@ async fn apns_app_is_prewarmed_on_configure_and_its_first_push_reuses_the_connec
         .wait_for_metric(r#"res_push_credential_refreshes_total{provider="apns",app="ios"} 1"#)
         .await;
     wait_until("prewarm log", || logs.text().contains("prewarmed app ios")).await;
-    assert!(mocks.apns.requests().is_empty(), "{:?}", mocks.apns.requests());
+    assert!(
+        mocks.apns.requests().is_empty(),
+        "{:?}",
+        mocks.apns.requests()
+    );
     let line = logs.text();
     let line = line.lines().find(|l| l.contains("prewarm")).unwrap();
     assert!(
@@ -1393,7 +1400,11 @@ async fn apns_app_is_prewarmed_on_configure_and_its_first_push_reuses_the_connec
 
     let production = token(53);
     let sandbox = token(54);
-    sent(&client.push(apns_push(PushKind::Call, &production, None)).await);
+    sent(
+        &client
+            .push(apns_push(PushKind::Call, &production, None))
+            .await,
+    );
     sent(
         &client
             .push(apns_push(
@@ -1405,7 +1416,11 @@ async fn apns_app_is_prewarmed_on_configure_and_its_first_push_reuses_the_connec
     );
     let requests = mocks.apns.requests();
     assert_eq!(requests.len(), 2);
-    assert_eq!(mocks.apns.connections(), 2, "no connection opened by the pushes");
+    assert_eq!(
+        mocks.apns.connections(),
+        2,
+        "no connection opened by the pushes"
+    );
     assert_ne!(
         requests[0].connection_id, requests[1].connection_id,
         "one prewarmed connection per environment"
@@ -1428,7 +1443,11 @@ async fn apns_app_of_one_environment_prewarms_that_one_only() {
     app.environment = Some(Environment::Sandbox);
     client.configure_ok(vec![app]).await;
     wait_until("prewarm connection", || mocks.apns.connections() == 1).await;
-    sent(&client.push(apns_push(PushKind::Call, &token(55), None)).await);
+    sent(
+        &client
+            .push(apns_push(PushKind::Call, &token(55), None))
+            .await,
+    );
     let requests = mocks.apns.requests();
     assert_eq!(requests[0].environment, Some(MockEnv::Sandbox));
     assert_eq!(requests[0].connection_id, 1);
@@ -1493,7 +1512,11 @@ async fn unchanged_app_kept_across_a_reload_is_not_prewarmed_again() {
     client
         .configure_ok(vec![mocks.ios_app(&[]), mocks.android_app(&[])])
         .await;
-    sent(&client.push(apns_push(PushKind::Call, &token(56), None)).await);
+    sent(
+        &client
+            .push(apns_push(PushKind::Call, &token(56), None))
+            .await,
+    );
     sent(&client.push(fcm_push(PushKind::Call, "kept-device")).await);
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(logs.text().matches("prewarm").count(), 2, "{}", logs.text());
@@ -1526,9 +1549,16 @@ async fn failed_prewarm_is_a_warning_and_the_push_still_connects_lazily() {
     app.environment = Some(Environment::Sandbox);
     let (apps, errors) = client.configure(vec![app]).await;
     assert_eq!((apps, errors), (vec!["ios".to_owned()], vec![]));
-    wait_until("warning", || logs.text().contains("could not prewarm app ios")).await;
+    wait_until("warning", || {
+        logs.text().contains("could not prewarm app ios")
+    })
+    .await;
     let line = logs.text();
-    let line = line.lines().find(|l| l.contains("prewarm")).unwrap().to_owned();
+    let line = line
+        .lines()
+        .find(|l| l.contains("prewarm"))
+        .unwrap()
+        .to_owned();
     assert!(line.contains("WARN") && line.contains("sandbox"), "{line}");
     // The app is configured all the same; its pushes connect when they come.
     let outcome = client

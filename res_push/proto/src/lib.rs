@@ -424,7 +424,10 @@ mod tests {
         }
         assert!(matches!(
             decode_client_frame(frames[1].as_bytes()),
-            Ok(ClientFrame::Submit { job: Job::Push(_), .. })
+            Ok(ClientFrame::Submit {
+                job: Job::Push(_),
+                ..
+            })
         ));
     }
 

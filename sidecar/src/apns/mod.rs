@@ -199,7 +199,11 @@ impl ApnsClient {
             "{} connection{} open{}",
             opened.join(" and "),
             if opened.len() == 1 { "" } else { "s" },
-            if self.token.is_some() { ", provider token signed" } else { "" }
+            if self.token.is_some() {
+                ", provider token signed"
+            } else {
+                ""
+            }
         ))
     }
 
@@ -221,10 +225,10 @@ impl ApnsClient {
             )),
             auth_generation: None,
         };
-        let Ok(uri) = endpoint
-            .origin
-            .uri(&format!("{}/3/device/{}", endpoint.prefix, req.device_token))
-        else {
+        let Ok(uri) = endpoint.origin.uri(&format!(
+            "{}/3/device/{}",
+            endpoint.prefix, req.device_token
+        )) else {
             return invalid("the request path");
         };
         let Ok(topic) = HeaderValue::from_str(&req.topic) else {
