@@ -97,6 +97,8 @@ pub(crate) struct BuildContext {
 }
 
 #[derive(Debug)]
+// One per app, built once: the size difference costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 enum Client {
     Apns(ApnsClient),
     Fcm(FcmClient),
