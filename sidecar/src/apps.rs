@@ -91,9 +91,14 @@ const COLLAPSE_ID_LIMIT: usize = 64;
 pub(crate) struct BuildContext {
     pub(crate) clock: Clock,
     pub(crate) metrics: Arc<Metrics>,
+    /// Whether a newly built app signs its credential and opens its connections right away
+    /// (in the background) rather than on its first push.
+    pub(crate) prewarm: bool,
 }
 
 #[derive(Debug)]
+// One per app, built once: the size difference costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 enum Client {
     Apns(ApnsClient),
     Fcm(FcmClient),
@@ -261,7 +266,7 @@ impl App {
                     priority,
                     expiration,
                     collapse_id,
-                    payload,
+                    payload: payload.into(),
                 }))
             }
             Client::Fcm(_) => {
@@ -284,6 +289,22 @@ impl App {
                 }
                 Ok(Prepared::Fcm(message))
             }
+        }
+    }
+
+    /// Mints the app's credential and opens the connections its pushes will use, so that the
+    /// first push costs no more than the others. Returns what was done, for the log.
+    pub(crate) async fn prewarm(&self) -> Result<String, String> {
+        match &self.client {
+            Client::Apns(client) => {
+                let environments: &[Environment] = match self.environment {
+                    Some(Environment::Production) => &[Environment::Production],
+                    Some(Environment::Sandbox) => &[Environment::Sandbox],
+                    None => &[Environment::Production, Environment::Sandbox],
+                };
+                client.prewarm(environments).await
+            }
+            Client::Fcm(client) => client.prewarm().await,
         }
     }
 
@@ -758,6 +779,9 @@ impl Registry {
                 Ok(app) => {
                     let app = Arc::new(app);
                     self.built().insert(fingerprint, Arc::clone(&app));
+                    if ctx.prewarm {
+                        spawn_prewarm(Arc::clone(&app));
+                    }
                     set.apps.push(app);
                 }
                 Err(e) => errors.push(format!("app '{name}': {e}")),
@@ -777,6 +801,28 @@ impl Registry {
     fn len(&self) -> usize {
         self.built().len()
     }
+}
+
+/// Prewarms `app` in a task of its own: the Configure is answered meanwhile, and a push that
+/// comes before the prewarm is done waits for the same connection and credential rather than
+/// making its own. A failure changes nothing else: pushes connect and mint as they would have.
+fn spawn_prewarm(app: Arc<App>) {
+    tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        match app.prewarm().await {
+            Ok(what) => info!(
+                app = %app.name,
+                "prewarmed app {}: {what} in {} ms",
+                app.name,
+                started.elapsed().as_millis()
+            ),
+            Err(e) => warn!(
+                app = %app.name,
+                "could not prewarm app {} (its first push will connect and retry): {e}",
+                app.name
+            ),
+        }
+    });
 }
 
 /// The outcome of a push no app matched.
@@ -810,6 +856,8 @@ mod tests {
         BuildContext {
             clock: Clock::system(),
             metrics: Arc::new(Metrics::new()),
+            // These apps point at Apple's and Google's real hosts.
+            prewarm: false,
         }
     }
 

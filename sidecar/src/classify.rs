@@ -69,9 +69,9 @@ pub(crate) struct Attempt {
     pub(crate) auth_generation: Option<u64>,
 }
 
-/// Describes a reqwest error with its causes: reqwest's own message is often just "error
+/// Describes an HTTP client error with its causes: the top message is often just "error
 /// sending request", and the cause (refused, GOAWAY, certificate) is what an operator needs.
-pub(crate) fn describe(e: &reqwest::Error) -> String {
+pub(crate) fn describe(e: &(dyn std::error::Error + 'static)) -> String {
     let mut text = e.to_string();
     let mut source = std::error::Error::source(e);
     while let Some(cause) = source {

@@ -6,7 +6,7 @@ use std::{io, panic::AssertUnwindSafe, sync::Arc};
 use futures::{FutureExt, SinkExt, StreamExt};
 use res_push_proto::{
     ClientFrame, Job, MAX_FRAME_LEN, MIN_PROTOCOL_VERSION, Outcome, PROTOCOL_VERSION, ServerFrame,
-    decode_body, encode_body, negotiate,
+    decode_client_frame, encode_body, negotiate,
 };
 use tokio::{
     net::{
@@ -148,7 +148,7 @@ async fn next_frame(
             });
         }
     };
-    decode_body(&body)
+    decode_client_frame(&body)
         .map(Some)
         .map_err(|e| ReadError::Protocol(e.to_string()))
 }

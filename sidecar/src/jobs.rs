@@ -76,6 +76,7 @@ impl Dispatcher {
             ctx: BuildContext {
                 clock: config.clock.clone(),
                 metrics,
+                prewarm: true,
             },
             slots: Arc::new(Semaphore::new(
                 config.max_inflight.clamp(1, Semaphore::MAX_PERMITS),

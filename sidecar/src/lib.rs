@@ -25,6 +25,7 @@ pub mod clock;
 mod conn;
 mod credential;
 mod fcm;
+mod h2;
 pub mod jobs;
 pub mod metrics;
 pub mod payload;

@@ -17,8 +17,8 @@ use std::{
 
 use futures::{SinkExt, StreamExt};
 use res_push_mocks::{
-    ApnsCredentials, ApnsOptions, Behavior, Environment as MockEnv, FcmOptions, MockApns, MockFcm,
-    RecordedRequest, TestCa,
+    ApnsCredentials, ApnsOptions, Behavior, Endpoint, Environment as MockEnv, FcmOptions, MockApns,
+    MockFcm, RecordedRequest, TestCa,
 };
 use res_push_proto::{
     AppConfig, ClientFrame, Environment, FailureClass, Job, MAX_FRAME_LEN, Outcome, Provider,
@@ -340,6 +340,29 @@ impl Mocks {
             options,
         }
     }
+}
+
+/// Waits until `cond` holds, failing the test after [`PATIENCE`].
+async fn wait_until(what: &str, cond: impl Fn() -> bool) {
+    let until = tokio::time::Instant::now() + PATIENCE;
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < until,
+            "gave up waiting: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Captures the log lines at info and above written on this thread while the guard lives.
+fn capture_logs() -> (Logs, tracing::subscriber::DefaultGuard) {
+    let logs = Logs::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(logs.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .finish();
+    (logs, tracing::subscriber::set_default(subscriber))
 }
 
 fn opts(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
@@ -1320,6 +1343,8 @@ async fn goaway_closes_the_connection_and_the_next_push_still_succeeds() {
     let sidecar = Sidecar::start().await;
     let mut client = sidecar.client().await;
     client.configure_ok(vec![mocks.ios_app(&[])]).await;
+    // The prewarm's production and sandbox connections.
+    wait_until("prewarmed", || mocks.apns.connections() == 2).await;
     let t = token(50);
     mocks.apns.script(&t, vec![Behavior::GoAway]);
     sent(&client.push(apns_push(PushKind::Call, &t, None)).await);
@@ -1344,7 +1369,208 @@ async fn goaway_closes_the_connection_and_the_next_push_still_succeeds() {
         ok[1].connection_id, ok[2].connection_id,
         "which is kept in turn"
     );
+    assert_eq!(mocks.apns.connections(), 3);
+}
+
+#[tokio::test]
+async fn apns_app_is_prewarmed_on_configure_and_its_first_push_reuses_the_connection() {
+    let (logs, _log) = capture_logs();
+    let mocks = Mocks::start().await;
+    let sidecar = Sidecar::start().await;
+    let mut client = sidecar.client().await;
+    client.configure_ok(vec![mocks.ios_app(&[])]).await;
+    // Before any push: both environments' connections are open (the app has no
+    // `environment`, so it may serve either), the token is signed, and no request was sent.
+    wait_until("prewarm connections", || mocks.apns.connections() == 2).await;
+    sidecar
+        .wait_for_metric(r#"res_push_credential_refreshes_total{provider="apns",app="ios"} 1"#)
+        .await;
+    wait_until("prewarm log", || logs.text().contains("prewarmed app ios")).await;
+    assert!(
+        mocks.apns.requests().is_empty(),
+        "{:?}",
+        mocks.apns.requests()
+    );
+    let line = logs.text();
+    let line = line.lines().find(|l| l.contains("prewarm")).unwrap();
+    assert!(
+        line.contains("INFO") && line.contains("production and sandbox connections open"),
+        "{line}"
+    );
+
+    let production = token(53);
+    let sandbox = token(54);
+    sent(
+        &client
+            .push(apns_push(PushKind::Call, &production, None))
+            .await,
+    );
+    sent(
+        &client
+            .push(apns_push(
+                PushKind::Call,
+                &sandbox,
+                Some(Environment::Sandbox),
+            ))
+            .await,
+    );
+    let requests = mocks.apns.requests();
+    assert_eq!(requests.len(), 2);
+    assert_eq!(
+        mocks.apns.connections(),
+        2,
+        "no connection opened by the pushes"
+    );
+    assert_ne!(
+        requests[0].connection_id, requests[1].connection_id,
+        "one prewarmed connection per environment"
+    );
+    assert!(requests.iter().all(|r| r.connection_id <= 2));
+    assert_eq!(auth(&requests[0]), auth(&requests[1]));
+    let text = sidecar.metrics().await;
+    assert!(
+        text.contains(r#"res_push_credential_refreshes_total{provider="apns",app="ios"} 1"#),
+        "the pushes minted nothing: {text}"
+    );
+}
+
+#[tokio::test]
+async fn apns_app_of_one_environment_prewarms_that_one_only() {
+    let mocks = Mocks::start().await;
+    let sidecar = Sidecar::start().await;
+    let mut client = sidecar.client().await;
+    let mut app = mocks.ios_app(&[]);
+    app.environment = Some(Environment::Sandbox);
+    client.configure_ok(vec![app]).await;
+    wait_until("prewarm connection", || mocks.apns.connections() == 1).await;
+    sent(
+        &client
+            .push(apns_push(PushKind::Call, &token(55), None))
+            .await,
+    );
+    let requests = mocks.apns.requests();
+    assert_eq!(requests[0].environment, Some(MockEnv::Sandbox));
+    assert_eq!(requests[0].connection_id, 1);
+    assert_eq!(mocks.apns.connections(), 1);
+}
+
+#[tokio::test]
+async fn fcm_app_is_prewarmed_on_configure_token_fetched_and_connection_open() {
+    let mocks = Mocks::start().await;
+    let sidecar = Sidecar::start().await;
+    let mut client = sidecar.client().await;
+    client.configure_ok(vec![mocks.android_app(&[])]).await;
+    // The token endpoint's connection and the sends' connection.
+    wait_until("prewarm", || {
+        mocks.fcm.token_requests() == 1 && mocks.fcm.connections() == 2
+    })
+    .await;
+    let before = mocks.fcm.requests();
+    assert_eq!(before.len(), 1, "only the token request: {before:?}");
+    assert_eq!(before[0].endpoint, Endpoint::OAuthToken);
+
+    let t = "prewarmed-device";
+    sent(&client.push(fcm_push(PushKind::Call, t)).await);
+    let requests = mocks.fcm.requests();
+    let send = requests_for(&requests, t);
+    assert_eq!(send.len(), 1);
+    assert_eq!(mocks.fcm.token_requests(), 1, "the push minted nothing");
+    assert_eq!(mocks.fcm.connections(), 2, "and opened no connection");
+    assert_ne!(
+        send[0].connection_id, before[0].connection_id,
+        "the send went on the prewarmed connection, not the token endpoint's"
+    );
+    sent(&client.push(fcm_push(PushKind::Call, "second-device")).await);
+    let requests = mocks.fcm.requests();
+    let second = requests_for(&requests, "second-device");
+    assert_eq!(second[0].connection_id, send[0].connection_id);
+}
+
+#[tokio::test]
+async fn unchanged_app_kept_across_a_reload_is_not_prewarmed_again() {
+    let (logs, _log) = capture_logs();
+    let mocks = Mocks::start().await;
+    let sidecar = Sidecar::start().await;
+    let mut client = sidecar.client().await;
+    client
+        .configure_ok(vec![mocks.ios_app(&[]), mocks.android_app(&[])])
+        .await;
+    wait_until("prewarm", || {
+        mocks.apns.connections() == 2 && mocks.fcm.connections() == 2
+    })
+    .await;
+    wait_until("both logged", || {
+        logs.text().matches("prewarmed app").count() == 2
+    })
+    .await;
+    client
+        .configure_ok(vec![mocks.ios_app(&[]), mocks.android_app(&[])])
+        .await;
+    // A module that reconnects gets the same apps too.
+    drop(client);
+    let mut client = sidecar.client().await;
+    client
+        .configure_ok(vec![mocks.ios_app(&[]), mocks.android_app(&[])])
+        .await;
+    sent(
+        &client
+            .push(apns_push(PushKind::Call, &token(56), None))
+            .await,
+    );
+    sent(&client.push(fcm_push(PushKind::Call, "kept-device")).await);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(logs.text().matches("prewarm").count(), 2, "{}", logs.text());
     assert_eq!(mocks.apns.connections(), 2);
+    assert_eq!(mocks.fcm.connections(), 2);
+    assert_eq!(mocks.fcm.token_requests(), 1);
+
+    // A changed app is a new client, prewarmed in turn.
+    client
+        .configure_ok(vec![mocks.ios_app(&[("jwt_refresh_minutes", "40")])])
+        .await;
+    wait_until("changed app prewarmed", || mocks.apns.connections() == 4).await;
+    wait_until("logged", || {
+        logs.text().matches("prewarmed app ios").count() == 2
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn failed_prewarm_is_a_warning_and_the_push_still_connects_lazily() {
+    let (logs, _log) = capture_logs();
+    let mocks = Mocks::start().await;
+    let sidecar = Sidecar::start().await;
+    let mut client = sidecar.client().await;
+    // Nothing listens there yet.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = format!("https://{}", listener.local_addr().unwrap());
+    drop(listener);
+    let mut app = mocks.ios_app(&[("apns_sandbox_url", &dead)]);
+    app.environment = Some(Environment::Sandbox);
+    let (apps, errors) = client.configure(vec![app]).await;
+    assert_eq!((apps, errors), (vec!["ios".to_owned()], vec![]));
+    wait_until("warning", || {
+        logs.text().contains("could not prewarm app ios")
+    })
+    .await;
+    let line = logs.text();
+    let line = line
+        .lines()
+        .find(|l| l.contains("prewarm"))
+        .unwrap()
+        .to_owned();
+    assert!(line.contains("WARN") && line.contains("sandbox"), "{line}");
+    // The app is configured all the same; its pushes connect when they come.
+    let outcome = client
+        .run(1500, apns_push(PushKind::Call, &token(57), None))
+        .await;
+    assert!(
+        matches!(&outcome, Outcome::Failed { class: FailureClass::Provider, reason } if reason.contains("connect")),
+        "{outcome:?}"
+    );
+    // Good URLs prewarm as usual afterwards.
+    client.configure_ok(vec![mocks.ios_app(&[])]).await;
+    wait_until("prewarmed", || logs.text().contains("prewarmed app ios")).await;
 }
 
 #[tokio::test]

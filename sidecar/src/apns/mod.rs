@@ -2,27 +2,31 @@
 //! two hosts and trusts only built-in roots, so it could neither be tested against a mock nor
 //! sent through a gateway.
 //!
-//! One client per app and environment, each a reqwest `Client` holding one long-lived HTTP/2
-//! connection that all of the app's pushes to that environment share as streams. hyper drops a
-//! connection that received GOAWAY or failed and dials a new one for the next request, and the
+//! One client per app and environment, each an [`Origin`] holding one long-lived HTTP/2
+//! connection that all of the app's pushes to that environment share as streams. A connection
+//! that received GOAWAY or failed is dropped and a new one dialled for the next request, and the
 //! retry loop in [`jobs`](crate::jobs) covers the request that was caught in between.
 
 pub(crate) mod token;
 
 use std::{sync::Arc, time::Duration};
 
-use reqwest::{
-    Url,
-    header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue},
+use http::{
+    HeaderName, HeaderValue, Method, Request as HttpRequest,
+    header::{AUTHORIZATION, CONTENT_TYPE},
 };
+use http_body_util::BodyExt;
+use reqwest::Url;
 use res_push_proto::{Environment, Provider};
 use rustls_pki_types::CertificateDer;
 use tokio::time::Instant;
+use tokio_util::bytes::Bytes;
 
 use crate::{
-    classify::{self, Attempt, Reason, Verdict, describe},
+    classify::{self, Attempt, Reason, Verdict},
     clock::Clock,
     credential::Owner,
+    h2::{self, Origin},
     metrics::Metrics,
     tls::{self, Identity},
 };
@@ -88,17 +92,22 @@ pub(crate) struct Request {
     /// `apns-expiration`; `None` leaves APNs' default (store and deliver once).
     pub(crate) expiration: Option<u64>,
     pub(crate) collapse_id: Option<String>,
-    pub(crate) payload: Vec<u8>,
+    /// Shared, so that a retry does not copy it.
+    pub(crate) payload: Bytes,
 }
+
+const APNS_PUSH_TYPE: HeaderName = HeaderName::from_static("apns-push-type");
+const APNS_TOPIC: HeaderName = HeaderName::from_static("apns-topic");
+const APNS_PRIORITY: HeaderName = HeaderName::from_static("apns-priority");
+const APNS_EXPIRATION: HeaderName = HeaderName::from_static("apns-expiration");
+const APNS_COLLAPSE_ID: HeaderName = HeaderName::from_static("apns-collapse-id");
+const APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
 
 #[derive(Debug)]
 struct Endpoint {
-    /// Base URL, parsed once: each push only sets the path (parsing a whole URL per push was a
-    /// visible share of the sidecar's CPU time).
-    base: Url,
     /// The base URL's path without a trailing slash, which the request path goes under.
     prefix: String,
-    http: reqwest::Client,
+    origin: Origin,
     label: &'static str,
 }
 
@@ -113,30 +122,15 @@ pub(crate) struct ApnsClient {
 }
 
 fn endpoint(url: &Url, tls: rustls::ClientConfig, label: &'static str) -> Result<Endpoint, String> {
-    let http = reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
-        // APNs speaks HTTP/2 only; this also makes plain-http (h2c) test endpoints work.
-        .http2_prior_knowledge()
-        // Apple asks providers to keep connections open rather than reconnect per burst;
-        // PINGs find a connection that died silently before a call push has to.
-        .pool_idle_timeout(None)
-        .http2_keep_alive_interval(Duration::from_secs(60))
-        .http2_keep_alive_timeout(Duration::from_secs(20))
-        .http2_keep_alive_while_idle(true)
-        .connect_timeout(Duration::from_secs(10))
-        .user_agent(concat!("res-push-sidecar/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
     Ok(Endpoint {
-        base: url.clone(),
         prefix: url.path().trim_end_matches('/').to_owned(),
-        http,
+        origin: Origin::new(url, tls)?,
         label,
     })
 }
 
 impl ApnsClient {
-    /// Builds the client: signs nothing and connects nowhere yet (the first push does).
+    /// Builds the client: signs nothing and connects nowhere yet (see [`prewarm`](Self::prewarm)).
     pub(crate) fn new(
         app: Arc<str>,
         settings: Settings,
@@ -176,30 +170,86 @@ impl ApnsClient {
         self.token.as_ref().is_some_and(|t| t.expire(generation))
     }
 
-    /// Sends `req` once, giving up at `deadline`.
-    pub(crate) async fn send(&self, req: &Request, deadline: Instant) -> Attempt {
-        let endpoint = match req.environment {
+    /// Signs the provider token (token-based auth) and opens the connection of each
+    /// environment in `environments`, ahead of the first push. Returns what was opened.
+    pub(crate) async fn prewarm(&self, environments: &[Environment]) -> Result<String, String> {
+        if let Some(token) = &self.token {
+            token
+                .bearer()
+                .await
+                .map_err(|e| format!("signing the provider token: {e}"))?;
+        }
+        let mut opened = Vec::new();
+        for &env in environments {
+            let endpoint = self.endpoint(env);
+            match endpoint.origin.connect().await {
+                Ok(_) => {
+                    self.metrics
+                        .connection_state(Provider::Apns, &self.app, endpoint.label, true);
+                    opened.push(endpoint.label);
+                }
+                Err(e) => {
+                    self.metrics
+                        .connection_state(Provider::Apns, &self.app, endpoint.label, false);
+                    return Err(format!("{} connection: {e}", endpoint.label));
+                }
+            }
+        }
+        Ok(format!(
+            "{} connection{} open{}",
+            opened.join(" and "),
+            if opened.len() == 1 { "" } else { "s" },
+            if self.token.is_some() {
+                ", provider token signed"
+            } else {
+                ""
+            }
+        ))
+    }
+
+    fn endpoint(&self, environment: Environment) -> &Endpoint {
+        match environment {
             Environment::Production => &self.production,
             Environment::Sandbox => &self.sandbox,
-        };
+        }
+    }
+
+    /// Sends `req` once, giving up at `deadline`.
+    pub(crate) async fn send(&self, req: &Request, deadline: Instant) -> Attempt {
+        let endpoint = self.endpoint(req.environment);
         let mut auth_generation = None;
-        let mut url = endpoint.base.clone();
-        url.set_path(&format!(
+        let invalid = |what: &str| Attempt {
+            verdict: Verdict::Config(Reason::new(
+                "InvalidRequest",
+                format!("{what} is not valid in an HTTP/2 request"),
+            )),
+            auth_generation: None,
+        };
+        let Ok(uri) = endpoint.origin.uri(&format!(
             "{}/3/device/{}",
             endpoint.prefix, req.device_token
-        ));
-        let mut builder = endpoint
-            .http
-            .post(url)
-            .header(CONTENT_TYPE, "application/json")
-            .header("apns-push-type", req.push_type)
-            .header("apns-topic", &req.topic)
-            .header("apns-priority", req.priority.to_string());
+        )) else {
+            return invalid("the request path");
+        };
+        let Ok(topic) = HeaderValue::from_str(&req.topic) else {
+            return invalid("the topic");
+        };
+        let mut request = HttpRequest::new(h2::Body::new(req.payload.clone()));
+        *request.method_mut() = Method::POST;
+        *request.uri_mut() = uri;
+        let headers = request.headers_mut();
+        headers.insert(CONTENT_TYPE, APPLICATION_JSON);
+        headers.insert(APNS_PUSH_TYPE, HeaderValue::from_static(req.push_type));
+        headers.insert(APNS_TOPIC, topic);
+        headers.insert(APNS_PRIORITY, HeaderValue::from(u16::from(req.priority)));
         if let Some(expiration) = req.expiration {
-            builder = builder.header("apns-expiration", expiration.to_string());
+            headers.insert(APNS_EXPIRATION, HeaderValue::from(expiration));
         }
         if let Some(collapse_id) = &req.collapse_id {
-            builder = builder.header("apns-collapse-id", collapse_id);
+            let Ok(value) = HeaderValue::from_str(collapse_id) else {
+                return invalid("the collapse id");
+            };
+            headers.insert(APNS_COLLAPSE_ID, value);
         }
         if let Some(token) = &self.token {
             let bearer = match token.bearer().await {
@@ -213,7 +263,9 @@ impl ApnsClient {
             };
             auth_generation = Some(bearer.generation);
             match HeaderValue::from_str(&bearer.header) {
-                Ok(value) => builder = builder.header(AUTHORIZATION, value),
+                Ok(value) => {
+                    request.headers_mut().insert(AUTHORIZATION, value);
+                }
                 Err(_) => {
                     return Attempt {
                         verdict: Verdict::Config(Reason::code("ProviderTokenSigning")),
@@ -222,9 +274,7 @@ impl ApnsClient {
                 }
             }
         }
-        let verdict = self
-            .exchange(endpoint, builder.body(req.payload.clone()), deadline)
-            .await;
+        let verdict = self.exchange(endpoint, request, deadline).await;
         Attempt {
             verdict,
             auth_generation,
@@ -234,11 +284,11 @@ impl ApnsClient {
     async fn exchange(
         &self,
         endpoint: &Endpoint,
-        request: reqwest::RequestBuilder,
+        request: HttpRequest<h2::Body>,
         deadline: Instant,
     ) -> Verdict {
         let started = Instant::now();
-        let sent = tokio::time::timeout_at(deadline, request.send()).await;
+        let sent = tokio::time::timeout_at(deadline, endpoint.origin.send(request)).await;
         let response = match sent {
             Err(_) => {
                 return Verdict::Retry {
@@ -250,10 +300,7 @@ impl ApnsClient {
                 self.metrics
                     .connection_state(Provider::Apns, &self.app, endpoint.label, false);
                 return Verdict::Retry {
-                    reason: Reason::new(
-                        "ConnectionError",
-                        format!("connection error: {}", describe(&e)),
-                    ),
+                    reason: Reason::new("ConnectionError", format!("connection error: {e}")),
                     retry_after: None,
                 };
             }
@@ -269,14 +316,14 @@ impl ApnsClient {
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
         let retry_after = classify::retry_after(response.headers());
-        let body = tokio::time::timeout_at(deadline, response.bytes()).await;
+        let body = tokio::time::timeout_at(deadline, response.into_body().collect()).await;
         self.metrics
             .request_took(Provider::Apns, &self.app, started.elapsed());
         if status == 200 {
             return Verdict::Sent { provider_id };
         }
         let body = match body {
-            Ok(Ok(body)) => body,
+            Ok(Ok(body)) => body.to_bytes(),
             // The status alone still classifies; the reason text is what is lost.
             _ => Default::default(),
         };

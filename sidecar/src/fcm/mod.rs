@@ -5,19 +5,22 @@ pub(crate) mod oauth;
 
 use std::sync::Arc;
 
-use reqwest::{
-    Url,
-    header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue},
+use http::{
+    HeaderValue, Method, Request, Uri,
+    header::{AUTHORIZATION, CONTENT_TYPE},
 };
+use http_body_util::BodyExt;
+use reqwest::Url;
 use res_push_proto::Provider;
 use rustls_pki_types::CertificateDer;
 use serde_json::Value;
 use tokio::time::Instant;
 
 use crate::{
-    classify::{self, Attempt, Reason, Verdict, describe},
+    classify::{self, Attempt, Reason, Verdict},
     clock::Clock,
     credential::Owner,
+    h2::{self, Origin},
     metrics::Metrics,
     tls,
 };
@@ -40,14 +43,17 @@ pub(crate) struct Settings {
 pub(crate) struct FcmClient {
     app: Arc<str>,
     /// Parsed once, not per push.
-    send_url: Url,
-    http: reqwest::Client,
+    send_uri: Uri,
+    /// The sends' HTTP/2 connection. The token endpoint is reached through reqwest (rarely,
+    /// and at whatever URL and HTTP version the key's `token_uri` needs).
+    origin: Origin,
     tokens: AccessTokens,
     metrics: Arc<Metrics>,
 }
 
 impl FcmClient {
-    /// Builds the client; no token is fetched until the first push.
+    /// Builds the client; no token is fetched and nothing connected until the first push or
+    /// [`prewarm`](Self::prewarm).
     pub(crate) fn new(
         app: Arc<str>,
         settings: Settings,
@@ -70,19 +76,48 @@ impl FcmClient {
             app: Arc::clone(&app),
             metrics: Arc::clone(&metrics),
         };
-        let tokens = Fetcher::new(&settings.key, http.clone(), clock, owner)?.into_cache();
+        let tokens = Fetcher::new(&settings.key, http, clock, owner)?.into_cache();
         let base = settings.fcm_url.as_str().trim_end_matches('/');
+        let send_url = Url::parse(&format!(
+            "{base}/v1/projects/{}/messages:send",
+            settings.project
+        ))
+        .map_err(|e| format!("fcm_url {base}: {e}"))?;
+        let origin = Origin::new(
+            &send_url,
+            tls::client_config(&settings.extra_roots, None, tls::ALPN_H2)?,
+        )
+        .map_err(|e| format!("fcm_url {base}: {e}"))?;
+        let send_uri = origin
+            .uri(send_url.path())
+            .map_err(|e| format!("fcm_url {base}: {e}"))?;
         Ok(Self {
             app,
-            send_url: Url::parse(&format!(
-                "{base}/v1/projects/{}/messages:send",
-                settings.project
-            ))
-            .map_err(|e| format!("fcm_url {base}: {e}"))?,
-            http,
+            send_uri,
+            origin,
             tokens,
             metrics,
         })
+    }
+
+    /// Fetches the access token and opens the sends' connection, ahead of the first push.
+    pub(crate) async fn prewarm(&self) -> Result<String, String> {
+        self.tokens
+            .bearer()
+            .await
+            .map_err(|e| format!("access token: {e}"))?;
+        match self.origin.connect().await {
+            Ok(_) => {
+                self.metrics
+                    .connection_state(Provider::Fcm, &self.app, "fcm", true);
+                Ok("connection open, access token ready".to_owned())
+            }
+            Err(e) => {
+                self.metrics
+                    .connection_state(Provider::Fcm, &self.app, "fcm", false);
+                Err(format!("connection: {e}"))
+            }
+        }
     }
 
     /// FCM refused credential `generation`; see
@@ -136,21 +171,21 @@ impl FcmClient {
             message: &'a Value,
         }
         let body = serde_json::to_vec(&SendRequest { message }).unwrap_or_default();
-        let request = self
-            .http
-            .post(self.send_url.clone())
-            .header(AUTHORIZATION, auth)
-            .header(CONTENT_TYPE, "application/json")
-            .body(body);
+        let mut request = Request::new(h2::Body::from(body));
+        *request.method_mut() = Method::POST;
+        *request.uri_mut() = self.send_uri.clone();
+        let headers = request.headers_mut();
+        headers.insert(AUTHORIZATION, auth);
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         Attempt {
             verdict: self.exchange(request, deadline).await,
             auth_generation: Some(bearer.generation),
         }
     }
 
-    async fn exchange(&self, request: reqwest::RequestBuilder, deadline: Instant) -> Verdict {
+    async fn exchange(&self, request: Request<h2::Body>, deadline: Instant) -> Verdict {
         let started = Instant::now();
-        let response = match tokio::time::timeout_at(deadline, request.send()).await {
+        let response = match tokio::time::timeout_at(deadline, self.origin.send(request)).await {
             Err(_) => {
                 return Verdict::Retry {
                     reason: Reason::new("Timeout", "no answer from FCM before the deadline"),
@@ -161,10 +196,7 @@ impl FcmClient {
                 self.metrics
                     .connection_state(Provider::Fcm, &self.app, "fcm", false);
                 return Verdict::Retry {
-                    reason: Reason::new(
-                        "ConnectionError",
-                        format!("connection error: {}", describe(&e)),
-                    ),
+                    reason: Reason::new("ConnectionError", format!("connection error: {e}")),
                     retry_after: None,
                 };
             }
@@ -174,10 +206,11 @@ impl FcmClient {
             .connection_state(Provider::Fcm, &self.app, "fcm", true);
         let status = response.status().as_u16();
         let retry_after = classify::retry_after(response.headers());
-        let body = tokio::time::timeout_at(deadline, response.bytes())
+        let body = tokio::time::timeout_at(deadline, response.into_body().collect())
             .await
             .ok()
             .and_then(Result::ok)
+            .map(|b| b.to_bytes())
             .unwrap_or_default();
         self.metrics
             .request_took(Provider::Fcm, &self.app, started.elapsed());

@@ -730,7 +730,7 @@ impl Handler for ApnsState {
             match behavior {
                 Behavior::Success => break (200, String::new()),
                 Behavior::GoAway => {
-                    conn.go_away();
+                    conn.go_away().await;
                     break (200, String::new());
                 }
                 Behavior::Unregistered => {

@@ -942,7 +942,7 @@ impl Handler for FcmState {
                             &self.clock,
                         );
                         if other == Behavior::GoAway {
-                            conn.go_away();
+                            conn.go_away().await;
                         }
                         rec.jwt = a.jwt;
                         rec.reason = a.error;
@@ -974,7 +974,7 @@ impl Handler for FcmState {
                                     break (200, json!({"name": self.message_name()}).to_string(), vec![]);
                                 }
                                 Behavior::GoAway => {
-                                    conn.go_away();
+                                    conn.go_away().await;
                                     break (200, json!({"name": self.message_name()}).to_string(), vec![]);
                                 }
                                 Behavior::Unregistered => {

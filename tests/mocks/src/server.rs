@@ -63,9 +63,13 @@ pub(crate) struct ConnState {
 
 impl ConnState {
     /// Asks the connection task to start a graceful shutdown (GOAWAY); requests already in
-    /// flight, including the caller's, still get their answers.
-    pub(crate) fn go_away(&self) {
+    /// flight, including the caller's, still get their answers. Returns after a moment, so that
+    /// the GOAWAY goes out before the caller's answer, as a server that decided to close says
+    /// so first (otherwise a fast client may already have sent its next request when the GOAWAY
+    /// arrives, and which connection that lands on becomes a race).
+    pub(crate) async fn go_away(&self) {
         self.go_away.notify_one();
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
 
     /// Drops the connection without further answers, then resolves once it is gone.

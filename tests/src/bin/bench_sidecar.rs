@@ -18,8 +18,15 @@
 //! nothing is asserted on time. The run fails only if a push is not accepted.
 //!
 //! The last line is machine-readable: `BENCH sidecar pushes_per_s= p50_ms= p99_ms= rss_mib=
-//! ceiling_ratio=` at 256 in flight, the worse of APNs and FCM for each figure, followed by the
+//! ceiling_ratio=` at 256 in flight, the worse of APNs and FCM for each figure, then
+//! `cpu_us_per_push=` and `ceiling_p99_ms=` (the bare client's own p99: when it is above the
+//! 20 ms target, the machine rather than the sidecar sets the sidecar's p99), followed by the
 //! per-provider figures.
+//!
+//! Fairness: both sides use one HTTP/2 connection per origin (the sidecar opens one per APNs
+//! environment and one for FCM sends, as in production), the same TLS (rustls on ring, the
+//! same CA), and the same request bytes. The sidecar's side also pays the module's half of the
+//! Unix socket (this process's frame encoding and decoding), which is part of a push's path.
 //!
 //! `res-push-bench-sidecar [--full]`. The sidecar binary is `RES_PUSH_SIDECAR_BIN`, else the
 //! `res-push-sidecar` next to this binary (build both with `--release` for real figures).
@@ -244,17 +251,18 @@ fn main() {
             })
     };
     let mut line = format!(
-        "BENCH sidecar pushes_per_s={:.0} p50_ms={:.2} p99_ms={:.2} rss_mib={rss_mib:.1} ceiling_ratio={:.3} cpu_us_per_push={cpu_us:.1}",
+        "BENCH sidecar pushes_per_s={:.0} p50_ms={:.2} p99_ms={:.2} rss_mib={rss_mib:.1} ceiling_ratio={:.3} cpu_us_per_push={cpu_us:.1} ceiling_p99_ms={:.2}",
         worst(|s| s.rate, false),
         worst(|s| s.p50_ms, true),
         worst(|s| s.p99_ms, true),
         worst(|s| s.ratio, false),
+        worst(|s| s.ceiling_p99_ms, true),
     );
     for s in &results {
         let k = s.label.to_lowercase();
         line.push_str(&format!(
-            " {k}_pushes_per_s={:.0} {k}_p50_ms={:.2} {k}_p99_ms={:.2} {k}_ceiling_pushes_per_s={:.0} {k}_ceiling_ratio={:.3}",
-            s.rate, s.p50_ms, s.p99_ms, s.ceiling_rate, s.ratio
+            " {k}_pushes_per_s={:.0} {k}_p50_ms={:.2} {k}_p99_ms={:.2} {k}_ceiling_pushes_per_s={:.0} {k}_ceiling_p99_ms={:.2} {k}_ceiling_ratio={:.3}",
+            s.rate, s.p50_ms, s.p99_ms, s.ceiling_rate, s.ceiling_p99_ms, s.ratio
         ));
     }
     println!("{line}");
