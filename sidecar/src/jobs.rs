@@ -5,7 +5,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use res_push_proto::{FailureClass, Job, Outcome, PushRequest};
+use res_push_proto::{FailureClass, Job, Outcome, PushRequest, redact};
 use tokio::{
     sync::{OwnedRwLockWriteGuard, OwnedSemaphorePermit, RwLock, Semaphore},
     time::Instant,
@@ -324,17 +324,6 @@ fn class_label(class: FailureClass) -> &'static str {
     }
 }
 
-/// A device token shortened for logs: enough to tell tokens apart, not enough to push to one
-/// (RFC 8599 asks that `pn-prid` not leak).
-pub(crate) fn redact(token: &str) -> String {
-    let shown: String = token.chars().take(8).collect();
-    if token.chars().count() > 8 {
-        format!("{shown}…")
-    } else {
-        shown
-    }
-}
-
 impl AppSet {
     /// The names of the apps, in order.
     pub(crate) fn names(&self) -> Vec<String> {
@@ -432,7 +421,7 @@ mod tests {
 
     #[test]
     fn tokens_are_redacted() {
-        assert_eq!(redact("0123456789abcdef"), "01234567…");
-        assert_eq!(redact("short"), "short");
+        assert_eq!(redact("0123456789abcdef"), "…abcdef");
+        assert_eq!(redact("short"), "…short");
     }
 }

@@ -185,18 +185,9 @@ pub fn binding_id(aor: &str, provider: Provider, app_id: &str, token: &str) -> S
     format!("{:010x}", fnv1a(&[aor, provider, app_id, token]) >> 24)
 }
 
-/// A token as shown to people: its last 6 characters.
-pub fn redact(token: &str) -> String {
-    let tail: String = token
-        .chars()
-        .rev()
-        .take(6)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .collect();
-    format!("…{tail}")
-}
+/// A token as shown to people (one form in the module and the sidecar, so log lines of both
+/// can be matched): its last 6 characters.
+pub use res_push_proto::redact;
 
 /// A contact URI as shown to people: token parameters redacted like [`redact`].
 pub fn redact_uri(uri: &str) -> String {
