@@ -390,11 +390,7 @@ pub fn negotiate(client_min: u32, client_max: u32) -> Option<u32> {
 /// alike: its last 6 characters (enough to tell devices apart and match `push show
 /// bindings`, not enough to push to one; RFC 8599 asks that `pn-prid` not leak).
 pub fn redact(token: &str) -> String {
-    let start = token
-        .char_indices()
-        .rev()
-        .nth(5)
-        .map_or(0, |(i, _)| i);
+    let start = token.char_indices().rev().nth(5).map_or(0, |(i, _)| i);
     format!("…{}", &token[start..])
 }
 
