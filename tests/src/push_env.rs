@@ -19,6 +19,8 @@ pub struct Mocks {
     pub fcm: MockFcm,
     /// Credentials written for the sidecar; removed on drop.
     pub dir: PathBuf,
+    /// The test CA both mocks' certificates come from (for clients of their own).
+    pub ca: TestCa,
 }
 
 impl Drop for Mocks {
@@ -41,7 +43,13 @@ impl Mocks {
         let dir =
             std::env::temp_dir().join(format!("res-push-mocks-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("creds dir");
-        Mocks { rt, apns, fcm, dir }
+        Mocks {
+            rt,
+            apns,
+            fcm,
+            dir,
+            ca,
+        }
     }
 
     /// push.conf with `[ios]` (APNs) and `[android]` (FCM) apps pointing at the mocks.

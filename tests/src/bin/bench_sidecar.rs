@@ -44,7 +44,8 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use res_push_mocks::{ApnsOptions, Endpoint, FcmOptions, MockApns, MockFcm, TestCa};
+use res_push_itests::push_env::Mocks;
+use res_push_mocks::{Endpoint, TestCa};
 use res_push_proto::{
     AppConfig, ClientFrame, Job, MIN_PROTOCOL_VERSION, Outcome, PROTOCOL_VERSION, Provider,
     PushData, PushKind, PushRequest, PushTarget, ServerFrame, read_frame, write_frame,
@@ -112,21 +113,20 @@ fn main() {
     let full = std::env::args().skip(1).any(|a| a == "--full");
     let counts = if full { FULL } else { SHORT };
 
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let ca = TestCa::new().expect("test CA");
-    let apns = rt
-        .block_on(MockApns::start_with_ca(ApnsOptions::default(), &ca))
-        .expect("mock APNs");
-    let fcm = rt
-        .block_on(MockFcm::start_with_ca(FcmOptions::default(), &ca))
-        .expect("mock FCM");
-    let dir = std::env::temp_dir().join(format!("res-push-bench-sidecar-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("bench dir");
-    let _cleanup = RemoveDir(dir.clone());
-    let creds = apns.write_credentials(&dir).expect("APNs credentials");
-    let service_account = fcm.write_service_account(&dir);
+    // The mocks as the integration tests start them (one CA, a directory for credentials and
+    // the sidecar's socket, removed on drop).
+    let mocks = Mocks::start("bench-sidecar");
+    let Mocks {
+        rt,
+        apns,
+        fcm,
+        dir,
+        ca,
+    } = &mocks;
+    let creds = apns.write_credentials(dir).expect("APNs credentials");
+    let service_account = fcm.write_service_account(dir);
 
-    let sidecar = SidecarProcess::start(&dir);
+    let sidecar = SidecarProcess::start(dir);
     let pid = sidecar.pid();
     let mut link = Link::open(&dir.join("sidecar.sock"), pid);
     let ca_file = creds.ca_path.display().to_string();
@@ -176,7 +176,7 @@ fn main() {
     fcm.set_recording(false);
     apns.clear();
     fcm.clear();
-    let tls = client_tls(&ca);
+    let tls = client_tls(ca);
 
     println!(
         "sidecar benchmark ({}): mock APNs and FCM on loopback, sidecar pid {pid}, {} cores",
@@ -347,14 +347,6 @@ fn options(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
-}
-
-struct RemoveDir(PathBuf);
-
-impl Drop for RemoveDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
