@@ -49,8 +49,9 @@ fn main() {
         "res_pjsip.h needs the headers of the pjproject bundled with that Asterisk, configured.",
     );
 
-    const SHIM_SOURCES: [&str; 5] = [
+    const SHIM_SOURCES: [&str; 6] = [
         "shim_module.c",
+        "shim_sorcery.c",
         "shim_identity.c",
         "shim_pjsip.c",
         "shim_manager.c",

@@ -28,9 +28,21 @@ build_chroot() {
     # running in the chroot). If that fails, say so: removing a chroot in use breaks them.
     if [ -f "$stamp" ]; then
         log "installing $packages in $dir"
-        chroot "$dir" sh -c \
-            "apt-get -qq update && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(echo "$packages" | tr , ' ')" >&2 \
-            || die "could not add packages to $dir; remove it (rm -rf $dir) to have it rebuilt"
+        # No daemon may start inside the chroot (postgresql's postinst would start a server
+        # there): tests start their own instances. policy-rc.d says no to every service start,
+        # for this install only (one already there is the operator's and stays).
+        local policy="$dir/usr/sbin/policy-rc.d" own_policy=""
+        if [ ! -e "$policy" ]; then
+            printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy" && own_policy=1
+        fi
+        local ok=1
+        # /proc in a mount namespace of its own (maintainer scripts such as systemd-tmpfiles
+        # need it; nothing stays mounted afterwards).
+        unshare --mount --propagation private -- sh -c \
+            "mount -t proc proc '$dir/proc' && chroot '$dir' sh -c 'apt-get -qq update && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(echo "$packages" | tr , ' ')'" >&2 \
+            || ok=""
+        [ -n "$own_policy" ] && rm -f "$policy"
+        [ -n "$ok" ] || die "could not add packages to $dir; remove it (rm -rf $dir) to have it rebuilt"
         echo "$want" >"$stamp"
         log "chroot $dir updated in place"
         return

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Prepares everything that comes from Debian's Asterisk 22 and is never committed:
-#   1. a Debian sid chroot with asterisk, asterisk-dev and sip-tester (tests and demo run Asterisk there:
+#   1. a Debian sid chroot with asterisk, asterisk-dev, sip-tester and postgresql (tests and demo run Asterisk there:
 #      installing sid's Asterisk on the bookworm host would upgrade libc and ~200 other packages);
 #   2. the Asterisk headers staged in a folder of their own (passing the chroot's /usr/include would
 #      mix sid's libc headers into the host build);
@@ -13,7 +13,8 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 CHROOT=${RES_PUSH_CHROOT:-/var/lib/res-push/sid-chroot}
 OUT=${RES_PUSH_HEADERS_OUT:-$here/build}
 # Packages the chroot needs; changing this list rebuilds the chroot.
-PACKAGES="asterisk,asterisk-dev,sip-tester,procps,lintian,systemd"
+# postgresql: the shared-bindings tests run a server of their own (initdb/pg_ctl, unprivileged).
+PACKAGES="asterisk,asterisk-dev,sip-tester,procps,lintian,systemd,postgresql"
 # The real softphone of the client tests (linphonec) runs in a bookworm chroot of its own:
 # sid's linphone-cli is not installable (its libsoci dependencies conflict).
 CLIENT_CHROOT=${RES_PUSH_CLIENT_CHROOT:-/var/lib/res-push/client-chroot}

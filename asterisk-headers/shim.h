@@ -154,6 +154,26 @@ void rp_shim_set_hangupcause(struct ast_channel *chan, int cause);
 /* Hangs a channel up from another thread (a stale leg of a device that registered elsewhere). */
 void rp_shim_softhangup(struct ast_channel *chan);
 
+/* ---- Sorcery: the push binding object type (shim_sorcery.c) ---- */
+struct ast_sorcery;
+
+/* Opens the module's sorcery instance with one object type of `count` string fields (names
+ * must outlive it), `default_wizard`/`default_data` unless sorcery.conf says otherwise, and
+ * loads it. NULL on failure. */
+struct ast_sorcery *rp_shim_sorcery_open(const char *type, const char *const *fields, size_t count,
+	const char *default_wizard, const char *default_data);
+void rp_shim_sorcery_close(struct ast_sorcery *sorcery);
+/* Name of the type's index-th wizard into `name`: 1, or 0 when there is none. */
+int rp_shim_sorcery_wizard(struct ast_sorcery *sorcery, const char *type, int index, char *name, size_t len);
+int rp_shim_sorcery_set(void *obj, size_t index, const char *value);
+/* The field's value ("" when unset); valid while the object is referenced and unchanged. */
+const char *rp_shim_sorcery_get(const void *obj, size_t index);
+void rp_shim_sorcery_object_unref(void *obj);
+/* Objects whose `field` is `value` (every object when `field` is NULL), each passed to `each`
+ * (which takes over one reference to it). -1 when sorcery returned no container. */
+int rp_shim_sorcery_retrieve(const struct ast_sorcery *sorcery, const char *type, const char *field,
+	const char *value, void (*each)(void *ctx, void *obj), void *ctx);
+
 /* Implemented in Rust (res_push/src/entry.rs). */
 /* `requestor` (the caller, or NULL): the call pushes go out from here, before any Local leg runs. */
 int rp_wake_local_destination(const char *endpoint, struct ast_channel *requestor, char *dest, size_t len);

@@ -16,7 +16,9 @@ AST_MODULE_INFO(ASTERISK_GPL_KEY, AST_MODFLAG_LOAD_ORDER, "VoIP push notificatio
 	.unload = rp_module_unload,
 	.reload = rp_module_reload,
 	.load_pri = AST_MODPRI_APP_DEPEND,
-	.requires = "res_pjsip,res_pjsip_session",
+	.requires = "res_pjsip,res_pjsip_session,res_sorcery_astdb",
+	/* Loaded first when present, so sorcery.conf can map push_binding to it. */
+	.optional_modules = "res_sorcery_realtime",
 );
 
 int rp_shim_log_enabled(int level)

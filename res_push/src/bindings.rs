@@ -1,9 +1,12 @@
 //! The module's binding registry: the pure [`Store`] plus what surrounds it in Asterisk —
-//! persistence in astdb, AMI events, removal of stale SIP contacts, refresh pushes, and a
-//! worker thread so SIP threads never do any of that I/O themselves.
+//! persistence through sorcery ([`crate::persist`]: astdb, or a database other nodes share),
+//! lookups of what other nodes stored, AMI events, removal of stale SIP contacts, refresh
+//! pushes, and worker threads so SIP and dialplan threads never do any of that I/O themselves.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError, bounded, select};
 use res_push_core::binding::{Binding, Change, Registration, Store, redact, redact_uri};
@@ -14,12 +17,14 @@ use res_push_proto::{
     Environment, Job, Outcome, Provider, PushData, PushKind, PushRequest, PushTarget,
 };
 
-use crate::ast::thread::{self, Thread};
-use crate::ast::{astdb, channel, manager, pjsip};
-use crate::link::Link;
+use res_push_core::shared::{self, Scope, StoreStatus};
 
-const DB_FAMILY: &str = "res_push";
-const DB_TREE: &str = "binding";
+use crate::ast::channel::{Chan, WaitEnd};
+use crate::ast::sync::slot;
+use crate::ast::thread::{self, Thread};
+use crate::ast::{channel, manager, pjsip};
+use crate::link::Link;
+use crate::persist::{Lookup, Persist, Write};
 /// How often bindings are checked for max age and refresh pushes.
 const TICK: Duration = Duration::from_secs(1);
 
@@ -44,6 +49,8 @@ struct Settings {
     max_age: Duration,
     refresh_before: Duration,
     server_pnsreg: bool,
+    cache: Duration,
+    lookup_timeout: Duration,
 }
 
 impl From<&General> for Settings {
@@ -52,8 +59,18 @@ impl From<&General> for Settings {
             max_age: g.binding_max_age,
             refresh_before: g.refresh_before,
             server_pnsreg: g.policy.pnsreg.is_some(),
+            cache: g.binding_cache,
+            lookup_timeout: g.binding_lookup_timeout,
         }
     }
+}
+
+/// What this node knows of an AOR's bindings in a shared store.
+enum Known {
+    /// Read from the store at this instant.
+    Fresh(Instant),
+    /// A lookup is on its way; these hear its end.
+    Asking(Vec<crate::persist::Done>),
 }
 
 /// The registry.
@@ -64,6 +81,22 @@ pub struct Bindings {
     work: Sender<Work>,
     stop: Mutex<Option<Sender<()>>>,
     thread: Mutex<Option<Thread>>,
+    persist: Persist,
+    store_thread: Mutex<Option<Thread>>,
+    known: Mutex<HashMap<String, Known>>,
+    /// The load at start found no store: the worker asks again on its next tick.
+    retry_load: AtomicBool,
+    /// For callbacks that outlive the call that made them.
+    me: std::sync::Weak<Bindings>,
+}
+
+impl std::fmt::Debug for Known {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Known::Fresh(t) => write!(f, "Fresh({t:?})"),
+            Known::Asking(w) => write!(f, "Asking({})", w.len()),
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -80,41 +113,251 @@ impl std::fmt::Debug for Work {
 }
 
 impl Bindings {
-    /// Restores persisted bindings and starts the worker.
-    pub fn start(general: &General, link: Arc<Link>) -> std::io::Result<Arc<Bindings>> {
-        let mut restored = Vec::new();
-        for (key, value) in astdb::tree(DB_FAMILY, DB_TREE) {
-            match serde_json::from_str::<Binding>(&value) {
-                Ok(b) => restored.push(b),
-                Err(e) => {
-                    tracing::warn!("dropping unreadable stored binding {key}: {e}");
-                    let k = key
-                        .trim_start_matches('/')
-                        .trim_start_matches(DB_FAMILY)
-                        .trim_start_matches('/');
-                    astdb::del(DB_FAMILY, k);
-                }
-            }
+    /// Opens the store, moves bindings of earlier versions into it, loads what it holds and
+    /// starts the workers. Runs on the loader thread: the one load of the store at start is the
+    /// only stored read made outside the store thread (if the store does not answer, the node
+    /// starts with what it has and the store thread loads the rest when it is back).
+    pub fn start(general: &General, link: Arc<Link>) -> Result<Arc<Bindings>, String> {
+        let persist = Persist::open().ok_or_else(|| {
+            format!(
+                "cannot open the sorcery object type {} (is res_sorcery_astdb loaded, and sorcery.conf's [res_push] valid?)",
+                shared::OBJECT_TYPE
+            )
+        })?;
+        let node = crate::ast::system_name();
+        let mut store = Store::new();
+        store.set_node(&node);
+        for b in persist.migrate_legacy(&node) {
+            store.put(b);
         }
-        let store = Store::restore(restored);
+        let loaded = persist.read(&Lookup::All);
+        let load_pending = loaded.is_none();
+        shared::sync(&mut store, Scope::Load, loaded.unwrap_or_default(), |id| {
+            persist.pending(id)
+        });
         if !store.is_empty() {
-            tracing::info!("restored {} push binding(s)", store.len());
+            tracing::info!(
+                "restored {} push binding(s) from {} (node '{node}')",
+                store.len(),
+                persist.wizards().join(",")
+            );
         }
         let (work, work_rx) = bounded(4096);
         let (stop, stop_rx) = bounded::<()>(0);
-        let b = Arc::new(Bindings {
+        let b = Arc::new_cyclic(|me| Bindings {
+            me: me.clone(),
             store: Mutex::new(store),
             settings: Mutex::new(Settings::from(general)),
             work,
             stop: Mutex::new(Some(stop)),
             thread: Mutex::new(None),
+            persist,
+            store_thread: Mutex::new(None),
+            known: Mutex::new(HashMap::new()),
+            retry_load: AtomicBool::new(false),
         });
         let worker = b.clone();
         let t = thread::spawn(c"res_push binds", move || {
             worker.run(&work_rx, &stop_rx, &link)
-        })?;
+        })
+        .map_err(|e| format!("cannot start the binding worker: {e}"))?;
         *lock(&b.thread) = Some(t);
+        let store = b.clone();
+        let t = match thread::spawn(c"res_push store", move || {
+            store
+                .persist
+                .run(&|what, rows| store.synced(what, rows));
+        }) {
+            Ok(t) => t,
+            Err(e) => {
+                b.stop();
+                return Err(format!("cannot start the binding store thread: {e}"));
+            }
+        };
+        *lock(&b.store_thread) = Some(t);
+        if load_pending {
+            b.load_when_reachable();
+        }
         Ok(b)
+    }
+
+    /// The load at start did not reach the store: ask again until it answers.
+    fn load_when_reachable(self: &Arc<Self>) {
+        let me = Arc::downgrade(self);
+        self.persist.lookup(
+            Lookup::All,
+            Box::new(move |ok| {
+                if !ok {
+                    if let Some(me) = me.upgrade() {
+                        // Not at once: the store thread would spin on a dead database.
+                        me.retry_load.store(true, Ordering::Release);
+                    }
+                }
+            }),
+        );
+    }
+
+    /// The store thread read `what`: bring the copy in memory to it.
+    fn synced(&self, what: &Lookup, rows: Vec<Binding>) {
+        let scope = match what {
+            Lookup::Aor(a) => Scope::Aor(a.as_str()),
+            Lookup::All => Scope::All,
+        };
+        let out = {
+            let mut store = lock(&self.store);
+            shared::sync(&mut store, scope, rows, |id| self.persist.pending(id))
+        };
+        for b in &out.added {
+            tracing::debug!("{}: push binding {} learned from the store", b.aor, b.id);
+            channel::devstate_changed(&format!("Push/{}", b.aor));
+        }
+        for b in &out.removed {
+            tracing::info!(
+                "{}: push binding {} no longer stored (removed on another node); forgotten",
+                b.aor,
+                b.id
+            );
+            channel::devstate_changed(&format!("Push/{}", b.aor));
+        }
+    }
+
+    /// `push show status` lines of the store.
+    pub fn store_status(&self) -> StoreStatus {
+        let h = self.persist.health();
+        StoreStatus {
+            wizards: self.persist.wizards().to_vec(),
+            shared: self.persist.shared(),
+            node: lock(&self.store).node().to_string(),
+            up: h.up,
+            since: h.since,
+            failures: h.failures,
+            pending: self.persist.pending_count(),
+            bindings: lock(&self.store).len(),
+        }
+    }
+
+    /// Makes sure the copy of `aor` is recent enough for a call; `done` hears when it is
+    /// (`true` at once, without calling `done`, when nothing needs asking).
+    fn ensure(&self, aor: &str, cache: Duration, done: crate::persist::Done) -> bool {
+        if !self.persist.shared() {
+            return true;
+        }
+        let mut known = lock(&self.known);
+        match known.get_mut(aor) {
+            Some(Known::Fresh(t)) if t.elapsed() < cache => return true,
+            Some(Known::Asking(waiting)) => {
+                waiting.push(done);
+                return false;
+            }
+            _ => {}
+        }
+        known.insert(aor.to_string(), Known::Asking(vec![done]));
+        drop(known);
+        self.ask(Lookup::Aor(aor.to_string()));
+        false
+    }
+
+    fn ask(&self, what: Lookup) {
+        let Lookup::Aor(aor) = what.clone() else {
+            return;
+        };
+        let me = self.myself();
+        self.persist.lookup(
+            what,
+            Box::new(move |ok| {
+                let Some(me) = me else { return };
+                let waiting = {
+                    let mut known = lock(&me.known);
+                    let waiting = match known.remove(&aor) {
+                        Some(Known::Asking(w)) => w,
+                        _ => Vec::new(),
+                    };
+                    if ok {
+                        known.insert(aor.clone(), Known::Fresh(Instant::now()));
+                    }
+                    waiting
+                };
+                for w in waiting {
+                    w(ok);
+                }
+            }),
+        );
+    }
+
+    fn myself(&self) -> Option<Arc<Bindings>> {
+        self.me.upgrade()
+    }
+
+    /// Starts lookups of these AORs if the copy is older than `binding_cache`, without waiting
+    /// (the caller's `Dial` thread asking for `Push/...`).
+    pub fn prefetch(&self, aors: &[String]) {
+        let cache = lock(&self.settings).cache;
+        for aor in aors {
+            self.ensure(aor, cache, Box::new(|_| {}));
+        }
+    }
+
+    /// Before a call wakes the devices of `aors`: in a shared store, waits on `chan` (its own
+    /// wake-up leg, never the caller's thread) for the AORs' lookups, at most
+    /// `binding_lookup_timeout`; past that, or when the store does not answer, the call goes
+    /// on with the copy in memory.
+    pub fn refresh_for_call(&self, chan: Chan, aors: &[String]) {
+        let (cache, timeout) = {
+            let s = lock(&self.settings);
+            (s.cache, s.lookup_timeout)
+        };
+        let flag = Arc::new(AtomicBool::new(false));
+        let outstanding = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        for aor in aors {
+            outstanding.fetch_add(1, Ordering::AcqRel);
+            let (f, n, c) = (flag.clone(), outstanding.clone(), chan.handle());
+            let done = Box::new(move |_ok: bool| {
+                if n.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    f.store(true, Ordering::Release);
+                    c.wake();
+                }
+            });
+            if self.ensure(aor, cache, done) {
+                outstanding.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        if outstanding.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        let started = Instant::now();
+        match chan.wait(timeout, &flag) {
+            WaitEnd::Woken => tracing::debug!(
+                "{}: bindings looked up in {} ms",
+                aors.join(","),
+                started.elapsed().as_millis()
+            ),
+            WaitEnd::Timeout => tracing::warn!(
+                "{}: binding store lookup took over {} ms; calling with what this node knows",
+                aors.join(","),
+                timeout.as_millis()
+            ),
+            _ => {}
+        }
+    }
+
+    /// A fresh read of `aor` (or all bindings) for an operator command, waited for at most
+    /// `wait`; false when the store did not answer in time (the copy in memory is shown).
+    pub fn refresh_now(&self, aor: Option<&str>, wait: Duration) -> bool {
+        if !self.persist.shared() {
+            return true;
+        }
+        let (filler, slot) = slot();
+        match aor {
+            Some(a) => {
+                // A forced read: whatever is cached, the operator sees the store.
+                lock(&self.known).remove(a);
+                self.ensure(a, Duration::ZERO, Box::new(move |ok| filler.fill(ok)));
+            }
+            None => self
+                .persist
+                .lookup(Lookup::All, Box::new(move |ok| filler.fill(ok))),
+        }
+        slot.wait(wait).unwrap_or(false)
     }
 
     /// Applies a reloaded configuration; bindings are untouched.
@@ -122,10 +365,14 @@ impl Bindings {
         *lock(&self.settings) = Settings::from(general);
     }
 
-    /// Stops the worker (pending work is applied first).
+    /// Stops the workers (pending work is applied first, then stored).
     pub fn stop(&self) {
         drop(lock(&self.stop).take());
         if let Some(t) = lock(&self.thread).take() {
+            t.join();
+        }
+        self.persist.stop();
+        if let Some(t) = lock(&self.store_thread).take() {
             t.join();
         }
     }
@@ -209,7 +456,14 @@ impl Bindings {
                     }
                     return;
                 }
-                recv(ticker) -> _ => self.tick(link),
+                recv(ticker) -> _ => {
+                    self.tick(link);
+                    if self.retry_load.swap(false, Ordering::AcqRel) {
+                        if let Some(me) = self.myself() {
+                            me.load_when_reachable();
+                        }
+                    }
+                }
             }
         }
     }
@@ -384,7 +638,7 @@ impl Bindings {
                     }
                 }
                 Change::Removed { binding: b, reason } => {
-                    astdb::del(DB_FAMILY, &format!("{DB_TREE}/{}", b.id));
+                    self.persist.write(Write::Delete(b.clone()));
                     tracing::info!(
                         "{}: push binding {} removed ({})",
                         b.aor,
@@ -402,14 +656,7 @@ impl Bindings {
     }
 
     fn persist(&self, b: &Binding) {
-        match serde_json::to_string(b) {
-            Ok(json) => {
-                if !astdb::put(DB_FAMILY, &format!("{DB_TREE}/{}", b.id), &json) {
-                    tracing::error!("{}: could not store binding {} in astdb", b.aor, b.id);
-                }
-            }
-            Err(e) => tracing::error!("{}: could not serialize binding {}: {e}", b.aor, b.id),
-        }
+        self.persist.write(Write::Upsert(b.clone()));
     }
 }
 

@@ -51,6 +51,11 @@ const SPECS: &[Spec] = &[
     },
 ];
 
+/// How long a listing waits for a shared binding store to answer (a CLI thread, never a SIP
+/// or dialplan one).
+const STORE_WAIT: Duration = Duration::from_secs(3);
+const STALE: &str = "(the shared binding store did not answer: this node's copy is shown)\n";
+
 /// Extra arguments each command accepts after its words: (min, max).
 fn extra_args(index: u32) -> (usize, usize) {
     match index {
@@ -91,17 +96,29 @@ pub fn exec(index: i32, out: Output, args: &[String]) -> Outcome {
             status.built_for = crate::ast::identity::built_for();
             status.running_in = Some(crate::ast::identity::running_in());
             out.write(&status.render());
+            out.write(
+                &running
+                    .bindings
+                    .store_status()
+                    .render(std::time::SystemTime::now()),
+            );
             Outcome::Success
         }
         rp_cli_command::RP_CLI_PING => ping(&running, out),
         rp_cli_command::RP_CLI_SHOW_BINDINGS => {
-            out.write(&table(
-                &running.bindings.list(extra.first().map(String::as_str)),
-                now(),
-            ));
+            let aor = extra.first().map(String::as_str);
+            let stale = !running.bindings.refresh_now(aor, STORE_WAIT);
+            out.write(&table(&running.bindings.list(aor), now()));
+            if stale {
+                out.write(STALE);
+            }
             Outcome::Success
         }
         rp_cli_command::RP_CLI_SHOW_BINDING => {
+            let stale = !running.bindings.refresh_now(Some(&extra[0]), STORE_WAIT);
+            if stale {
+                out.write(STALE);
+            }
             let list = running.bindings.list(Some(&extra[0]));
             if list.is_empty() {
                 out.write(&format!("No push bindings for '{}'\n", extra[0]));

@@ -9,7 +9,8 @@
 //! - `commands`: the CLI commands;
 //! - `link`: the queue and thread that talk to res-push-sidecar;
 //! - `registrar`: the REGISTER hook (RFC 8599 parameters, 400/555, Feature-Caps);
-//! - `bindings`: push bindings (store, astdb persistence, AMI events, refresh pushes);
+//! - `bindings`: push bindings (store, lookups in a shared store, AMI events, refresh pushes);
+//! - `persist`: the sorcery object type `push_binding` and its write-behind store thread;
 //! - `ami`: AMI actions;
 //! - `wake`: call wake-up (`Dial(Push/...)`, `PushWake`).
 //!
@@ -25,6 +26,7 @@ mod entry;
 pub mod ffi;
 mod link;
 mod module;
+mod persist;
 mod push;
 mod registrar;
 mod wake;

@@ -109,7 +109,7 @@ fn start() -> Result<Arc<Running>, String> {
         Ok(b) => b,
         Err(e) => {
             link.stop();
-            return Err(format!("cannot start the binding worker: {e}"));
+            return Err(e);
         }
     };
     let running = Arc::new(Running {

@@ -386,6 +386,10 @@ pub fn local_destination(
     requestor: Option<Chan>,
 ) -> Option<String> {
     let aors = channel::endpoint_aors(endpoint)?;
+    if let Some(running) = running {
+        // A shared store: the lookup starts now and PushDial waits for its end on its own leg.
+        running.bindings.prefetch(&aors);
+    }
     let call_uuid = requestor
         .and_then(|c| c.var("PUSH_CALL_UUID"))
         .filter(|u| is_uuid(u))
@@ -613,6 +617,7 @@ pub fn push_dial(running: &Running, chan: Chan, data: &str) -> i32 {
         chan.set_hangup_cause(CAUSE_SUBSCRIBER_ABSENT);
         return -1;
     };
+    running.bindings.refresh_for_call(chan, &aors);
     let mut dests = plain_contacts(&endpoint, &aors);
     let devices = bindings_of(running, &aors);
     dests.extend(
@@ -852,6 +857,7 @@ pub fn push_wake(running: &Running, chan: Chan, data: &str) -> i32 {
     let general = running.general();
     let timeout = timeout_arg(a.get(1), general.wake_timeout);
     let aors = channel::endpoint_aors(&endpoint).unwrap_or_default();
+    running.bindings.refresh_for_call(chan, &aors);
     let plain = plain_contacts(&endpoint, &aors);
     let devices = bindings_of(running, &aors);
     if devices.is_empty() {

@@ -54,6 +54,11 @@ pub struct Binding {
     /// `last_register` as last written to storage.
     #[serde(default)]
     pub persisted_register: u64,
+    /// The node (Asterisk `systemname`) whose registrar saw the latest REGISTER: it alone
+    /// expires the binding and sends its refresh pushes when several nodes share bindings
+    /// (PJSIP's contacts have the same `reg_server`). Empty: any node's.
+    #[serde(default)]
+    pub reg_server: String,
 }
 
 impl Binding {
@@ -159,6 +164,8 @@ pub const PERSIST_EVERY: u64 = 300;
 #[derive(Debug, Default, Clone)]
 pub struct Store {
     bindings: BTreeMap<Key, Binding>,
+    /// This node's name, stamped as `reg_server` on what its registrar records.
+    node: String,
 }
 
 /// FNV-1a: a stable hash for ids (std's hasher may change between Rust releases, and ids are
@@ -175,9 +182,14 @@ fn fnv1a(parts: &[&str]) -> u64 {
 }
 
 /// The id of the binding of `aor` for this provider, app and token: stable, so the same device
-/// keeps its id across restarts and the REGISTER hook can name the binding a call waits for.
+/// keeps its id across restarts and nodes, and the REGISTER hook can name the binding a call
+/// waits for.
+///
+/// By construction: the 40 high bits of FNV-1a over `aor`, the provider's id name (`Apns`,
+/// `Fcm`: written out here, not derived from the enum, so renaming a variant changes nothing),
+/// the app id and the token, each followed by a NUL byte, as 10 lower-case hex digits.
+/// `ids_are_pinned` holds known values: changing any of this orphans every stored binding.
 pub fn binding_id(aor: &str, provider: Provider, app_id: &str, token: &str) -> String {
-    // The provider as its `Debug` name, as ids have always been computed.
     let provider = match provider {
         Provider::Apns => "Apns",
         Provider::Fcm => "Fcm",
@@ -219,6 +231,33 @@ impl Store {
             s.bindings.insert(b.key(), b);
         }
         s
+    }
+
+    /// Names this node (`reg_server` of what it records from now on).
+    pub fn set_node(&mut self, node: &str) {
+        self.node = node.to_string();
+    }
+
+    /// This node's name.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// Whether this node looks after `b` (expiry, refresh pushes): it saw its latest
+    /// REGISTER, or nobody is named.
+    pub fn is_local(&self, b: &Binding) -> bool {
+        b.reg_server.is_empty() || b.reg_server == self.node
+    }
+
+    /// Inserts or replaces a binding as another node or the database has it; the replaced one
+    /// is returned.
+    pub fn put(&mut self, b: Binding) -> Option<Binding> {
+        self.bindings.insert(b.key(), b)
+    }
+
+    /// Forgets a binding without deciding anything about it (it went away elsewhere).
+    pub fn forget(&mut self, b: &Binding) -> Option<Binding> {
+        self.bindings.remove(&b.key())
     }
 
     /// Number of bindings.
@@ -314,6 +353,7 @@ impl Store {
                 let instance = instance.or(b.instance.take());
                 let environment = params.environment.or(b.environment);
                 let changed = stale_contact.is_some()
+                    || b.reg_server != self.node
                     || b.user_agent != user_agent
                     || b.instance != instance
                     || b.ua_pnsreg != ua_pnsreg
@@ -326,6 +366,7 @@ impl Store {
                 b.last_register = now;
                 b.expires_at = expires_at;
                 b.failures = 0;
+                b.reg_server.clone_from(&self.node);
                 let persist = changed || now.saturating_sub(b.persisted_register) >= PERSIST_EVERY;
                 if persist {
                     b.persisted_register = now;
@@ -357,6 +398,7 @@ impl Store {
                     failures: 0,
                     refresh_sent_for: None,
                     persisted_register: now,
+                    reg_server: self.node.clone(),
                 };
                 self.bindings.insert(key, b.clone());
                 changes.push(Change::Added(b));
@@ -451,10 +493,13 @@ impl Store {
         self.register(r, now)
     }
 
-    /// Bindings whose last REGISTER is older than `max_age` seconds go.
+    /// Bindings whose last REGISTER is older than `max_age` seconds go (only those this node
+    /// looks after: another node's copy may be older than what it knows).
     pub fn expire(&mut self, now: u64, max_age: u64) -> Vec<Change> {
+        let node = self.node.clone();
         self.remove_where(RemoveReason::MaxAge, |b| {
-            now.saturating_sub(b.last_register) > max_age
+            (b.reg_server.is_empty() || b.reg_server == node)
+                && now.saturating_sub(b.last_register) > max_age
         })
     }
 
@@ -467,6 +512,9 @@ impl Store {
         }
         let mut due = Vec::new();
         for b in self.bindings.values_mut() {
+            if !(b.reg_server.is_empty() || b.reg_server == self.node) {
+                continue;
+            }
             let self_refreshing = b.ua_pnsreg && server_pnsreg;
             let window = b.expires_at.saturating_sub(before) <= now && now < b.expires_at;
             if !self_refreshing && window && b.refresh_sent_for != Some(b.expires_at) {
@@ -580,6 +628,40 @@ mod tests {
         assert_eq!(id(&x), id(&y));
         assert_ne!(id(&x), id(&z));
         assert_eq!(id(&x).len(), 10);
+    }
+
+    #[test]
+    fn ids_are_pinned() {
+        // Stored ids depend on these values (also computed outside Rust, from the definition in
+        // `binding_id`): a change here orphans every stored binding.
+        assert_eq!(
+            binding_id("alice", Provider::Apns, "TEAM.com.example.voip", "aa11"),
+            "1d20c67e36"
+        );
+        assert_eq!(
+            binding_id("1001", Provider::Fcm, "com.example.app", "tok"),
+            "09ff90df95"
+        );
+    }
+
+    #[test]
+    fn only_the_registering_node_expires_and_refreshes() {
+        let mut a = Store::new();
+        a.set_node("a");
+        a.register(reg("alice", "aa11", "sip:x"), 0);
+        let b0 = a.all().next().unwrap().clone();
+        assert_eq!(b0.reg_server, "a");
+        let mut b = Store::new();
+        b.set_node("b");
+        b.put(b0.clone());
+        assert!(!b.is_local(&b0));
+        assert!(b.expire(10_000, 60).is_empty(), "not b's to expire");
+        assert!(b.due_for_refresh(545, 60, false).is_empty());
+        assert_eq!(a.due_for_refresh(545, 60, false).len(), 1);
+        // The phone now registers on b: b looks after it (and says so to storage).
+        let c = b.register(reg("alice", "aa11", "sip:x"), 100);
+        assert!(matches!(&c[0], Change::Updated { changed: true, persist: true, binding, .. } if binding.reg_server == "b"));
+        assert_eq!(b.expire(10_000, 60).len(), 1);
     }
 
     #[test]

@@ -64,6 +64,12 @@ pub struct General {
     /// Put the caller's number and name in push payloads (off: templates see empty values,
     /// for deployments where nothing personal may cross Apple's and Google's servers).
     pub push_caller_id: bool,
+    /// With a shared binding store (sorcery realtime): how long a node trusts what it read of
+    /// an AOR before a call reads it again; zero reads on every call.
+    pub binding_cache: Duration,
+    /// With a shared binding store: how long a call's wake-up leg waits for that read before
+    /// it goes on with what the node has in memory.
+    pub binding_lookup_timeout: Duration,
 }
 
 /// What the caller hears while devices wake up (XiVO's `XIVO_MAPP_WAIT_WITH_MUSIC`).
@@ -97,6 +103,8 @@ impl Default for General {
             push_skip_recent: Duration::ZERO,
             strip_pn_params: true,
             push_caller_id: true,
+            binding_cache: Duration::from_secs(5),
+            binding_lookup_timeout: Duration::from_millis(500),
         }
     }
 }
@@ -280,6 +288,17 @@ fn parse_general(
             "strip_pn_params" => {
                 g.strip_pn_params = parse_bool(v).ok_or_else(|| err("must be yes or no"))?
             }
+            "binding_cache" => {
+                let d = parse_duration(v).map_err(|r| err(&r))?;
+                if d > Duration::from_secs(3600) {
+                    return Err(err("must be at most 1h"));
+                }
+                g.binding_cache = d;
+            }
+            "binding_lookup_timeout_ms" => {
+                g.binding_lookup_timeout =
+                    Duration::from_millis(parse_range(v, 10, 10_000).map_err(|r| err(&r))?)
+            }
             "missed_call_push" => {
                 g.missed_call_push = parse_bool(v).ok_or_else(|| err("must be yes or no"))?
             }
@@ -424,9 +443,13 @@ mod tests {
             ("reconnect_max_ms", "1000"),
             ("heartbeat_interval", "0"),
             ("job_deadline_ms", "2500"),
+            ("binding_cache", "0"),
+            ("binding_lookup_timeout_ms", "200"),
         ]))
         .unwrap();
         let g = p.config.general;
+        assert_eq!(g.binding_cache, Duration::ZERO);
+        assert_eq!(g.binding_lookup_timeout, Duration::from_millis(200));
         assert_eq!(g.sidecar_socket, PathBuf::from("/tmp/x.sock"));
         assert_eq!(g.queue_size, 16);
         assert_eq!(g.reconnect_min, Duration::from_millis(50));
@@ -443,6 +466,11 @@ mod tests {
             e.to_string(),
             "push.conf [general] queue_size = 'lots': not a whole number"
         );
+        let e = PushConfig::from_sections(&general(&[("binding_lookup_timeout_ms", "5")]))
+            .unwrap_err();
+        assert_eq!(e.option, "binding_lookup_timeout_ms");
+        let e = PushConfig::from_sections(&general(&[("binding_cache", "2h")])).unwrap_err();
+        assert_eq!(e.option, "binding_cache");
         let e = PushConfig::from_sections(&general(&[("queue_size", "0")])).unwrap_err();
         assert!(e.reason.contains("between 1 and"), "{e}");
         let e = PushConfig::from_sections(&general(&[("sidecar_socket", "relative.sock")]))

@@ -8,6 +8,7 @@ pub mod config;
 pub mod identity;
 pub mod pn;
 pub mod registrar;
+pub mod shared;
 pub mod sip;
 pub mod status;
 pub mod wake;

@@ -12,6 +12,7 @@ pub mod identity;
 pub mod log;
 pub mod manager;
 pub mod pjsip;
+pub mod sorcery;
 pub mod sync;
 pub mod thread;
 

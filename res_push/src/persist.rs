@@ -1,0 +1,439 @@
+//! Where bindings are stored: the sorcery object type `push_binding` (astdb unless
+//! `sorcery.conf` maps it to the realtime wizard and a database), behind a write-behind queue.
+//!
+//! The in-memory [`Store`](res_push_core::binding::Store) is what every PJSIP and dialplan
+//! thread reads and writes. Stored writes and lookups run only on this module's own thread
+//! (`res_push store`): callers enqueue and return. Writes are coalesced per binding (the latest
+//! wins); while the store is unreachable they stay queued and are retried, so what changed
+//! meanwhile reaches the database when it is back. Lookups answer through a callback.
+
+use std::collections::BTreeMap;
+use std::ffi::CStr;
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use res_push_core::binding::Binding;
+use res_push_core::shared::{self, FIELDS, HEALTH_ID, OBJECT_TYPE};
+
+use crate::ast::astdb;
+use crate::ast::sorcery::{Object, Sorcery};
+
+/// The field names as C strings for sorcery (config_options keeps the pointers).
+static FIELD_NAMES: [&CStr; 15] = [
+    c"aor",
+    c"provider",
+    c"app_id",
+    c"token",
+    c"environment",
+    c"form",
+    c"contact_uri",
+    c"user_agent",
+    c"instance",
+    c"ua_pnsreg",
+    c"created",
+    c"last_register",
+    c"expires_at",
+    c"failures",
+    c"reg_server",
+];
+
+/// Where bindings were kept before the sorcery object type (astdb `/res_push/binding/<id>`,
+/// JSON): read once at load, moved into the store, removed once stored.
+const LEGACY_FAMILY: &str = "res_push";
+const LEGACY_TREE: &str = "binding";
+
+/// How often queued writes are retried while the store is unreachable.
+pub const RETRY: Duration = Duration::from_secs(2);
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A stored write.
+#[derive(Debug, Clone)]
+pub enum Write {
+    /// Store this binding (create or replace).
+    Upsert(Binding),
+    /// Remove this binding.
+    Delete(Binding),
+}
+
+/// What a lookup reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    /// One AOR's bindings.
+    Aor(String),
+    /// All bindings.
+    All,
+}
+
+/// Hears whether a lookup reached the store (`false`: the copy in memory is all there is).
+pub type Done = Box<dyn FnOnce(bool) + Send>;
+
+/// The store's reachability, for `push show status`.
+#[derive(Debug, Clone)]
+pub struct Health {
+    /// Whether the last operation reached it.
+    pub up: bool,
+    /// Since when it is in that state.
+    pub since: SystemTime,
+    /// Operations that failed to reach it since load.
+    pub failures: u64,
+}
+
+#[derive(Default)]
+struct Queue {
+    /// Pending writes by binding id, each with its sequence number: an entry is removed only
+    /// by the thread that wrote that very version.
+    writes: BTreeMap<String, (u64, Write)>,
+    seq: u64,
+    lookups: Vec<(Lookup, Done)>,
+    stop: bool,
+    /// While the store is unreachable: when queued writes are tried again.
+    retry_at: Option<Instant>,
+}
+
+/// The store and its queue.
+pub struct Persist {
+    sorcery: Sorcery,
+    wizards: Vec<String>,
+    shared: bool,
+    queue: Mutex<Queue>,
+    wake: Condvar,
+    health: Mutex<Health>,
+}
+
+impl std::fmt::Debug for Persist {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Persist")
+            .field("wizards", &self.wizards)
+            .field("shared", &self.shared)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A failed stored operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    /// The store did not answer: retry later.
+    Unreachable,
+    /// The store answered but refused this write: retrying will not help.
+    Refused,
+}
+
+impl Persist {
+    /// Opens the sorcery object type (astdb by default).
+    pub fn open() -> Option<Persist> {
+        let sorcery = Sorcery::open(OBJECT_TYPE, &FIELD_NAMES, "astdb", shared::ASTDB_PREFIX)?;
+        let wizards = sorcery.wizards();
+        let shared = shared::is_shared(&wizards);
+        Some(Persist {
+            sorcery,
+            wizards,
+            shared,
+            queue: Mutex::new(Queue::default()),
+            wake: Condvar::new(),
+            health: Mutex::new(Health {
+                up: true,
+                since: SystemTime::now(),
+                failures: 0,
+            }),
+        })
+    }
+
+    /// Whether other nodes may share the store (lookups are worth making).
+    pub fn shared(&self) -> bool {
+        self.shared
+    }
+
+    /// The wizards `push_binding` is mapped to.
+    pub fn wizards(&self) -> &[String] {
+        &self.wizards
+    }
+
+    /// Reachability.
+    pub fn health(&self) -> Health {
+        lock(&self.health).clone()
+    }
+
+    /// Writes not yet confirmed by the store.
+    pub fn pending_count(&self) -> usize {
+        lock(&self.queue).writes.len()
+    }
+
+    /// Whether this binding has a write not yet confirmed (its copy in memory is newer than
+    /// what the store holds).
+    pub fn pending(&self, id: &str) -> bool {
+        lock(&self.queue).writes.contains_key(id)
+    }
+
+    /// Queues a write; never blocks on the store.
+    pub fn write(&self, w: Write) {
+        let id = match &w {
+            Write::Upsert(b) | Write::Delete(b) => b.id.clone(),
+        };
+        let mut q = lock(&self.queue);
+        q.seq += 1;
+        let seq = q.seq;
+        q.writes.insert(id, (seq, w));
+        drop(q);
+        self.wake.notify_one();
+    }
+
+    /// Queues a lookup; `done` runs on the store thread.
+    pub fn lookup(&self, what: Lookup, done: Done) {
+        lock(&self.queue).lookups.push((what, done));
+        self.wake.notify_one();
+    }
+
+    /// Asks the thread to end after a last flush.
+    pub fn stop(&self) {
+        lock(&self.queue).stop = true;
+        self.wake.notify_one();
+    }
+
+    /// The thread's body: writes first (so a lookup sees this node's own changes), then
+    /// lookups, whose answers go to `synced`.
+    pub fn run(&self, synced: &dyn Fn(&Lookup, Vec<Binding>)) {
+        loop {
+            let (lookups, stop) = {
+                let mut q = lock(&self.queue);
+                loop {
+                    if q.stop || !q.lookups.is_empty() {
+                        break;
+                    }
+                    let now = Instant::now();
+                    let retry_in = q.retry_at.map_or(Duration::ZERO, |t| t.saturating_duration_since(now));
+                    if !q.writes.is_empty() && retry_in.is_zero() {
+                        break;
+                    }
+                    let wait = if q.writes.is_empty() {
+                        Duration::from_secs(3600)
+                    } else {
+                        retry_in
+                    };
+                    q = self
+                        .wake
+                        .wait_timeout(q, wait)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0;
+                }
+                (std::mem::take(&mut q.lookups), q.stop)
+            };
+            self.flush();
+            for (what, done) in lookups {
+                match self.read(&what) {
+                    Some(rows) => {
+                        synced(&what, rows);
+                        done(true);
+                    }
+                    None => done(false),
+                }
+            }
+            if stop {
+                let left = self.pending_count();
+                if left > 0 {
+                    tracing::warn!(
+                        "push binding store unreachable at unload: {left} binding write(s) not stored"
+                    );
+                }
+                return;
+            }
+        }
+    }
+
+    /// Writes what is queued until the queue is empty or the store stops answering.
+    fn flush(&self) {
+        loop {
+            let next = {
+                let q = lock(&self.queue);
+                q.writes
+                    .iter()
+                    .next()
+                    .map(|(id, (seq, w))| (id.clone(), *seq, w.clone()))
+            };
+            let Some((id, seq, w)) = next else { return };
+            let r = match &w {
+                Write::Upsert(b) => self.upsert(b),
+                Write::Delete(b) => self.delete(b),
+            };
+            match r {
+                Err(Failure::Unreachable) => {
+                    lock(&self.queue).retry_at = Some(Instant::now() + RETRY);
+                    return;
+                }
+                Err(Failure::Refused) => {
+                    tracing::error!(
+                        "push binding store refused the write of binding {id}; it stays in memory only"
+                    );
+                }
+                Ok(()) => {}
+            }
+            let mut q = lock(&self.queue);
+            q.retry_at = None;
+            if q.writes.get(&id).is_some_and(|(s, _)| *s == seq) {
+                q.writes.remove(&id);
+            }
+        }
+    }
+
+    fn mark(&self, up: bool) {
+        let mut h = lock(&self.health);
+        if !up {
+            h.failures += 1;
+        }
+        if h.up == up {
+            return;
+        }
+        h.up = up;
+        h.since = SystemTime::now();
+        drop(h);
+        // Once per change of state, not per operation: a database down for an hour must not
+        // flood the log.
+        if up {
+            tracing::info!(
+                "push binding store ({}) reachable again; {} queued write(s) being stored",
+                self.wizards.join(","),
+                self.pending_count()
+            );
+        } else {
+            tracing::error!(
+                "push binding store ({}) unreachable: bindings are served from memory, writes are kept and retried every {}s",
+                self.wizards.join(","),
+                RETRY.as_secs()
+            );
+        }
+    }
+
+    fn object(&self, b: &Binding) -> Option<Object<'_>> {
+        let mut o = self.sorcery.alloc(&b.id)?;
+        for (i, v) in shared::to_fields(b).iter().enumerate() {
+            if !o.set(i, v) {
+                return None;
+            }
+        }
+        Some(o)
+    }
+
+    /// Whether the store answers: its health row can be read, or written back.
+    fn reachable(&self) -> bool {
+        if self.sorcery.by_id(HEALTH_ID).is_some() {
+            return true;
+        }
+        let Some(o) = self.health_object() else {
+            return false;
+        };
+        self.sorcery.update(&o) || self.sorcery.create(&o)
+    }
+
+    fn health_object(&self) -> Option<Object<'_>> {
+        let mut o = self.sorcery.alloc(HEALTH_ID)?;
+        // Numbers as numbers: a database column of integers refuses ''.
+        for (i, name) in FIELDS.iter().enumerate() {
+            let v = match *name {
+                "created" | "last_register" | "expires_at" | "failures" => "0",
+                _ => "",
+            };
+            o.set(i, v);
+        }
+        Some(o)
+    }
+
+    fn upsert(&self, b: &Binding) -> Result<(), Failure> {
+        let Some(o) = self.object(b) else {
+            return Err(Failure::Unreachable);
+        };
+        // Update first (the usual case); create when it is new; update again when another
+        // node created it meanwhile.
+        if self.sorcery.update(&o) || self.sorcery.create(&o) || self.sorcery.update(&o) {
+            self.mark(true);
+            return Ok(());
+        }
+        let up = self.reachable();
+        self.mark(up);
+        Err(if up {
+            Failure::Refused
+        } else {
+            Failure::Unreachable
+        })
+    }
+
+    fn delete(&self, b: &Binding) -> Result<(), Failure> {
+        let Some(o) = self.sorcery.alloc(&b.id) else {
+            return Err(Failure::Unreachable);
+        };
+        if self.sorcery.delete(&o) {
+            self.mark(true);
+            return Ok(());
+        }
+        // Not deleted: already gone (another node removed it), or no answer.
+        let up = self.reachable();
+        self.mark(up);
+        if up { Ok(()) } else { Err(Failure::Unreachable) }
+    }
+
+    /// The stored bindings `what` names; `None` when the store did not answer.
+    pub fn read(&self, what: &Lookup) -> Option<Vec<Binding>> {
+        let field = match what {
+            Lookup::Aor(aor) => Some(("aor", aor.as_str())),
+            Lookup::All => None,
+        };
+        let rows = self.sorcery.find(field, |o| {
+            let id = o.id();
+            if id == HEALTH_ID {
+                return None;
+            }
+            match shared::from_fields(&id, |i| o.get(i)) {
+                Ok(b) => Some(b),
+                Err(e) => {
+                    tracing::warn!("skipping {e}");
+                    None
+                }
+            }
+        });
+        // Sorcery answers "nothing" both for no rows and for no database: only a store that
+        // answers for its health row is believed.
+        let up = rows.is_some() && self.reachable();
+        self.mark(up);
+        up.then(|| rows.unwrap_or_default().into_iter().flatten().collect())
+    }
+
+    /// Bindings kept in astdb by earlier versions (`/res_push/binding/<id>`, JSON). Each one
+    /// stored in the sorcery type is removed from there; one that cannot be stored now stays
+    /// (and is queued), so nothing is lost whatever happens during the move.
+    pub fn migrate_legacy(&self, node: &str) -> Vec<Binding> {
+        let mut moved = Vec::new();
+        for (key, value) in astdb::tree(LEGACY_FAMILY, LEGACY_TREE) {
+            let k = key
+                .trim_start_matches('/')
+                .trim_start_matches(LEGACY_FAMILY)
+                .trim_start_matches('/')
+                .to_string();
+            let mut b = match serde_json::from_str::<Binding>(&value) {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!("dropping unreadable stored binding {key}: {e}");
+                    astdb::del(LEGACY_FAMILY, &k);
+                    continue;
+                }
+            };
+            if b.reg_server.is_empty() {
+                b.reg_server = node.to_string();
+            }
+            if self.upsert(&b).is_ok() {
+                astdb::del(LEGACY_FAMILY, &k);
+            } else {
+                self.write(Write::Upsert(b.clone()));
+            }
+            moved.push(b);
+        }
+        if !moved.is_empty() {
+            tracing::info!(
+                "moved {} push binding(s) from astdb {LEGACY_FAMILY}/{LEGACY_TREE} to the {OBJECT_TYPE} store ({})",
+                moved.len(),
+                self.wizards.join(",")
+            );
+        }
+        moved
+    }
+}
