@@ -111,6 +111,7 @@ cp -a "$here/debian" "$src/debian"
 cp "$prebuilt/libres_push.so" "$src/stage/res_push.so"
 cp "$prebuilt/res-push-sidecar" "$src/stage/res-push-sidecar"
 cp "$top/conf/push.conf" "$src/stage/push.conf"
+cp "$top/conf/push_bindings.sql" "$src/stage/push_bindings.sql"
 cp "$top/docs/operator-guide.md" "$src/stage/operator-guide.md"
 cp "$buildopts" "$src/stage/buildopts.h"
 # Built in the Debian 11 root: its dpkg-shlibdeps result, if it is about these very binaries.

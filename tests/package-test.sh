@@ -189,7 +189,8 @@ cli "database show res_push" | grep -q 'package-test' || fail "cannot write to a
 say "files, account, permissions"
 moddir=/usr/lib/x86_64-linux-gnu/asterisk/modules
 for f in "$moddir/res_push.so" /usr/sbin/res-push-sidecar /etc/asterisk/push.conf \
-    /etc/default/res-push-sidecar /usr/lib/systemd/system/res-push-sidecar.service; do
+    /etc/default/res-push-sidecar /usr/lib/systemd/system/res-push-sidecar.service \
+    /usr/share/res-push/push_bindings.sql; do
     [ -f "$r$f" ] || fail "$f not installed"
 done
 expect_eq "sidecar account" "$(in_root id -gn res-push)" asterisk
