@@ -71,7 +71,9 @@ struct ast_sorcery *rp_shim_sorcery_open(const char *type, const char *const *fi
 	}
 	rp_field_count = count;
 	if (ast_sorcery_apply_default(sorcery, type, default_wizard, default_data) == AST_SORCERY_APPLY_FAIL
-		|| ast_sorcery_object_register_no_reload(sorcery, type, rp_object_alloc, NULL, NULL)) {
+		/* Internal (hidden): config_options refuses visible types that have no XML
+		 * documentation, and the type is not configured through a file anyway. */
+		|| ast_sorcery_internal_object_register(sorcery, type, rp_object_alloc, NULL, NULL)) {
 		ast_sorcery_unref(sorcery);
 		return NULL;
 	}

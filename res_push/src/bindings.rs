@@ -224,15 +224,19 @@ impl Bindings {
     /// `push show status` lines of the store.
     pub fn store_status(&self) -> StoreStatus {
         let h = self.persist.health();
+        let (node, bindings) = {
+            let store = lock(&self.store);
+            (store.node().to_string(), store.len())
+        };
         StoreStatus {
             wizards: self.persist.wizards().to_vec(),
             shared: self.persist.shared(),
-            node: lock(&self.store).node().to_string(),
+            node,
             up: h.up,
             since: h.since,
             failures: h.failures,
             pending: self.persist.pending_count(),
-            bindings: lock(&self.store).len(),
+            bindings,
         }
     }
 
@@ -289,12 +293,16 @@ impl Bindings {
     }
 
     /// Starts lookups of these AORs if the copy is older than `binding_cache`, without waiting
-    /// (the caller's `Dial` thread asking for `Push/...`).
-    pub fn prefetch(&self, aors: &[String]) {
+    /// (the caller's `Dial` thread asking for `Push/...`). True when the copy is recent enough
+    /// to push from now; false: the wake-up leg waits for the lookup, then pushes (a binding
+    /// removed on another node must not be pushed from a stale copy).
+    pub fn prefetch(&self, aors: &[String]) -> bool {
         let cache = lock(&self.settings).cache;
+        let mut fresh = true;
         for aor in aors {
-            self.ensure(aor, cache, Box::new(|_| {}));
+            fresh &= self.ensure(aor, cache, Box::new(|_| {}));
         }
+        fresh
     }
 
     /// Before a call wakes the devices of `aors`: in a shared store, waits on `chan` (its own

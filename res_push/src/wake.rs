@@ -386,15 +386,13 @@ pub fn local_destination(
     requestor: Option<Chan>,
 ) -> Option<String> {
     let aors = channel::endpoint_aors(endpoint)?;
-    if let Some(running) = running {
-        // A shared store: the lookup starts now and PushDial waits for its end on its own leg.
-        running.bindings.prefetch(&aors);
-    }
     let call_uuid = requestor
         .and_then(|c| c.var("PUSH_CALL_UUID"))
         .filter(|u| is_uuid(u))
         .unwrap_or_else(uuid_v4);
-    if let Some(running) = running {
+    // With a shared store whose copy is stale, the lookup starts now and the device legs push
+    // once PushDial has waited for it (on its own channel, not this caller's thread).
+    if let Some(running) = running.filter(|r| r.bindings.prefetch(&aors)) {
         early_pushes(running, endpoint, &aors, &call_uuid, requestor);
     }
     Some(format!(

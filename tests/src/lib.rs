@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 
 pub mod linphone;
+pub mod postgres;
 pub mod push_env;
 use nix::unistd::Pid;
 
@@ -144,6 +145,14 @@ pub struct Options {
     /// RTP ports of its own. A call INVITEd to a dead contact keeps its RTP ports until the
     /// INVITE transaction times out (32 s), so back-to-back calls (benchmarks) need more.
     pub rtp_ports: u32,
+    /// `systemname` in asterisk.conf (default `res-push-test`): nodes sharing a store need
+    /// names of their own.
+    pub system_name: Option<String>,
+    /// Appended to modules.conf (e.g. `load = res_config_pgsql.so`).
+    pub modules_append: String,
+    /// More files for the etc directory (`sorcery.conf`, `extconfig.conf`...), `@DIR@`
+    /// replaced as in the templates.
+    pub extra_conf: Vec<(String, String)>,
 }
 
 impl Default for Options {
@@ -153,6 +162,9 @@ impl Default for Options {
             push_conf: None,
             pjsip_append: String::new(),
             rtp_ports: 20,
+            system_name: None,
+            modules_append: String::new(),
+            extra_conf: Vec::new(),
         }
     }
 }
@@ -217,10 +229,26 @@ impl Asterisk {
             if *file == "pjsip.conf" {
                 text.push_str(&opts.pjsip_append);
             }
+            if *file == "modules.conf" {
+                text.push_str(&opts.modules_append);
+            }
+            if let (true, Some(name)) = (*file == "asterisk.conf", &opts.system_name) {
+                text = text.replace(
+                    "systemname => res-push-test",
+                    &format!("systemname => {name}"),
+                );
+            }
             for (k, v) in &vars {
                 text = text.replace(k, v);
             }
             fs::write(host_dir.join("etc").join(file), text).expect("write config");
+        }
+        for (file, text) in &opts.extra_conf {
+            let mut text = text.clone();
+            for (k, v) in &vars {
+                text = text.replace(k, v);
+            }
+            fs::write(host_dir.join("etc").join(file), text).expect("write extra config");
         }
         // Every packaged module, plus ours: the module directory is the test's own, so the
         // chroot is never modified and concurrent tests can run different builds.

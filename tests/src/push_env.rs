@@ -92,6 +92,13 @@ pub fn setup(name: &str, general: &str) -> (Mocks, Asterisk, Sidecar) {
 /// [`setup`] with more Asterisk options (extra PJSIP endpoints, transports).
 pub fn setup_with(name: &str, general: &str, options: Options) -> (Mocks, Asterisk, Sidecar) {
     let mocks = Mocks::start(name);
+    let (a, sidecar) = node(&mocks, name, general, options);
+    (mocks, a, sidecar)
+}
+
+/// One more Asterisk + res_push + sidecar on existing mocks (several nodes of one deployment
+/// push through the same APNs and FCM).
+pub fn node(mocks: &Mocks, name: &str, general: &str, options: Options) -> (Asterisk, Sidecar) {
     let a = Asterisk::start(
         name,
         Options {
@@ -113,5 +120,5 @@ pub fn setup_with(name: &str, general: &str, options: Options) -> (Mocks, Asteri
         a.cli("push show status"),
         sidecar.log()
     );
-    (mocks, a, sidecar)
+    (a, sidecar)
 }
