@@ -22,7 +22,11 @@ pub fn exec(action: i32, s: Session) {
     match action {
         rp_ami_action::RP_AMI_BINDING_LIST => {
             let aor = s.header("AOR");
-            let list = bindings.list((!aor.is_empty()).then_some(aor.as_str()));
+            let aor = (!aor.is_empty()).then_some(aor.as_str());
+            // A shared store: what other nodes stored too (this is the AMI session's thread;
+            // the wait is bounded, and the copy in memory is listed if the store is away).
+            bindings.refresh_now(aor, std::time::Duration::from_secs(3));
+            let list = bindings.list(aor);
             s.list_start("Push bindings will follow");
             for b in &list {
                 s.list_entry("PushBindingEntry", &event_fields(b, None));

@@ -164,9 +164,7 @@ impl Bindings {
         *lock(&b.thread) = Some(t);
         let store = b.clone();
         let t = match thread::spawn(c"res_push store", move || {
-            store
-                .persist
-                .run(&|what, rows| store.synced(what, rows));
+            store.persist.run(&|what, rows| store.synced(what, rows));
         }) {
             Ok(t) => t,
             Err(e) => {
@@ -551,6 +549,10 @@ impl Bindings {
     fn tick(&self, link: &Arc<Link>) {
         let settings = lock(&self.settings).clone();
         let now = now();
+        if self.persist.shared() {
+            self.tick_shared(link, &settings, now);
+            return;
+        }
         let (expired, due) = {
             let mut store = lock(&self.store);
             let expired = store.expire(now, settings.max_age.as_secs());
@@ -564,6 +566,72 @@ impl Bindings {
         self.publish(expired);
         for b in due {
             self.refresh(&b, link);
+        }
+    }
+
+    /// The tick with a shared store: this node's copy may be older than what another node
+    /// stored (the phone registers there now), so an AOR is read again before one of its
+    /// bindings is expired (a removal deletes the row for every node) or refreshed.
+    fn tick_shared(&self, link: &Arc<Link>, settings: &Settings, now: u64) {
+        let max_age = settings.max_age.as_secs();
+        let (expiring, due) = {
+            let mut store = lock(&self.store);
+            let expiring = store.expiring_aors(now, max_age);
+            let due = store.due_for_refresh(
+                now,
+                settings.refresh_before.as_secs(),
+                settings.server_pnsreg,
+            );
+            (expiring, due)
+        };
+        for aor in expiring {
+            let a = aor.clone();
+            self.after_lookup(&aor, move |me, ok| {
+                // Unread (store unreachable): nothing is decided on a copy that may be stale.
+                if ok {
+                    let changes = lock(&me.store).expire_aor(&a, now, max_age);
+                    me.publish(changes);
+                }
+            });
+        }
+        for b in due {
+            let link = link.clone();
+            let aor = b.aor.clone();
+            self.after_lookup(&aor, move |me, ok| {
+                // Unread: better a refresh push twice than none.
+                let still_mine = {
+                    let store = lock(&me.store);
+                    store
+                        .of_device(&b.aor, b.provider, &b.app_id, &b.token)
+                        .is_some_and(|c| store.is_local(c))
+                };
+                if still_mine || !ok {
+                    me.refresh(&b, &link);
+                }
+            });
+        }
+    }
+
+    /// Runs `f` once `aor`'s copy is recent (at once if it is; else on the store thread when
+    /// the lookup ends, `ok` saying whether it reached the store).
+    fn after_lookup(&self, aor: &str, f: impl FnOnce(&Bindings, bool) + Send + 'static) {
+        let cache = lock(&self.settings).cache;
+        let f = Arc::new(Mutex::new(Some(f)));
+        let me = self.me.clone();
+        let later = f.clone();
+        let fresh = self.ensure(
+            aor,
+            cache,
+            Box::new(move |ok| {
+                if let (Some(me), Some(f)) = (me.upgrade(), lock(&later).take()) {
+                    f(&me, ok);
+                }
+            }),
+        );
+        if fresh {
+            if let Some(f) = lock(&f).take() {
+                f(self, true);
+            }
         }
     }
 

@@ -203,7 +203,9 @@ impl Persist {
                         break;
                     }
                     let now = Instant::now();
-                    let retry_in = q.retry_at.map_or(Duration::ZERO, |t| t.saturating_duration_since(now));
+                    let retry_in = q
+                        .retry_at
+                        .map_or(Duration::ZERO, |t| t.saturating_duration_since(now));
                     if !q.writes.is_empty() && retry_in.is_zero() {
                         break;
                     }
@@ -369,7 +371,11 @@ impl Persist {
         // Not deleted: already gone (another node removed it), or no answer.
         let up = self.reachable();
         self.mark(up);
-        if up { Ok(()) } else { Err(Failure::Unreachable) }
+        if up {
+            Ok(())
+        } else {
+            Err(Failure::Unreachable)
+        }
     }
 
     /// The stored bindings `what` names; `None` when the store did not answer.

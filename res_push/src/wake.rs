@@ -462,8 +462,11 @@ pub fn devicestate(running: &Running, endpoint: &str) -> i32 {
         crate::ffi::ast_device_state::AST_DEVICE_INVALID,
         crate::ffi::ast_device_state::AST_DEVICE_UNAVAILABLE,
     ];
-    let has_binding = channel::endpoint_aors(endpoint)
-        .unwrap_or_default()
+    let aors = channel::endpoint_aors(endpoint).unwrap_or_default();
+    // A shared store: a stale copy is read again in the background; what it learns raises a
+    // device state change, so queues see bindings made on other nodes.
+    running.bindings.prefetch(&aors);
+    let has_binding = aors
         .iter()
         .any(|aor| !running.bindings.list(Some(aor)).is_empty());
     if has_binding && unreachable.iter().any(|s| *s as i32 == pjsip) {

@@ -41,7 +41,10 @@ fn postgres_bin(root: &std::path::Path) -> String {
             )
         })
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|v| root.join(format!("usr/lib/postgresql/{v}/bin/postgres")).exists())
+        .filter(|v| {
+            root.join(format!("usr/lib/postgresql/{v}/bin/postgres"))
+                .exists()
+        })
         .collect();
     versions.sort_by_key(|v| v.parse::<u32>().unwrap_or(0));
     let v = versions.pop().expect("a PostgreSQL server in the chroot");
@@ -148,7 +151,11 @@ impl Postgres {
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.root.join(self.dir.trim_start_matches('/')).join("server.log"))
+            .open(
+                self.root
+                    .join(self.dir.trim_start_matches('/'))
+                    .join("server.log"),
+            )
             .expect("server log");
         let script = format!(
             "mount -t proc proc {r}/proc && mount --rbind /dev {r}/dev && exec chroot --userspec=postgres:postgres {r} {bin}/postgres -D {d}/data -p {port} -k {d} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off",
@@ -158,7 +165,15 @@ impl Postgres {
             port = self.port,
         );
         let child = Command::new("unshare")
-            .args(["--mount", "--propagation", "private", "--", "sh", "-c", &script])
+            .args([
+                "--mount",
+                "--propagation",
+                "private",
+                "--",
+                "sh",
+                "-c",
+                &script,
+            ])
             .env("LANG", "C")
             .env("LC_ALL", "C")
             .stdin(Stdio::null())
@@ -168,10 +183,15 @@ impl Postgres {
             .expect("start postgres");
         self.child = Some(child);
         let up = wait_for(Duration::from_secs(60), || {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 panic!("postgres exited during startup ({status})\n{}", self.log());
             }
-            self.psql_in("postgres", "SELECT 1").filter(|o| o.trim() == "1")
+            self.psql_in("postgres", "SELECT 1")
+                .filter(|o| o.trim() == "1")
         });
         assert!(up.is_some(), "postgres did not start\n{}", self.log());
     }
@@ -216,8 +236,12 @@ impl Postgres {
 
     /// The server's log.
     pub fn log(&self) -> String {
-        fs::read_to_string(self.root.join(self.dir.trim_start_matches('/')).join("server.log"))
-            .unwrap_or_default()
+        fs::read_to_string(
+            self.root
+                .join(self.dir.trim_start_matches('/'))
+                .join("server.log"),
+        )
+        .unwrap_or_default()
     }
 
     /// Stops the server (fast shutdown: clients are disconnected).
@@ -252,7 +276,10 @@ impl Drop for Postgres {
     fn drop(&mut self) {
         self.stop();
         if std::thread::panicking() {
-            eprintln!("===== PostgreSQL log =====\n{}\n===== end =====", self.log());
+            eprintln!(
+                "===== PostgreSQL log =====\n{}\n===== end =====",
+                self.log()
+            );
         }
         let _ = fs::remove_dir_all(self.root.join(self.dir.trim_start_matches('/')));
     }

@@ -166,7 +166,8 @@ fn two_nodes_share_bindings_through_postgresql() {
     // Past B's short cache (binding_cache, 2 s by default).
     std::thread::sleep(Duration::from_millis(2500));
     let before = apns_count(&d.mocks, TOKEN);
-    let caller = d.b.sipp("caller", CALLER, free_udp_port(), &["-s", "mobile"]);
+    let caller =
+        d.b.sipp("caller", CALLER, free_udp_port(), &["-s", "mobile"]);
     let caller = caller.wait();
     assert!(!caller.ok, "the call must not be answered");
     let log = wait_for(WAIT, || {
@@ -174,8 +175,15 @@ fn two_nodes_share_bindings_through_postgresql() {
         l.contains("mobile DIALSTATUS=").then_some(l)
     })
     .unwrap_or_default();
-    assert!(log.contains("no longer stored (removed on another node)"), "{log}");
-    assert_eq!(apns_count(&d.mocks, TOKEN), before, "B pushed an unbound device");
+    assert!(
+        log.contains("no longer stored (removed on another node)"),
+        "{log}"
+    );
+    assert_eq!(
+        apns_count(&d.mocks, TOKEN),
+        before,
+        "B pushed an unbound device"
+    );
     listing_until(&d.b, "alice", |l| binding_count(l) == 0);
 }
 
@@ -198,27 +206,44 @@ fn database_outage_is_survived_and_writes_reach_it_when_back() {
             .is_some_and(|v| v.starts_with("UNREACHABLE"))
             .then_some(s)
     })
-    .unwrap_or_else(|| panic!("status never showed the outage:\n{}", d.a.cli("push show status")));
-    assert_ne!(status_field(&status, "Writes pending").as_deref(), Some("0"), "{status}");
+    .unwrap_or_else(|| {
+        panic!(
+            "status never showed the outage:\n{}",
+            d.a.cli("push show status")
+        )
+    });
+    assert_ne!(
+        status_field(&status, "Writes pending").as_deref(),
+        Some("0"),
+        "{status}"
+    );
     // A call still pushes, from memory.
     let before = apns_count(&d.mocks, TOKEN);
-    let caller = d.a.sipp("caller", CALLER, free_udp_port(), &["-s", "mobile"]);
+    let caller =
+        d.a.sipp("caller", CALLER, free_udp_port(), &["-s", "mobile"]);
     let pushed = wait_for(WAIT, || {
         (apns_count(&d.mocks, TOKEN) > before).then_some(())
     });
-    assert!(pushed.is_some(), "no call push during the outage\n{}", d.a.log());
+    assert!(
+        pushed.is_some(),
+        "no call push during the outage\n{}",
+        d.a.log()
+    );
     drop(caller);
     // Logged once, however many writes failed.
     std::thread::sleep(Duration::from_secs(5));
     let log = d.a.log();
     assert_eq!(
-        log.matches("push binding store (realtime) unreachable").count(),
+        log.matches("push binding store (realtime) unreachable")
+            .count(),
         1,
         "{log}"
     );
 
     d.pg.start_again();
-    let r = rows_until(&d.pg, "bob, registered during the outage", |r| r.contains("bob|"));
+    let r = rows_until(&d.pg, "bob, registered during the outage", |r| {
+        r.contains("bob|")
+    });
     assert!(r.contains("alice|"), "{r}");
     let s = wait_for(WAIT, || {
         let s = d.a.cli("push show status");
@@ -227,7 +252,11 @@ fn database_outage_is_survived_and_writes_reach_it_when_back() {
             .then_some(s)
     })
     .expect("reachable again");
-    assert_eq!(status_field(&s, "Writes pending").as_deref(), Some("0"), "{s}");
+    assert_eq!(
+        status_field(&s, "Writes pending").as_deref(),
+        Some("0"),
+        "{s}"
+    );
     assert!(d.a.log().contains("reachable again"));
     // B sees what A wrote while the database was away.
     listing_until(&d.b, "bob", |l| binding_count(l) == 1);

@@ -503,6 +503,28 @@ impl Store {
         })
     }
 
+    /// [`Store::expire`] for one AOR's bindings (a shared store: decided once that AOR's copy
+    /// has been read again, since another node may have seen a later REGISTER).
+    pub fn expire_aor(&mut self, aor: &str, now: u64, max_age: u64) -> Vec<Change> {
+        let node = self.node.clone();
+        self.remove_in_aor(aor, RemoveReason::MaxAge, |b| {
+            (b.reg_server.is_empty() || b.reg_server == node)
+                && now.saturating_sub(b.last_register) > max_age
+        })
+    }
+
+    /// AORs that [`Store::expire`] would touch now.
+    pub fn expiring_aors(&self, now: u64, max_age: u64) -> Vec<String> {
+        let mut aors: Vec<String> = self
+            .bindings
+            .values()
+            .filter(|b| self.is_local(b) && now.saturating_sub(b.last_register) > max_age)
+            .map(|b| b.aor.clone())
+            .collect();
+        aors.dedup();
+        aors
+    }
+
     /// Bindings that need a refresh push now: registration expiring within `before` seconds,
     /// not refreshed by the device itself (`+sip.pnsreg` honoured when `server_pnsreg`), and not
     /// already asked for this expiry. Marks them asked.
@@ -660,8 +682,13 @@ mod tests {
         assert_eq!(a.due_for_refresh(545, 60, false).len(), 1);
         // The phone now registers on b: b looks after it (and says so to storage).
         let c = b.register(reg("alice", "aa11", "sip:x"), 100);
-        assert!(matches!(&c[0], Change::Updated { changed: true, persist: true, binding, .. } if binding.reg_server == "b"));
-        assert_eq!(b.expire(10_000, 60).len(), 1);
+        assert!(
+            matches!(&c[0], Change::Updated { changed: true, persist: true, binding, .. } if binding.reg_server == "b")
+        );
+        assert_eq!(b.expiring_aors(10_000, 60), ["alice"]);
+        assert!(b.expire_aor("bob", 10_000, 60).is_empty());
+        assert_eq!(b.expire_aor("alice", 10_000, 60).len(), 1);
+        assert!(b.expiring_aors(10_000, 60).is_empty());
     }
 
     #[test]

@@ -466,8 +466,8 @@ mod tests {
             e.to_string(),
             "push.conf [general] queue_size = 'lots': not a whole number"
         );
-        let e = PushConfig::from_sections(&general(&[("binding_lookup_timeout_ms", "5")]))
-            .unwrap_err();
+        let e =
+            PushConfig::from_sections(&general(&[("binding_lookup_timeout_ms", "5")])).unwrap_err();
         assert_eq!(e.option, "binding_lookup_timeout_ms");
         let e = PushConfig::from_sections(&general(&[("binding_cache", "2h")])).unwrap_err();
         assert_eq!(e.option, "binding_cache");

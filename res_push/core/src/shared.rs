@@ -288,7 +288,11 @@ impl StoreStatus {
             "Binding store",
             &format!(
                 "{OBJECT_TYPE} via {wizards} ({})",
-                if self.shared { "shared" } else { "this node only" }
+                if self.shared {
+                    "shared"
+                } else {
+                    "this node only"
+                }
             ),
         );
         line("Node name", &self.node);
@@ -351,7 +355,10 @@ mod tests {
         assert_eq!(f[9], "yes");
         let back = from_fields(&b.id, |i| f[i].clone()).unwrap();
         assert_eq!(back, b);
-        assert_eq!(back.id, binding_id("alice", Provider::Apns, &b.app_id, "aa11"));
+        assert_eq!(
+            back.id,
+            binding_id("alice", Provider::Apns, &b.app_id, "aa11")
+        );
     }
 
     #[test]
@@ -363,7 +370,10 @@ mod tests {
         assert_eq!((e.field, e.value.as_str()), ("provider", "gcm"));
         f[1] = "fcm".into();
         f[11] = "soon".into();
-        assert_eq!(from_fields("x", |i| f[i].clone()).unwrap_err().field, "last_register");
+        assert_eq!(
+            from_fields("x", |i| f[i].clone()).unwrap_err().field,
+            "last_register"
+        );
         // Databases hand booleans and empty numbers back in their own ways.
         f[11] = String::new();
         f[9] = "t".into();
@@ -393,7 +403,9 @@ mod tests {
             "{s}"
         );
         assert!(
-            s.contains("Store state         : UNREACHABLE since 2027-01-15T08:00:00Z (1m 40s ago)\n"),
+            s.contains(
+                "Store state         : UNREACHABLE since 2027-01-15T08:00:00Z (1m 40s ago)\n"
+            ),
             "{s}"
         );
         assert!(s.contains("Writes pending      : 2\n"), "{s}");
@@ -413,10 +425,20 @@ mod tests {
         b.set_node("b");
         let x = one("a", "alice", "aa11", 1000);
         let y = one("a", "alice", "bb22", 1000);
-        let s = sync(&mut b, Scope::Aor("alice"), vec![x.clone(), y.clone()], |_| false);
+        let s = sync(
+            &mut b,
+            Scope::Aor("alice"),
+            vec![x.clone(), y.clone()],
+            |_| false,
+        );
         assert_eq!((s.added.len(), s.updated.len(), s.removed.len()), (2, 0, 0));
         // Nothing new: nothing to do.
-        let s = sync(&mut b, Scope::Aor("alice"), vec![x.clone(), y.clone()], |_| false);
+        let s = sync(
+            &mut b,
+            Scope::Aor("alice"),
+            vec![x.clone(), y.clone()],
+            |_| false,
+        );
         assert_eq!(s, Synced::default());
         // x moved on node a; y was unbound there.
         let mut x2 = x.clone();

@@ -92,7 +92,8 @@ impl Sorcery {
     pub fn alloc(&self, id: &str) -> Option<Object<'_>> {
         let id = c_string(id);
         // SAFETY: live instance, NUL-terminated strings (copied by sorcery).
-        let raw = unsafe { ffi::ast_sorcery_alloc(self.raw.as_ptr(), self.kind.as_ptr(), id.as_ptr()) };
+        let raw =
+            unsafe { ffi::ast_sorcery_alloc(self.raw.as_ptr(), self.kind.as_ptr(), id.as_ptr()) };
         Some(Object {
             raw: NonNull::new(raw)?,
             sorcery: self,
@@ -152,7 +153,8 @@ impl Sorcery {
                 sorcery: ctx.sorcery,
             };
             // A panic must not unwind into C.
-            if let Some(v) = super::guard::guard("sorcery retrieve", None, || Some((ctx.read)(&o))) {
+            if let Some(v) = super::guard::guard("sorcery retrieve", None, || Some((ctx.read)(&o)))
+            {
                 ctx.out.push(v);
             }
         }
