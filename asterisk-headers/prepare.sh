@@ -13,8 +13,9 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 CHROOT=${RES_PUSH_CHROOT:-/var/lib/res-push/sid-chroot}
 OUT=${RES_PUSH_HEADERS_OUT:-$here/build}
 # Packages the chroot needs; changing this list rebuilds the chroot.
-# postgresql: the shared-bindings tests run a server of their own (initdb/pg_ctl, unprivileged).
-PACKAGES="asterisk,asterisk-dev,sip-tester,procps,lintian,systemd,postgresql"
+# postgresql: the shared-bindings tests run a server of their own (initdb, unprivileged);
+# odbc-postgresql: the same tests reach it through res_odbc too.
+PACKAGES="asterisk,asterisk-dev,sip-tester,procps,lintian,systemd,postgresql,odbc-postgresql"
 # The real softphone of the client tests (linphonec) runs in a bookworm chroot of its own:
 # sid's linphone-cli is not installable (its libsoci dependencies conflict).
 CLIENT_CHROOT=${RES_PUSH_CLIENT_CHROOT:-/var/lib/res-push/client-chroot}
