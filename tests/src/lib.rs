@@ -153,6 +153,8 @@ pub struct Options {
     /// More files for the etc directory (`sorcery.conf`, `extconfig.conf`...), `@DIR@`
     /// replaced as in the templates.
     pub extra_conf: Vec<(String, String)>,
+    /// Environment of the Asterisk process (e.g. `ODBCINI` for a DSN of the test's own).
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for Options {
@@ -165,6 +167,7 @@ impl Default for Options {
             system_name: None,
             modules_append: String::new(),
             extra_conf: Vec::new(),
+            env: Vec::new(),
         }
     }
 }
@@ -182,6 +185,7 @@ pub struct Asterisk {
     pub ami_port: u16,
     root: PathBuf,
     child: Option<Child>,
+    env: Vec<(String, String)>,
 }
 
 impl Asterisk {
@@ -260,6 +264,11 @@ impl Asterisk {
             std::os::unix::fs::symlink(target, host_dir.join("modules").join(entry.file_name()))
                 .expect("symlink");
         }
+        let env = opts
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.replace("@DIR@", &dir)))
+            .collect();
         let mut a = Asterisk {
             host_dir,
             dir,
@@ -267,6 +276,7 @@ impl Asterisk {
             ami_port,
             root,
             child: None,
+            env,
         };
         a.install_module();
         a.boot();
@@ -301,6 +311,7 @@ impl Asterisk {
                 "-c",
                 &script,
             ])
+            .envs(a.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(console.try_clone().expect("dup"))
             .stderr(console)

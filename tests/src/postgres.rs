@@ -263,6 +263,14 @@ impl Postgres {
         self.boot();
     }
 
+    /// A unixODBC DSN named `dsn` for this server (psqlODBC), as an `odbc.ini` text.
+    pub fn odbc_ini(&self, dsn: &str) -> String {
+        format!(
+            "[{dsn}]\nDriver = PostgreSQL Unicode\nServername = 127.0.0.1\nPort = {}\nDatabase = {DATABASE}\nUsername = {DATABASE}\nPassword =\n",
+            self.port
+        )
+    }
+
     /// res_pgsql.conf for an Asterisk using this server.
     pub fn res_pgsql_conf(&self) -> String {
         format!(

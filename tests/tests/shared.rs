@@ -43,6 +43,34 @@ fn pg_node(pg: &Postgres, name: &str) -> Options {
     }
 }
 
+/// A node reaching `pg` through res_odbc and res_config_odbc instead (psqlODBC, a DSN of the
+/// test's own through `ODBCINI`).
+fn odbc_node(pg: &Postgres, name: &str) -> Options {
+    Options {
+        system_name: Some(name.to_string()),
+        modules_append:
+            "\nload = res_odbc.so\nload = res_odbc_transaction.so\nload = res_config_odbc.so\nload = res_sorcery_realtime.so\n"
+                .into(),
+        extra_conf: vec![
+            (
+                "sorcery.conf".into(),
+                "[res_push]\npush_binding = realtime,push_bindings\n".into(),
+            ),
+            (
+                "extconfig.conf".into(),
+                "[settings]\npush_bindings => odbc,asterisk,push_bindings\n".into(),
+            ),
+            (
+                "res_odbc.conf".into(),
+                "[asterisk]\nenabled => yes\ndsn => res-push-test\nusername => asterisk\npassword =>\npre-connect => yes\nmax_connections => 4\n".into(),
+            ),
+            ("odbc.ini".into(), pg.odbc_ini("res-push-test")),
+        ],
+        env: vec![("ODBCINI".into(), "@DIR@/etc/odbc.ini".into())],
+        ..Options::default()
+    }
+}
+
 /// Rows of the table (the health row aside): `aor|token|reg_server|contact_uri`.
 fn rows(pg: &Postgres) -> String {
     pg.query(
@@ -260,6 +288,41 @@ fn database_outage_is_survived_and_writes_reach_it_when_back() {
     assert!(d.a.log().contains("reachable again"));
     // B sees what A wrote while the database was away.
     listing_until(&d.b, "bob", |l| binding_count(l) == 1);
+}
+
+#[test]
+fn pgsql_and_odbc_nodes_share_one_table() {
+    let pg = Postgres::start("odbc", SCHEMA);
+    let mocks = Mocks::start("odbc");
+    let (a, _sa) = node(&mocks, "odbc-a", "", pg_node(&pg, "node-a"));
+    let (b, _sb) = node(&mocks, "odbc-b", "", odbc_node(&pg, "node-b"));
+    let s = b.cli("push show status");
+    assert_eq!(
+        status_field(&s, "Binding store").as_deref(),
+        Some("push_binding via realtime (shared)"),
+        "{s}\n{}",
+        b.log()
+    );
+    // Written through res_config_pgsql, read through res_config_odbc, and the other way.
+    assert!(a.register(&Register::new("alice", &pn(TOKEN))).ok);
+    rows_until(&pg, "alice", |r| {
+        r.contains(&format!("alice|{TOKEN}|node-a|"))
+    });
+    listing_until(&b, "alice", |l| l.contains("…1de8f0"));
+    assert!(b.register(&Register::new("bob", &pn(TOKEN2))).ok);
+    rows_until(&pg, "bob", |r| r.contains(&format!("bob|{TOKEN2}|node-b|")));
+    listing_until(&a, "bob", |l| binding_count(l) == 1);
+    // Removed through ODBC, forgotten by the pgsql node.
+    assert!(
+        b.cli("push delete binding alice")
+            .contains("1 push binding(s)")
+    );
+    rows_until(&pg, "no alice", |r| !r.contains("alice|"));
+    listing_until(&a, "alice", |l| binding_count(l) == 0);
+    assert!(
+        a.log()
+            .contains("no longer stored (removed on another node)")
+    );
 }
 
 #[test]
