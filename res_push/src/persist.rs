@@ -223,6 +223,20 @@ impl Persist {
                 (std::mem::take(&mut q.lookups), q.stop)
             };
             self.flush();
+            if stop {
+                // Unloading: nobody waits for an answer long enough, and a store that hangs
+                // must not hold up the unload twice.
+                for (_, done) in lookups {
+                    done(false);
+                }
+                let left = self.pending_count();
+                if left > 0 {
+                    tracing::warn!(
+                        "push binding store unreachable at unload: {left} binding write(s) not stored"
+                    );
+                }
+                return;
+            }
             for (what, done) in lookups {
                 match self.read(&what) {
                     Some(rows) => {
@@ -231,15 +245,6 @@ impl Persist {
                     }
                     None => done(false),
                 }
-            }
-            if stop {
-                let left = self.pending_count();
-                if left > 0 {
-                    tracing::warn!(
-                        "push binding store unreachable at unload: {left} binding write(s) not stored"
-                    );
-                }
-                return;
             }
         }
     }
@@ -300,7 +305,7 @@ impl Persist {
             );
         } else {
             tracing::error!(
-                "push binding store ({}) unreachable: bindings are served from memory, writes are kept and retried every {}s",
+                "push binding store ({}) unreachable: bindings are served from memory, writes are kept and retried every {}s (check the realtime mapping in extconfig.conf and the database connection)",
                 self.wizards.join(","),
                 RETRY.as_secs()
             );
@@ -317,8 +322,12 @@ impl Persist {
         Some(o)
     }
 
-    /// Whether the store answers: its health row can be read, or written back.
+    /// Whether the store answers: its health row can be read, or written back. A local store
+    /// (astdb) always answers: a failure there is a refusal.
     fn reachable(&self) -> bool {
+        if !self.shared {
+            return true;
+        }
         if self.sorcery.by_id(HEALTH_ID).is_some() {
             return true;
         }
