@@ -221,13 +221,22 @@ fn database_outage_is_survived_and_writes_reach_it_when_back() {
     assert!(d.a.register(&Register::new("alice", &pn(TOKEN))).ok);
     rows_until(&d.pg, "alice", |r| r.contains("alice|"));
 
+    let mut alice2 = Register::new("alice", &pn(TOKEN2));
+    assert!(d.a.register(&alice2).ok);
+    rows_until(&d.pg, "alice's second device", |r| {
+        r.contains(&format!("alice|{TOKEN2}|"))
+    });
+
     d.pg.stop();
-    // REGISTERs go on: a new device, refreshed (each REGISTER answered 200).
+    // REGISTERs go on: a new device, refreshed (each REGISTER answered 200), and alice's
+    // second device unregistering.
     let bob = Register::new("bob", &pn(TOKEN2));
     for _ in 0..3 {
         let x = d.a.register(&bob);
         assert!(x.ok, "{}", x.trace);
     }
+    alice2.expires = 0;
+    assert!(d.a.register(&alice2).ok);
     let status = wait_for(WAIT, || {
         let s = d.a.cli("push show status");
         status_field(&s, "Store state")
@@ -272,7 +281,11 @@ fn database_outage_is_survived_and_writes_reach_it_when_back() {
     let r = rows_until(&d.pg, "bob, registered during the outage", |r| {
         r.contains("bob|")
     });
-    assert!(r.contains("alice|"), "{r}");
+    assert!(r.contains(&format!("alice|{TOKEN}|")), "{r}");
+    let r = rows_until(&d.pg, "alice's second device gone", |r| {
+        !r.contains(&format!("alice|{TOKEN2}|"))
+    });
+    assert!(r.contains("bob|"), "{r}");
     let s = wait_for(WAIT, || {
         let s = d.a.cli("push show status");
         status_field(&s, "Store state")
@@ -288,6 +301,29 @@ fn database_outage_is_survived_and_writes_reach_it_when_back() {
     assert!(d.a.log().contains("reachable again"));
     // B sees what A wrote while the database was away.
     listing_until(&d.b, "bob", |l| binding_count(l) == 1);
+
+    // A node that starts while the database is away starts with nothing stored, and loads
+    // the table as soon as it answers.
+    d.pg.stop();
+    d.b.restart();
+    let s = d.b.cli("push show status");
+    assert_eq!(
+        status_field(&s, "Bindings in memory").as_deref(),
+        Some("0"),
+        "{s}"
+    );
+    d.pg.start_again();
+    let loaded = wait_for(WAIT, || {
+        let s = d.b.cli("push show status");
+        (status_field(&s, "Bindings in memory").as_deref() == Some("2")).then_some(())
+    });
+    assert!(
+        loaded.is_some(),
+        "{}\n{}",
+        d.b.cli("push show status"),
+        d.b.log()
+    );
+    listing_until(&d.b, "alice", |l| l.contains("…1de8f0"));
 }
 
 #[test]
@@ -323,6 +359,18 @@ fn pgsql_and_odbc_nodes_share_one_table() {
         a.log()
             .contains("no longer stored (removed on another node)")
     );
+    // A token the provider reports dead on the pgsql node is gone for the ODBC node too.
+    mocks
+        .apns
+        .script(TOKEN2, vec![res_push_mocks::Behavior::Unregistered]);
+    listing_until(&a, "bob", |l| binding_count(l) == 1);
+    let out = a.cli("push send bob");
+    assert!(
+        out.contains("Unregistered") || out.contains("invalid"),
+        "{out}"
+    );
+    rows_until(&pg, "no bob", |r| !r.contains("bob|"));
+    listing_until(&b, "bob", |l| binding_count(l) == 0);
 }
 
 #[test]
