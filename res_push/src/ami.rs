@@ -52,6 +52,8 @@ pub fn exec(action: i32, s: Session) {
                 return;
             }
             let id = s.header("ID");
+            // A shared store: a binding made on another node can be removed here too.
+            bindings.refresh_now(Some(&aor), std::time::Duration::from_secs(3));
             match bindings.delete(&aor, (!id.is_empty()).then_some(id.as_str())) {
                 0 => s.error("No such binding"),
                 n => s.ack(&format!("{n} binding(s) removed")),
@@ -74,6 +76,7 @@ pub fn exec(action: i32, s: Session) {
                 },
             };
             let text = s.header("Text");
+            bindings.refresh_now(Some(&aor), std::time::Duration::from_secs(3));
             let results =
                 push::send_to_aor(&running, &aor, kind, (!text.is_empty()).then_some(text));
             if results.is_empty() {

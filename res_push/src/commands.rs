@@ -128,6 +128,8 @@ pub fn exec(index: i32, out: Output, args: &[String]) -> Outcome {
             Outcome::Success
         }
         rp_cli_command::RP_CLI_DELETE_BINDING => {
+            // A shared store: a binding made on another node can be removed here too.
+            running.bindings.refresh_now(Some(&extra[0]), STORE_WAIT);
             let n = running
                 .bindings
                 .delete(&extra[0], extra.get(1).map(String::as_str));
@@ -146,6 +148,9 @@ pub fn exec(index: i32, out: Output, args: &[String]) -> Outcome {
 
 fn send(running: &Running, out: Output, extra: &[String]) -> Outcome {
     let aor = &extra[0];
+    if !running.bindings.refresh_now(Some(aor), STORE_WAIT) {
+        out.write(STALE);
+    }
     // The kind word is optional: without it, every word after the AOR is the alert's text.
     let (kind, text) = match extra.get(1).and_then(|w| push::parse_kind(w)) {
         Some(kind) => (kind, extra[2..].join(" ")),
