@@ -268,13 +268,16 @@ impl Bindings {
             what,
             Box::new(move |ok| {
                 let Some(me) = me else { return };
+                // An AOR without bindings is not cached: its phone may have registered on
+                // another node a moment ago, its row still on the way.
+                let any = lock(&me.store).of_aor(&aor).next().is_some();
                 let waiting = {
                     let mut known = lock(&me.known);
                     let waiting = match known.remove(&aor) {
                         Some(Known::Asking(w)) => w,
                         _ => Vec::new(),
                     };
-                    if ok {
+                    if ok && any {
                         known.insert(aor.clone(), Known::Fresh(Instant::now()));
                     }
                     waiting
@@ -353,16 +356,11 @@ impl Bindings {
             return true;
         }
         let (filler, slot) = slot();
-        match aor {
-            Some(a) => {
-                // A forced read: whatever is cached, the operator sees the store.
-                lock(&self.known).remove(a);
-                self.ensure(a, Duration::ZERO, Box::new(move |ok| filler.fill(ok)));
-            }
-            None => self
-                .persist
-                .lookup(Lookup::All, Box::new(move |ok| filler.fill(ok))),
-        }
+        // A read of its own, whatever is cached, and not counted as one for calls: the
+        // operator sees the store, and the next call still reads it again when its copy is old.
+        let what = aor.map_or(Lookup::All, |a| Lookup::Aor(a.to_string()));
+        self.persist
+            .lookup(what, Box::new(move |ok| filler.fill(ok)));
         slot.wait(wait).unwrap_or(false)
     }
 

@@ -103,7 +103,7 @@ impl Default for General {
             push_skip_recent: Duration::ZERO,
             strip_pn_params: true,
             push_caller_id: true,
-            binding_cache: Duration::from_secs(2),
+            binding_cache: Duration::from_secs(1),
             binding_lookup_timeout: Duration::from_millis(500),
         }
     }
