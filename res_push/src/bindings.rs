@@ -126,7 +126,11 @@ impl Bindings {
         })?;
         let node = crate::ast::system_name();
         let mut store = Store::new();
-        store.set_node(&node);
+        // Only nodes sharing a store need names: alone, every binding is this node's, whatever
+        // name it had when stored.
+        if persist.shared() {
+            store.set_node(&node);
+        }
         for b in persist.migrate_legacy(&node) {
             store.put(b);
         }
@@ -222,10 +226,8 @@ impl Bindings {
     /// `push show status` lines of the store.
     pub fn store_status(&self) -> StoreStatus {
         let h = self.persist.health();
-        let (node, bindings) = {
-            let store = lock(&self.store);
-            (store.node().to_string(), store.len())
-        };
+        let node = crate::ast::system_name();
+        let bindings = lock(&self.store).len();
         StoreStatus {
             wizards: self.persist.wizards().to_vec(),
             shared: self.persist.shared(),

@@ -168,6 +168,10 @@ pub struct Store {
     node: String,
 }
 
+fn looks_after(node: &str, b: &Binding) -> bool {
+    node.is_empty() || b.reg_server.is_empty() || b.reg_server == node
+}
+
 /// FNV-1a: a stable hash for ids (std's hasher may change between Rust releases, and ids are
 /// persisted and typed by operators).
 fn fnv1a(parts: &[&str]) -> u64 {
@@ -238,15 +242,11 @@ impl Store {
         self.node = node.to_string();
     }
 
-    /// This node's name.
-    pub fn node(&self) -> &str {
-        &self.node
-    }
-
     /// Whether this node looks after `b` (expiry, refresh pushes): it saw its latest
-    /// REGISTER, or nobody is named.
+    /// REGISTER, nobody is named, or this node has no name (a store of its own: every binding
+    /// is its own).
     pub fn is_local(&self, b: &Binding) -> bool {
-        b.reg_server.is_empty() || b.reg_server == self.node
+        looks_after(&self.node, b)
     }
 
     /// Inserts or replaces a binding as another node or the database has it; the replaced one
@@ -498,8 +498,7 @@ impl Store {
     pub fn expire(&mut self, now: u64, max_age: u64) -> Vec<Change> {
         let node = self.node.clone();
         self.remove_where(RemoveReason::MaxAge, |b| {
-            (b.reg_server.is_empty() || b.reg_server == node)
-                && now.saturating_sub(b.last_register) > max_age
+            looks_after(&node, b) && now.saturating_sub(b.last_register) > max_age
         })
     }
 
@@ -508,8 +507,7 @@ impl Store {
     pub fn expire_aor(&mut self, aor: &str, now: u64, max_age: u64) -> Vec<Change> {
         let node = self.node.clone();
         self.remove_in_aor(aor, RemoveReason::MaxAge, |b| {
-            (b.reg_server.is_empty() || b.reg_server == node)
-                && now.saturating_sub(b.last_register) > max_age
+            looks_after(&node, b) && now.saturating_sub(b.last_register) > max_age
         })
     }
 
@@ -534,7 +532,7 @@ impl Store {
         }
         let mut due = Vec::new();
         for b in self.bindings.values_mut() {
-            if !(b.reg_server.is_empty() || b.reg_server == self.node) {
+            if !looks_after(&self.node, b) {
                 continue;
             }
             let self_refreshing = b.ua_pnsreg && server_pnsreg;
@@ -685,6 +683,11 @@ mod tests {
         assert!(
             matches!(&c[0], Change::Updated { changed: true, persist: true, binding, .. } if binding.reg_server == "b")
         );
+        // A node with no name (a store of its own) looks after everything.
+        let mut alone = Store::new();
+        alone.put(b0.clone());
+        assert!(alone.is_local(&b0));
+        assert_eq!(alone.due_for_refresh(545, 60, false).len(), 1);
         assert_eq!(b.expiring_aors(10_000, 60), ["alice"]);
         assert!(b.expire_aor("bob", 10_000, 60).is_empty());
         assert_eq!(b.expire_aor("alice", 10_000, 60).len(), 1);
