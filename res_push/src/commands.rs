@@ -286,6 +286,15 @@ fn details(list: &[Binding], now: u64) -> String {
             ),
         );
         line("Registration", &relative(b.expires_at, now));
+        // Which node saw the latest REGISTER (several nodes sharing a store).
+        line(
+            "Registered on",
+            if b.reg_server.is_empty() {
+                "-"
+            } else {
+                &b.reg_server
+            },
+        );
         line("Push failures", &b.failures.to_string());
         o.push('\n');
     }

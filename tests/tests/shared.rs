@@ -186,6 +186,8 @@ fn two_nodes_share_bindings_through_postgresql() {
     rows_until(&d.pg, "alice from node-b", |r| {
         r.contains(&format!("alice|{TOKEN}|node-b|"))
     });
+    let detail = d.a.cli("push show binding alice");
+    assert!(detail.contains("Registered on   : node-b"), "{detail}");
 
     // The phone unbinds on A: B sees it and no longer pushes it.
     let unbind = ";pn-provider=apns;pn-param=TEAM123456.com.example.phone.voip;pn-prid=null";
