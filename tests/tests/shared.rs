@@ -410,3 +410,24 @@ fn bindings_of_earlier_versions_move_from_astdb_to_the_store() {
         "{s}"
     );
 }
+
+#[test]
+fn a_bad_sorcery_mapping_declines_the_load_with_a_reason() {
+    let mut a = Asterisk::start(
+        "badwiz",
+        Options {
+            extra_conf: vec![(
+                "sorcery.conf".into(),
+                "[res_push]\npush_binding = nosuchwizard,x\n".into(),
+            )],
+            ..Options::default()
+        },
+    );
+    let log = a.log();
+    assert!(
+        log.contains("res_push not loaded: cannot open the sorcery object type push_binding"),
+        "{log}"
+    );
+    assert!(a.cli("push show status").contains("No such command"));
+    assert!(a.is_running());
+}
