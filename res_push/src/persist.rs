@@ -8,8 +8,8 @@
 //! meanwhile reaches the database when it is back. Lookups answer through a callback.
 
 use std::collections::BTreeMap;
-use std::ffi::CStr;
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::ffi::CString;
+use std::sync::{Condvar, LazyLock, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use res_push_core::binding::Binding;
@@ -18,24 +18,14 @@ use res_push_core::shared::{self, FIELDS, HEALTH_ID, OBJECT_TYPE};
 use crate::ast::astdb;
 use crate::ast::sorcery::{Object, Sorcery};
 
-/// The field names as C strings for sorcery (config_options keeps the pointers).
-static FIELD_NAMES: [&CStr; 15] = [
-    c"aor",
-    c"provider",
-    c"app_id",
-    c"token",
-    c"environment",
-    c"form",
-    c"contact_uri",
-    c"user_agent",
-    c"instance",
-    c"ua_pnsreg",
-    c"created",
-    c"last_register",
-    c"expires_at",
-    c"failures",
-    c"reg_server",
-];
+/// The field names as C strings for sorcery (config_options keeps the pointers, so they live
+/// as long as the library: a static is never dropped). Made from the one table in core.
+static FIELD_NAMES: LazyLock<Vec<CString>> = LazyLock::new(|| {
+    FIELDS
+        .iter()
+        .map(|f| CString::new(*f).expect("field names hold no NUL"))
+        .collect()
+});
 
 /// Where bindings were kept before the sorcery object type (astdb `/res_push/binding/<id>`,
 /// JSON): read once at load, moved into the store, removed once stored.

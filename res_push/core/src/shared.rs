@@ -385,6 +385,23 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_schema_has_exactly_these_columns() {
+        // The realtime wizard reads and writes FIELDS (plus id) as columns; a column the
+        // object type lacks makes sorcery refuse every row.
+        let sql = include_str!("../../../conf/push_bindings.sql");
+        let body = &sql[sql.find("CREATE TABLE").unwrap()..];
+        let body = &body[body.find('(').unwrap() + 1..body.find(");").unwrap()];
+        let columns: Vec<&str> = body
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|w| w.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+            .collect();
+        let mut expected = vec!["id"];
+        expected.extend(FIELDS);
+        assert_eq!(columns, expected);
+    }
+
+    #[test]
     fn status_lines() {
         let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000);
         let s = StoreStatus {

@@ -36,7 +36,7 @@ impl Sorcery {
     /// index), `wizard`/`data` unless `sorcery.conf` maps the type elsewhere; loads it.
     pub fn open(
         kind: &str,
-        fields: &'static [&'static CStr],
+        fields: &'static [std::ffi::CString],
         wizard: &str,
         data: &str,
     ) -> Option<Sorcery> {
