@@ -7,13 +7,12 @@
 //! wins); while the store is unreachable they stay queued and are retried, so what changed
 //! meanwhile reaches the database when it is back. Lookups answer through a callback.
 
-use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::sync::{Condvar, LazyLock, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use res_push_core::binding::Binding;
-use res_push_core::shared::{self, FIELDS, HEALTH_ID, OBJECT_TYPE};
+use res_push_core::shared::{self, FIELDS, HEALTH_ID, OBJECT_TYPE, Pending};
 
 use crate::ast::astdb;
 use crate::ast::sorcery::{Object, Sorcery};
@@ -73,10 +72,7 @@ pub struct Health {
 
 #[derive(Default)]
 struct Queue {
-    /// Pending writes by binding id, each with its sequence number: an entry is removed only
-    /// by the thread that wrote that very version.
-    writes: BTreeMap<String, (u64, Write)>,
-    seq: u64,
+    writes: Pending<Write>,
     lookups: Vec<(Lookup, Done)>,
     stop: bool,
     /// While the store is unreachable: when queued writes are tried again.
@@ -154,7 +150,7 @@ impl Persist {
     /// Whether this binding has a write not yet confirmed (its copy in memory is newer than
     /// what the store holds).
     pub fn pending(&self, id: &str) -> bool {
-        lock(&self.queue).writes.contains_key(id)
+        lock(&self.queue).writes.contains(id)
     }
 
     /// Queues a write; never blocks on the store.
@@ -162,11 +158,7 @@ impl Persist {
         let id = match &w {
             Write::Upsert(b) | Write::Delete(b) => b.id.clone(),
         };
-        let mut q = lock(&self.queue);
-        q.seq += 1;
-        let seq = q.seq;
-        q.writes.insert(id, (seq, w));
-        drop(q);
+        lock(&self.queue).writes.push(&id, w);
         self.wake.notify_one();
     }
 
@@ -242,13 +234,7 @@ impl Persist {
     /// Writes what is queued until the queue is empty or the store stops answering.
     fn flush(&self) {
         loop {
-            let next = {
-                let q = lock(&self.queue);
-                q.writes
-                    .iter()
-                    .next()
-                    .map(|(id, (seq, w))| (id.clone(), *seq, w.clone()))
-            };
+            let next = lock(&self.queue).writes.next();
             let Some((id, seq, w)) = next else { return };
             let r = match &w {
                 Write::Upsert(b) => self.upsert(b),
@@ -268,9 +254,7 @@ impl Persist {
             }
             let mut q = lock(&self.queue);
             q.retry_at = None;
-            if q.writes.get(&id).is_some_and(|(s, _)| *s == seq) {
-                q.writes.remove(&id);
-            }
+            q.writes.done(&id, seq);
         }
     }
 

@@ -250,6 +250,63 @@ fn same_stored(a: &Binding, b: &Binding) -> bool {
     to_fields(a) == to_fields(b)
 }
 
+/// Writes on their way to the store, one per binding id: a newer write of a binding replaces
+/// the queued one (only the latest state matters), and a write that was overtaken while being
+/// stored is not taken off the queue by the thread that stored it.
+#[derive(Debug, Clone)]
+pub struct Pending<T> {
+    writes: std::collections::BTreeMap<String, (u64, T)>,
+    seq: u64,
+}
+
+impl<T> Default for Pending<T> {
+    fn default() -> Self {
+        Self {
+            writes: std::collections::BTreeMap::new(),
+            seq: 0,
+        }
+    }
+}
+
+impl<T: Clone> Pending<T> {
+    /// Queues `write` for binding `id`, replacing a queued one.
+    pub fn push(&mut self, id: &str, write: T) {
+        self.seq += 1;
+        self.writes.insert(id.to_string(), (self.seq, write));
+    }
+
+    /// The next write to try (it stays queued until [`Pending::done`]).
+    pub fn next(&self) -> Option<(String, u64, T)> {
+        self.writes
+            .iter()
+            .next()
+            .map(|(id, (seq, w))| (id.clone(), *seq, w.clone()))
+    }
+
+    /// The write `seq` of `id` was stored (or given up): off the queue, unless a newer one
+    /// replaced it meanwhile.
+    pub fn done(&mut self, id: &str, seq: u64) {
+        if self.writes.get(id).is_some_and(|(s, _)| *s == seq) {
+            self.writes.remove(id);
+        }
+    }
+
+    /// Whether `id` has a write queued (its copy in memory is newer than the store's).
+    pub fn contains(&self, id: &str) -> bool {
+        self.writes.contains_key(id)
+    }
+
+    /// Writes queued.
+    pub fn len(&self) -> usize {
+        self.writes.len()
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.writes.is_empty()
+    }
+}
+
 /// The store's lines in `push show status`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreStatus {
@@ -399,6 +456,32 @@ mod tests {
         let mut expected = vec!["id"];
         expected.extend(FIELDS);
         assert_eq!(columns, expected);
+    }
+
+    #[test]
+    fn pending_writes_coalesce_and_survive_being_overtaken() {
+        let mut p = Pending::default();
+        p.push("a", 1);
+        p.push("b", 2);
+        p.push("a", 3);
+        assert_eq!(p.len(), 2);
+        let (id, seq, w) = p.next().unwrap();
+        assert_eq!(
+            (id.as_str(), w),
+            ("a", 3),
+            "only the latest write of a binding"
+        );
+        // Overtaken while being stored: the newer write stays.
+        p.push("a", 4);
+        p.done("a", seq);
+        assert!(p.contains("a"));
+        let (_, seq, w) = p.next().unwrap();
+        assert_eq!(w, 4);
+        p.done("a", seq);
+        assert!(!p.contains("a"));
+        let (id, seq, _) = p.next().unwrap();
+        p.done(&id, seq);
+        assert!(p.is_empty());
     }
 
     #[test]
