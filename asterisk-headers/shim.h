@@ -154,7 +154,22 @@ void rp_shim_set_hangupcause(struct ast_channel *chan, int cause);
 /* Hangs a channel up from another thread (a stale leg of a device that registered elsewhere). */
 void rp_shim_softhangup(struct ast_channel *chan);
 
+/* ---- Voicemail (shim_mwi.c) ---- */
+/* One MWI state: mailbox@context and its counts. */
+typedef void (*rp_mwi_fn)(const char *mailbox, int new_msgs, int old_msgs, int urgent_msgs);
+/* One PJSIP object with mailboxes: an endpoint (is_aor 0, with its aors) or an AOR (is_aor 1). */
+typedef void (*rp_owner_fn)(void *ctx, int is_aor, const char *name, const char *mailboxes, const char *aors);
+/* Subscribes to every mailbox's MWI state; each change calls rp_mwi_on_state. */
+int rp_shim_mwi_subscribe(void);
+/* Unsubscribes and waits until no callback runs any more. */
+void rp_shim_mwi_unsubscribe(void);
+/* The states in Asterisk's MWI cache, each passed to `each`. */
+void rp_shim_mwi_cached(rp_mwi_fn each);
+/* Every endpoint and AOR whose mailboxes option is set (sorcery reads: not on a SIP thread). */
+void rp_shim_mailbox_owners(rp_owner_fn each, void *ctx);
+
 /* Implemented in Rust (res_push/src/entry.rs). */
+void rp_mwi_on_state(const char *mailbox, int new_msgs, int old_msgs, int urgent_msgs);
 /* `requestor` (the caller, or NULL): the call pushes go out from here, before any Local leg runs. */
 int rp_wake_local_destination(const char *endpoint, struct ast_channel *requestor, char *dest, size_t len);
 int rp_wake_devicestate(const char *endpoint);

@@ -105,6 +105,23 @@ pub extern "C" fn rp_sip_on_response(tdata: *mut crate::ffi::pjsip_tx_data) {
     })
 }
 
+/// An MWI state published (stasis pool thread): queued for the MWI thread, nothing more.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn rp_mwi_on_state(
+    mailbox: *const c_char,
+    new_msgs: i32,
+    old_msgs: i32,
+    urgent_msgs: i32,
+) {
+    guard("MWI callback", (), || {
+        if let Some(r) = module::running() {
+            // SAFETY: the shim passes the state's own string, live for this call.
+            let state = unsafe { crate::ast::mwi::state(mailbox, new_msgs, old_msgs, urgent_msgs) };
+            r.mwi.on_state(state);
+        }
+    })
+}
+
 /// An AMI action.
 #[unsafe(no_mangle)]
 pub extern "C" fn rp_ami_exec(

@@ -11,7 +11,8 @@
 //! - `registrar`: the REGISTER hook (RFC 8599 parameters, 400/555, Feature-Caps);
 //! - `bindings`: push bindings (store, astdb persistence, AMI events, refresh pushes);
 //! - `ami`: AMI actions;
-//! - `wake`: call wake-up (`Dial(Push/...)`, `PushWake`).
+//! - `wake`: call wake-up (`Dial(Push/...)`, `PushWake`);
+//! - `mwi`: voicemail pushes from Asterisk's MWI state.
 //!
 //! Pure logic (config model, backoff, status text) lives in the `res-push-core` crate so it is
 //! unit-tested without Asterisk; the wire protocol lives in `res-push-proto`.
@@ -25,6 +26,7 @@ mod entry;
 pub mod ffi;
 mod link;
 mod module;
+mod mwi;
 mod push;
 mod registrar;
 mod wake;

@@ -11,6 +11,7 @@ use crate::ast::sync::Snapshot;
 use crate::ast::{channel, cli, config, guard, identity, log, manager, pjsip};
 use crate::bindings::Bindings;
 use crate::link::Link;
+use crate::mwi::{self, Mwi};
 use crate::registrar::Registrar;
 use crate::wake::Wake;
 
@@ -30,6 +31,8 @@ pub struct Running {
     pub registrar: Registrar,
     /// Calls waiting for devices to wake.
     pub wake: Wake,
+    /// Voicemail pushes.
+    pub mwi: Mwi,
     /// The one `[general]` snapshot every reader uses; reload swaps it whole.
     general: Snapshot<General>,
 }
@@ -112,17 +115,26 @@ fn start() -> Result<Arc<Running>, String> {
             return Err(format!("cannot start the binding worker: {e}"));
         }
     };
+    let mwi = match Mwi::start() {
+        Ok(m) => m,
+        Err(e) => {
+            bindings.stop();
+            link.stop();
+            return Err(format!("cannot start the MWI thread: {e}"));
+        }
+    };
     let running = Arc::new(Running {
         link,
         bindings,
         registrar: Registrar::default(),
         wake: Wake::default(),
+        mwi,
         general: Snapshot::new(general),
     });
     // Published before the hooks exist: a REGISTER may arrive the moment they are installed.
     *RUNNING.write().unwrap_or_else(|p| p.into_inner()) = Some(running.clone());
     type Install = fn() -> bool;
-    let hooks: [(Install, &str); 4] = [
+    let hooks: [(Install, &str); 5] = [
         (pjsip::register_hooks, "REGISTER hooks"),
         (
             channel::register_wake,
@@ -130,6 +142,7 @@ fn start() -> Result<Arc<Running>, String> {
         ),
         (cli::register, "CLI commands"),
         (manager::register, "AMI actions"),
+        (mwi::subscribe, "the MWI subscription"),
     ];
     for (install, what) in hooks {
         if !install() {
@@ -143,11 +156,13 @@ fn start() -> Result<Arc<Running>, String> {
 /// Removes every hook, then stops the threads. Hooks first: once they are gone nothing can
 /// enter the module from Asterisk, so the threads can be joined safely.
 fn stop(running: &Running) {
+    mwi::unsubscribe();
     manager::unregister();
     cli::unregister();
     channel::unregister_wake();
     pjsip::unregister_hooks();
     RUNNING.write().unwrap_or_else(|p| p.into_inner()).take();
+    running.mwi.stop();
     running.bindings.stop();
     running.link.stop();
 }

@@ -163,7 +163,7 @@ pub struct Store {
 
 /// FNV-1a: a stable hash for ids (std's hasher may change between Rust releases, and ids are
 /// persisted and typed by operators).
-fn fnv1a(parts: &[&str]) -> u64 {
+pub(crate) fn fnv1a(parts: &[&str]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for p in parts {
         for b in p.bytes().chain(std::iter::once(0)) {

@@ -64,6 +64,12 @@ pub struct General {
     /// Put the caller's number and name in push payloads (off: templates see empty values,
     /// for deployments where nothing personal may cross Apple's and Google's servers).
     pub push_caller_id: bool,
+    /// Voicemail: an alert push to an endpoint's devices when a mailbox in its (or its AOR's)
+    /// `mailboxes` gets new messages.
+    pub mwi_push: bool,
+    /// Voicemail: also a background push (APNs `content-available`) to iOS devices on every
+    /// change of the counts, heard messages included, for apps that keep a badge.
+    pub mwi_background_push: bool,
 }
 
 /// What the caller hears while devices wake up (XiVO's `XIVO_MAPP_WAIT_WITH_MUSIC`).
@@ -97,6 +103,8 @@ impl Default for General {
             push_skip_recent: Duration::ZERO,
             strip_pn_params: true,
             push_caller_id: true,
+            mwi_push: true,
+            mwi_background_push: false,
         }
     }
 }
@@ -279,6 +287,12 @@ fn parse_general(
             }
             "strip_pn_params" => {
                 g.strip_pn_params = parse_bool(v).ok_or_else(|| err("must be yes or no"))?
+            }
+            "mwi_push" => {
+                g.mwi_push = parse_bool(v).ok_or_else(|| err("must be yes or no"))?
+            }
+            "mwi_background_push" => {
+                g.mwi_background_push = parse_bool(v).ok_or_else(|| err("must be yes or no"))?
             }
             "missed_call_push" => {
                 g.missed_call_push = parse_bool(v).ok_or_else(|| err("must be yes or no"))?
@@ -488,6 +502,22 @@ mod tests {
             let e = PushConfig::from_sections(&general(&[(k, v)])).unwrap_err();
             assert_eq!(e.option, k);
         }
+    }
+
+    #[test]
+    fn voicemail_options() {
+        let g = PushConfig::from_sections(&[]).unwrap().config.general;
+        assert!(g.mwi_push && !g.mwi_background_push, "alerts on, background off");
+        let g = PushConfig::from_sections(&general(&[
+            ("mwi_push", "no"),
+            ("mwi_background_push", "yes"),
+        ]))
+        .unwrap()
+        .config
+        .general;
+        assert!(!g.mwi_push && g.mwi_background_push);
+        let e = PushConfig::from_sections(&general(&[("mwi_push", "sometimes")])).unwrap_err();
+        assert_eq!(e.option, "mwi_push");
     }
 
     #[test]
