@@ -117,6 +117,12 @@ fn run(rx: &Receiver<Msg>) {
 fn notify(r: &Arc<Running>, s: &State, decision: Decision) {
     let general = r.general();
     if !general.mwi_push {
+        tracing::info!(
+            "mailbox {}: {} new, {} old; voicemail pushes are off (mwi_push = no)",
+            s.mailbox,
+            s.counts.new,
+            s.counts.old
+        );
         return;
     }
     let background = general.mwi_background_push;

@@ -1229,8 +1229,7 @@ mod tests {
             collapse_id: "mwi-1000@default".into(),
             background,
         };
-        let apns = |background| match route.app.prepare_voicemail(&route, &vm(background), 20, 0)
-        {
+        let apns = |background| match route.app.prepare_voicemail(&route, &vm(background), 20, 0) {
             Ok(Prepared::Apns(r)) => r,
             other => panic!("{other:?}"),
         };

@@ -5,9 +5,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use res_push_proto::{
-    FailureClass, Job, Outcome, PushRequest, PushTarget, VoicemailPush, redact,
-};
+use res_push_proto::{FailureClass, Job, Outcome, PushRequest, PushTarget, VoicemailPush, redact};
 use tokio::{
     sync::{OwnedRwLockWriteGuard, OwnedSemaphorePermit, RwLock, Semaphore},
     time::Instant,

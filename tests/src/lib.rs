@@ -37,6 +37,7 @@ const CONFIG_TEMPLATES: &[&str] = &[
     "manager.conf",
     "queues.conf",
     "push.conf",
+    "voicemail.conf",
 ];
 /// Where Debian's package installs modules, as seen inside the chroot.
 const SYSTEM_MODULES: &str = "/usr/lib/x86_64-linux-gnu/asterisk/modules";
@@ -141,6 +142,8 @@ pub struct Options {
     pub push_conf: Option<String>,
     /// Appended to pjsip.conf (more endpoints, for benchmarks).
     pub pjsip_append: String,
+    /// Appended to modules.conf's `[modules]` (e.g. `load = app_voicemail.so`).
+    pub modules_append: String,
     /// RTP ports of its own. A call INVITEd to a dead contact keeps its RTP ports until the
     /// INVITE transaction times out (32 s), so back-to-back calls (benchmarks) need more.
     pub rtp_ports: u32,
@@ -152,6 +155,7 @@ impl Default for Options {
             load_res_push: true,
             push_conf: None,
             pjsip_append: String::new(),
+            modules_append: String::new(),
             rtp_ports: 20,
         }
     }
@@ -216,6 +220,10 @@ impl Asterisk {
             }
             if *file == "pjsip.conf" {
                 text.push_str(&opts.pjsip_append);
+            }
+            if *file == "modules.conf" {
+                text.push('\n');
+                text.push_str(&opts.modules_append);
             }
             for (k, v) in &vars {
                 text = text.replace(k, v);

@@ -288,9 +288,7 @@ fn parse_general(
             "strip_pn_params" => {
                 g.strip_pn_params = parse_bool(v).ok_or_else(|| err("must be yes or no"))?
             }
-            "mwi_push" => {
-                g.mwi_push = parse_bool(v).ok_or_else(|| err("must be yes or no"))?
-            }
+            "mwi_push" => g.mwi_push = parse_bool(v).ok_or_else(|| err("must be yes or no"))?,
             "mwi_background_push" => {
                 g.mwi_background_push = parse_bool(v).ok_or_else(|| err("must be yes or no"))?
             }
@@ -507,7 +505,10 @@ mod tests {
     #[test]
     fn voicemail_options() {
         let g = PushConfig::from_sections(&[]).unwrap().config.general;
-        assert!(g.mwi_push && !g.mwi_background_push, "alerts on, background off");
+        assert!(
+            g.mwi_push && !g.mwi_background_push,
+            "alerts on, background off"
+        );
         let g = PushConfig::from_sections(&general(&[
             ("mwi_push", "no"),
             ("mwi_background_push", "yes"),

@@ -323,11 +323,7 @@ mod tests {
         assert!(wants_background(Provider::Apns, true, changed));
         assert!(!wants_background(Provider::Fcm, true, changed));
         assert!(!wants_background(Provider::Apns, false, changed));
-        assert!(!wants_background(
-            Provider::Apns,
-            true,
-            Decision::default()
-        ));
+        assert!(!wants_background(Provider::Apns, true, Decision::default()));
     }
 
     #[test]
