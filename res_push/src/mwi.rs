@@ -168,19 +168,22 @@ fn submit(r: &Running, b: &Binding, s: &State, background: bool) {
     };
     let bindings = r.bindings.clone();
     let (aor, id, provider, token) = (b.aor.clone(), b.id.clone(), b.provider, b.token.clone());
-    let done = Box::new(move |result: Result<Outcome, LinkError>| match result {
-        Ok(Outcome::Sent { .. }) => {
-            tracing::debug!("{aor}: {what} sent to binding {id}");
+    let done = Box::new(move |result: Result<Outcome, LinkError>| {
+        bindings.push_result(&aor, &id, &result);
+        match result {
+            Ok(Outcome::Sent { .. }) => {
+                tracing::debug!("{aor}: {what} sent to binding {id}");
+            }
+            Ok(Outcome::InvalidToken { reason }) => {
+                tracing::info!(
+                    "{aor}: token {} reported dead ({reason}); removing binding",
+                    redact(&token)
+                );
+                bindings.submit(Work::InvalidToken(provider, token));
+            }
+            Ok(other) => tracing::warn!("{aor}: {what} to binding {id} not sent: {other:?}"),
+            Err(e) => tracing::warn!("{aor}: {what} to binding {id} not sent: {e}"),
         }
-        Ok(Outcome::InvalidToken { reason }) => {
-            tracing::info!(
-                "{aor}: token {} reported dead ({reason}); removing binding",
-                redact(&token)
-            );
-            bindings.submit(Work::InvalidToken(provider, token));
-        }
-        Ok(other) => tracing::warn!("{aor}: {what} to binding {id} not sent: {other:?}"),
-        Err(e) => tracing::warn!("{aor}: {what} to binding {id} not sent: {e}"),
     });
     if let Err(e) = r.link.submit(job, None, done) {
         tracing::warn!("{}: {what} to binding {} not queued: {e}", b.aor, b.id);

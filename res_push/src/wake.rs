@@ -520,6 +520,7 @@ fn push(
     let report = Arc::new(Mutex::new(outcome));
     let report_queue = report.clone();
     let done = Box::new(move |r: Result<PushOutcome, crate::link::LinkError>| {
+        bindings.push_result(&aor, &id, &r);
         let failure = match r {
             Ok(PushOutcome::Sent { .. }) => None,
             Ok(PushOutcome::InvalidToken { reason }) => {

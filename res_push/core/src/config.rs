@@ -41,6 +41,8 @@ pub struct General {
     pub policy: Policy,
     /// Bindings without a REGISTER for this long are forgotten.
     pub binding_max_age: Duration,
+    /// Binding hygiene: `max_push_devices`, `token_exclusive`, `binding_max_failures`.
+    pub binding_policy: crate::binding::Policy,
     /// Refresh pushes this long before a registration expires; zero disables them.
     pub refresh_before: Duration,
     /// How long a call waits for a pushed device to register.
@@ -94,6 +96,7 @@ impl Default for General {
             job_deadline: Duration::from_secs(10),
             policy: Policy::default(),
             binding_max_age: Duration::from_secs(30 * 86400),
+            binding_policy: crate::binding::Policy::default(),
             refresh_before: Duration::from_secs(60),
             wake_timeout: Duration::from_secs(30),
             wait_audio: WaitAudio::Ringing,
@@ -254,6 +257,18 @@ fn parse_general(
                 g.binding_max_age = d;
             }
             "refresh_before" => g.refresh_before = parse_duration(v).map_err(|r| err(&r))?,
+            "max_push_devices" => {
+                let n = parse_off_or_range(v, 1, 100).map_err(|r| err(&r))?;
+                g.binding_policy.max_push_devices = n.map(|n| n as usize);
+            }
+            "token_exclusive" => {
+                g.binding_policy.token_exclusive =
+                    parse_bool(v).ok_or_else(|| err("must be yes or no"))?
+            }
+            "binding_max_failures" => {
+                let n = parse_off_or_range(v, 1, 1000).map_err(|r| err(&r))?;
+                g.binding_policy.max_failures = n.map(|n| n as u32);
+            }
             "wake_timeout" => {
                 let d = parse_duration(v).map_err(|r| err(&r))?;
                 if d.is_zero() || d > Duration::from_secs(600) {
@@ -398,6 +413,16 @@ fn parse_duration(v: &str) -> Result<Duration, String> {
         .ok_or_else(|| "too large".to_string())
 }
 
+/// `0` or `off` (the default), or a number in range.
+fn parse_off_or_range(v: &str, min: u64, max: u64) -> Result<Option<u64>, String> {
+    if v.eq_ignore_ascii_case("off") || v == "0" {
+        return Ok(None);
+    }
+    parse_range(v, min, max)
+        .map(Some)
+        .map_err(|e| format!("{e}, or 0/off"))
+}
+
 fn parse_range(v: &str, min: u64, max: u64) -> Result<u64, String> {
     let n: u64 = v.parse().map_err(|_| "not a whole number".to_string())?;
     if !(min..=max).contains(&n) {
@@ -499,6 +524,45 @@ mod tests {
         ] {
             let e = PushConfig::from_sections(&general(&[(k, v)])).unwrap_err();
             assert_eq!(e.option, k);
+        }
+    }
+
+    #[test]
+    fn binding_hygiene_options() {
+        let g = PushConfig::from_sections(&[]).unwrap().config.general;
+        assert_eq!(
+            g.binding_policy,
+            crate::binding::Policy::default(),
+            "all off by default"
+        );
+        let g = PushConfig::from_sections(&general(&[
+            ("max_push_devices", "1"),
+            ("token_exclusive", "yes"),
+            ("binding_max_failures", "3"),
+        ]))
+        .unwrap()
+        .config
+        .general;
+        assert_eq!(g.binding_policy.max_push_devices, Some(1));
+        assert!(g.binding_policy.token_exclusive);
+        assert_eq!(g.binding_policy.max_failures, Some(3));
+        let g = PushConfig::from_sections(&general(&[
+            ("max_push_devices", "off"),
+            ("binding_max_failures", "0"),
+        ]))
+        .unwrap()
+        .config
+        .general;
+        assert_eq!(g.binding_policy.max_push_devices, None);
+        assert_eq!(g.binding_policy.max_failures, None);
+        for (k, v) in [
+            ("max_push_devices", "101"),
+            ("max_push_devices", "many"),
+            ("binding_max_failures", "-1"),
+            ("token_exclusive", "perhaps"),
+        ] {
+            let e = PushConfig::from_sections(&general(&[(k, v)])).unwrap_err();
+            assert_eq!(e.option, k, "{e}");
         }
     }
 
