@@ -156,7 +156,7 @@ void rp_shim_softhangup(struct ast_channel *chan);
 
 /* ---- Voicemail (shim_mwi.c) ---- */
 /* One MWI state: mailbox@context and its counts. */
-typedef void (*rp_mwi_fn)(const char *mailbox, int new_msgs, int old_msgs, int urgent_msgs);
+typedef void (*rp_mwi_fn)(void *ctx, const char *mailbox, int new_msgs, int old_msgs, int urgent_msgs);
 /* One PJSIP object with mailboxes: an endpoint (is_aor 0, with its aors) or an AOR (is_aor 1). */
 typedef void (*rp_owner_fn)(void *ctx, int is_aor, const char *name, const char *mailboxes, const char *aors);
 /* Subscribes to every mailbox's MWI state; each change calls rp_mwi_on_state. */
@@ -164,7 +164,7 @@ int rp_shim_mwi_subscribe(void);
 /* Unsubscribes and waits until no callback runs any more. */
 void rp_shim_mwi_unsubscribe(void);
 /* The states in Asterisk's MWI cache, each passed to `each`. */
-void rp_shim_mwi_cached(rp_mwi_fn each);
+void rp_shim_mwi_cached(rp_mwi_fn each, void *ctx);
 /* Every endpoint and AOR whose mailboxes option is set (sorcery reads: not on a SIP thread). */
 void rp_shim_mailbox_owners(rp_owner_fn each, void *ctx);
 

@@ -13,22 +13,25 @@
 
 static struct stasis_subscription *mwi_sub;
 
-static void pass_state(struct stasis_message *msg, rp_mwi_fn each)
+/* The state a message carries, or NULL for any other message. */
+static struct ast_mwi_state *mwi_state(struct stasis_message *msg)
 {
 	struct ast_mwi_state *state;
 
 	if (stasis_message_type(msg) != ast_mwi_state_type()) {
-		return;
+		return NULL;
 	}
 	state = stasis_message_data(msg);
-	if (state && !ast_strlen_zero(state->uniqueid)) {
-		each(state->uniqueid, state->new_msgs, state->old_msgs, state->urgent_msgs);
-	}
+	return state && !ast_strlen_zero(state->uniqueid) ? state : NULL;
 }
 
 static void mwi_cb(void *data, struct stasis_subscription *sub, struct stasis_message *msg)
 {
-	pass_state(msg, rp_mwi_on_state);
+	struct ast_mwi_state *state = mwi_state(msg);
+
+	if (state) {
+		rp_mwi_on_state(state->uniqueid, state->new_msgs, state->old_msgs, state->urgent_msgs);
+	}
 }
 
 int rp_shim_mwi_subscribe(void)
@@ -54,7 +57,7 @@ void rp_shim_mwi_unsubscribe(void)
 	mwi_sub = stasis_unsubscribe_and_join(mwi_sub);
 }
 
-void rp_shim_mwi_cached(rp_mwi_fn each)
+void rp_shim_mwi_cached(rp_mwi_fn each, void *ctx)
 {
 	struct ao2_container *cached = stasis_cache_dump(ast_mwi_state_cache(), ast_mwi_state_type());
 	struct ao2_iterator it;
@@ -65,7 +68,11 @@ void rp_shim_mwi_cached(rp_mwi_fn each)
 	}
 	it = ao2_iterator_init(cached, 0);
 	while ((msg = ao2_iterator_next(&it))) {
-		pass_state(msg, each);
+		struct ast_mwi_state *state = mwi_state(msg);
+
+		if (state) {
+			each(ctx, state->uniqueid, state->new_msgs, state->old_msgs, state->urgent_msgs);
+		}
 		ao2_ref(msg, -1);
 	}
 	ao2_iterator_destroy(&it);

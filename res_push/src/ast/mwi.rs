@@ -39,21 +39,32 @@ pub fn unsubscribe() {
     unsafe { ffi::rp_shim_mwi_unsubscribe() };
 }
 
-thread_local! {
-    static CACHED: std::cell::RefCell<Vec<State>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-extern "C" fn push_cached(mailbox: *const c_char, new: c_int, old: c_int, urgent: c_int) {
-    // SAFETY: called by rp_shim_mwi_cached with its own live strings.
-    let s = unsafe { state(mailbox, new, old, urgent) };
-    CACHED.with(|c| c.borrow_mut().push(s));
+extern "C" fn push_cached(
+    ctx: *mut c_void,
+    mailbox: *const c_char,
+    new: c_int,
+    old: c_int,
+    urgent: c_int,
+) {
+    // SAFETY: `ctx` is the Vec passed by `cached`, alive for the call; the strings are the
+    // cached states' own.
+    let (list, s) = unsafe {
+        (
+            &mut *(ctx as *mut Vec<State>),
+            state(mailbox, new, old, urgent),
+        )
+    };
+    list.push(s);
 }
 
 /// The states in Asterisk's MWI cache (the counts in force now).
 pub fn cached() -> Vec<State> {
-    // SAFETY: `push_cached` only runs during this call, on this thread.
-    unsafe { ffi::rp_shim_mwi_cached(Some(push_cached)) };
-    CACHED.with(|c| std::mem::take(&mut *c.borrow_mut()))
+    // No thread-local buffer: a TLS destructor registered on an Asterisk thread would keep
+    // this library mapped after unload.
+    let mut states: Vec<State> = Vec::new();
+    // SAFETY: `push_cached` casts `ctx` back to this Vec, which outlives the call.
+    unsafe { ffi::rp_shim_mwi_cached(Some(push_cached), (&mut states as *mut Vec<State>).cast()) };
+    states
 }
 
 extern "C" fn push_owner(
