@@ -4,7 +4,9 @@
 use std::time::Duration;
 
 use res_push_itests::push_env::setup;
-use res_push_itests::{Asterisk, Register, binding_count, field, free_udp_port, wait_for};
+use res_push_itests::{
+    Asterisk, Register, Sidecar, binding_count, field, free_udp_port, status_field, wait_for,
+};
 use res_push_mocks::Behavior;
 
 const TOKEN: &str = "00fc13adff785122b4ad28809a3420982341241421348097878e577c991de8f0";
@@ -38,7 +40,7 @@ fn wait_failures(a: &Asterisk, aor: &str, n: u32) {
 
 #[test]
 fn failed_pushes_are_counted_reset_on_success_and_drop_the_binding_at_the_limit() {
-    let (mocks, a, _sidecar) = setup("hygiene-failures", "binding_max_failures = 3");
+    let (mocks, a, sidecar) = setup("hygiene-failures", "binding_max_failures = 3");
     let mut ami = a.ami();
     assert!(a.register(&Register::new("alice", &pn(TOKEN))).ok);
     wait_for(WAIT, || (bindings(&a, "alice") == 1).then_some(())).expect("binding");
@@ -52,8 +54,25 @@ fn failed_pushes_are_counted_reset_on_success_and_drop_the_binding_at_the_limit(
     assert!(out.contains("failed (Other)"), "{out}");
     wait_failures(&a, "alice", 1);
 
+    // The sidecar gone is our fault, not the binding's: not counted either.
+    sidecar.crash();
+    let down = wait_for(WAIT, || {
+        let out = a.cli("push send alice alert lost");
+        out.contains("not connected").then_some(out)
+    });
+    assert!(down.is_some(), "{}", a.cli("push show status"));
+    let _sidecar = Sidecar::start(&a.socket_host_path());
+    let back = wait_for(WAIT, || {
+        let s = a.cli("push show status");
+        (status_field(&s, "Sidecar link").as_deref() == Some("connected")
+            && status_field(&s, "Apps").as_deref() == Some("ios, android"))
+        .then_some(())
+    });
+    assert!(back.is_some(), "{}", a.cli("push show status"));
+
     // Our credentials refused (`failed: config`) is not the binding's fault: not counted. (Had
-    // it counted, the next failure would be the third, and the binding would be gone.)
+    // this or the link failure counted, the next failure would be the third or fourth, and
+    // the binding would be gone.)
     mocks
         .apns
         .script(TOKEN, vec![Behavior::error(403, "InvalidProviderToken")]);
