@@ -64,6 +64,13 @@ pub struct General {
     /// Put the caller's number and name in push payloads (off: templates see empty values,
     /// for deployments where nothing personal may cross Apple's and Google's servers).
     pub push_caller_id: bool,
+    /// Queued messages kept per AOR for sleeping devices (`MessageSend(push:...)`); a message
+    /// beyond it is refused, never an older one dropped.
+    pub message_queue_max: usize,
+    /// Queued messages older than this are dropped undelivered.
+    pub message_max_age: Duration,
+    /// Show the start of the message in its alert push (off: only who sent it).
+    pub push_message_preview: bool,
 }
 
 /// What the caller hears while devices wake up (XiVO's `XIVO_MAPP_WAIT_WITH_MUSIC`).
@@ -97,6 +104,9 @@ impl Default for General {
             push_skip_recent: Duration::ZERO,
             strip_pn_params: true,
             push_caller_id: true,
+            message_queue_max: 100,
+            message_max_age: Duration::from_secs(7 * 86400),
+            push_message_preview: true,
         }
     }
 }
@@ -276,6 +286,23 @@ fn parse_general(
             }
             "push_caller_id" => {
                 g.push_caller_id = parse_bool(v).ok_or_else(|| err("must be yes or no"))?
+            }
+            "message_queue_max" => {
+                g.message_queue_max = v
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=10_000).contains(n))
+                    .ok_or_else(|| err("must be a number from 1 to 10000"))?
+            }
+            "message_max_age" => {
+                let d = parse_duration(v).map_err(|r| err(&r))?;
+                if d.is_zero() {
+                    return Err(err("must be at least 1 second"));
+                }
+                g.message_max_age = d;
+            }
+            "push_message_preview" => {
+                g.push_message_preview = parse_bool(v).ok_or_else(|| err("must be yes or no"))?
             }
             "strip_pn_params" => {
                 g.strip_pn_params = parse_bool(v).ok_or_else(|| err("must be yes or no"))?
@@ -539,5 +566,37 @@ mod tests {
         let p = PushConfig::from_sections(&s).unwrap();
         assert_eq!(p.warnings.len(), 2, "{:?}", p.warnings);
         assert!(p.warnings[0].contains("colour"));
+    }
+
+    #[test]
+    fn message_options() {
+        let g = PushConfig::from_sections(&general(&[
+            ("message_queue_max", "3"),
+            ("message_max_age", "2"),
+            ("push_message_preview", "no"),
+        ]))
+        .unwrap()
+        .config
+        .general;
+        assert_eq!(g.message_queue_max, 3);
+        assert_eq!(g.message_max_age, Duration::from_secs(2));
+        assert!(!g.push_message_preview);
+        let d = General::default();
+        assert_eq!(d.message_queue_max, 100);
+        assert_eq!(d.message_max_age, Duration::from_secs(7 * 86400));
+        assert!(d.push_message_preview);
+        for (k, v) in [
+            ("message_queue_max", "0"),
+            ("message_queue_max", "many"),
+            ("message_max_age", "0"),
+            ("push_message_preview", "maybe"),
+        ] {
+            assert_eq!(
+                PushConfig::from_sections(&general(&[(k, v)]))
+                    .unwrap_err()
+                    .option,
+                k
+            );
+        }
     }
 }
