@@ -365,6 +365,25 @@ impl Queues {
         taken
     }
 
+    /// A delivery SIP did not take: `m` waits for `device` again, in its place. Returns the
+    /// message as it now stands (to store).
+    pub fn put_back(&mut self, m: Queued, device: &str) -> Queued {
+        let q = self.by_aor.entry(m.aor.clone()).or_default();
+        if let Some(held) = q.iter_mut().find(|h| h.seq == m.seq) {
+            if !held.devices.iter().any(|d| d == device) {
+                held.devices.push(device.to_string());
+            }
+            return held.clone();
+        }
+        let at = q.iter().position(|h| h.seq > m.seq).unwrap_or(q.len());
+        let back = Queued {
+            devices: vec![device.to_string()],
+            ..m
+        };
+        q.insert(at, back.clone());
+        back
+    }
+
     /// Drops every message older than `max_age`; returns them.
     pub fn expire(&mut self, now: u64, max_age: u64) -> Vec<Queued> {
         let mut gone = Vec::new();
@@ -513,6 +532,21 @@ mod tests {
         assert_eq!(q.len("alice"), 0);
         assert_eq!(q.len("bob"), 1);
         assert_eq!(q.total(), 1);
+    }
+
+    #[test]
+    fn put_back_restores_place_and_device() {
+        let mut q = Queues::default();
+        for b in ["1", "2"] {
+            q.enqueue(incoming("alice", b), ids(&["d1"]), 0, 10).unwrap();
+        }
+        let t = q.take_for("alice", "d1", 1, 100);
+        assert!(q.is_empty());
+        q.put_back(t.deliver[1].clone(), "d1");
+        q.put_back(t.deliver[0].clone(), "d1");
+        let t = q.take_for("alice", "d1", 2, 100);
+        let bodies: Vec<&str> = t.deliver.iter().map(|m| m.body.as_str()).collect();
+        assert_eq!(bodies, ["1", "2"]);
     }
 
     #[test]
