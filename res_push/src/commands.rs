@@ -141,7 +141,10 @@ pub fn exec(index: i32, out: Output, args: &[String]) -> Outcome {
         }
         rp_cli_command::RP_CLI_DELETE_MESSAGES => {
             let n = running.messages.clear(&extra[0]);
-            out.write(&format!("{n} queued message(s) of '{}' deleted\n", extra[0]));
+            out.write(&format!(
+                "{n} queued message(s) of '{}' deleted\n",
+                extra[0]
+            ));
             Outcome::Success
         }
         rp_cli_command::RP_CLI_SEND => send(&running, out, extra),

@@ -138,11 +138,7 @@ impl Messages {
 
     /// Copies of the queue of `aor`, or of every queue.
     pub fn list(&self, aor: Option<&str>) -> Vec<Queued> {
-        lock(&self.queues)
-            .list(aor)
-            .into_iter()
-            .cloned()
-            .collect()
+        lock(&self.queues).list(aor).into_iter().cloned().collect()
     }
 
     /// Operator removal of an AOR's queue; how many went.
@@ -200,7 +196,11 @@ impl Messages {
                 }
             })
             .collect();
-        let from = if from.is_empty() { msg.from() } else { from.to_string() };
+        let from = if from.is_empty() {
+            msg.from()
+        } else {
+            from.to_string()
+        };
         let incoming = Incoming {
             aor: aor.clone(),
             endpoint: endpoint.to_string(),
@@ -212,7 +212,7 @@ impl Messages {
         // Decided and queued under one lock: two messages racing keep their order.
         let mut queues = lock(&self.queues);
         let room = queues.len(&aor) < general.message_queue_max;
-        let plan = message::plan(&plain, &planned, |d| queues.has_for(&aor, d), room);
+        let plan = message::plan(&plain, &planned, |d| queues.has_for(d), room);
         let queued = if plan.queue_for.is_empty() {
             None
         } else {
@@ -300,7 +300,7 @@ impl Messages {
     /// thread): only a lookup and a `try_send`.
     pub fn registered(&self, aor: &str, params: &PushParams, contact: &str) {
         let device = binding_id(aor, params.provider, &params.app_id, &params.token);
-        if !lock(&self.queues).has_for(aor, &device) {
+        if !lock(&self.queues).has_for(&device) {
             return;
         }
         self.submit(Work::Flush {
@@ -376,7 +376,14 @@ impl Messages {
             return;
         };
         let max_age = running.general().message_max_age.as_secs();
-        let taken = lock(&self.queues).take_for(aor, device, now(), max_age);
+        let taken = lock(&self.queues).take_for(device, now(), max_age);
+        if !taken.deliver.is_empty() {
+            tracing::info!(
+                "{aor}: device {device} reachable at {}; delivering {} queued message(s)",
+                redact_uri(contact),
+                taken.deliver.len()
+            );
+        }
         // Off the queue and out of astdb before SIP has it: a crash now loses a message
         // rather than delivering it twice after the restart.
         for m in &taken.updated {

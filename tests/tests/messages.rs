@@ -211,12 +211,7 @@ impl Phone {
     fn message(&mut self, to: &str, body: &str) -> u16 {
         let ruri = format!("sip:{to}@{}", self.pbx);
         let r = self
-            .request(
-                "MESSAGE",
-                &ruri,
-                "Content-Type: text/plain\r\n",
-                body,
-            )
+            .request("MESSAGE", &ruri, "Content-Type: text/plain\r\n", body)
             .expect("MESSAGE answered");
         r.first_line()
             .split_whitespace()

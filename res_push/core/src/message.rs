@@ -8,7 +8,7 @@
 //! had it or when it is older than `message_max_age`. A full queue refuses the new message:
 //! older ones are never dropped to make room.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use res_push_proto::PushData;
 use serde::{Deserialize, Serialize};
@@ -249,6 +249,9 @@ pub struct Taken {
 #[derive(Debug, Clone, Default)]
 pub struct Queues {
     by_aor: BTreeMap<String, VecDeque<Queued>>,
+    /// Messages each device still waits for: the REGISTER hook asks on every push REGISTER,
+    /// on a PJSIP thread, so the answer must not cost a scan of every queue.
+    waiting: HashMap<String, usize>,
     next_seq: u64,
 }
 
@@ -258,12 +261,29 @@ impl Queues {
         let mut all: Vec<Queued> = stored.into_iter().collect();
         all.sort_by_key(|m| m.seq);
         all.dedup_by_key(|m| m.seq);
-        let next_seq = all.last().map_or(1, |m| m.seq + 1);
-        let mut by_aor: BTreeMap<String, VecDeque<Queued>> = BTreeMap::new();
+        let mut q = Queues {
+            next_seq: all.last().map_or(1, |m| m.seq + 1),
+            ..Queues::default()
+        };
         for m in all {
-            by_aor.entry(m.aor.clone()).or_default().push_back(m);
+            q.count(&m.devices, true);
+            q.by_aor.entry(m.aor.clone()).or_default().push_back(m);
         }
-        Queues { by_aor, next_seq }
+        q
+    }
+
+    fn count(&mut self, devices: &[String], add: bool) {
+        for d in devices {
+            let n = self.waiting.entry(d.clone()).or_default();
+            if add {
+                *n += 1;
+            } else {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.waiting.remove(d);
+                }
+            }
+        }
     }
 
     /// Messages queued for `aor`.
@@ -281,11 +301,9 @@ impl Queues {
         self.by_aor.is_empty()
     }
 
-    /// Whether a device of `aor` has messages waiting.
-    pub fn has_for(&self, aor: &str, device: &str) -> bool {
-        self.by_aor
-            .get(aor)
-            .is_some_and(|q| q.iter().any(|m| m.devices.iter().any(|d| d == device)))
+    /// Whether this device (a binding id, unique across AORs) has messages waiting.
+    pub fn has_for(&self, device: &str) -> bool {
+        self.waiting.contains_key(device)
     }
 
     /// The queue of `aor`, or every queue, oldest first.
@@ -304,13 +322,9 @@ impl Queues {
         now: u64,
         max: usize,
     ) -> Result<Queued, Full> {
-        let q = self.by_aor.entry(m.aor.clone()).or_default();
-        if q.len() >= max {
-            let n = q.len();
-            if q.is_empty() {
-                self.by_aor.remove(&m.aor);
-            }
-            return Err(Full(n));
+        let held = self.len(&m.aor);
+        if held >= max {
+            return Err(Full(held));
         }
         let queued = Queued {
             seq: self.next_seq,
@@ -324,44 +338,53 @@ impl Queues {
             devices,
         };
         self.next_seq += 1;
-        q.push_back(queued.clone());
+        self.count(&queued.devices, true);
+        self.by_aor
+            .entry(queued.aor.clone())
+            .or_default()
+            .push_back(queued.clone());
         Ok(queued)
     }
 
-    /// A device of `aor` registered: the messages it has not had, oldest first, each taken
-    /// off its list so no later registration gets it again. Expired messages are dropped
-    /// on the way.
-    pub fn take_for(&mut self, aor: &str, device: &str, now: u64, max_age: u64) -> Taken {
+    /// A device registered: the messages it has not had, oldest first, each taken off its
+    /// list so no later registration gets it again. Expired messages are dropped on the way.
+    pub fn take_for(&mut self, device: &str, now: u64, max_age: u64) -> Taken {
         let mut taken = Taken::default();
-        let Some(q) = self.by_aor.get_mut(aor) else {
+        if !self.has_for(device) {
+            taken.removed = self.expire(now, max_age);
+            taken.expired = taken.removed.len();
             return taken;
-        };
-        let mut kept = VecDeque::with_capacity(q.len());
-        for mut m in q.drain(..) {
-            if is_expired(&m, now, max_age) {
-                taken.expired += 1;
-                taken.removed.push(m);
-                continue;
-            }
-            let before = m.devices.len();
-            m.devices.retain(|d| d != device);
-            if m.devices.len() == before {
-                kept.push_back(m);
-                continue;
-            }
-            taken.deliver.push(m.clone());
-            if m.devices.is_empty() {
-                taken.removed.push(m);
-            } else {
-                taken.updated.push(m.clone());
-                kept.push_back(m);
-            }
         }
-        if kept.is_empty() {
-            self.by_aor.remove(aor);
-        } else {
+        let mut uncount: Vec<String> = Vec::new();
+        for q in self.by_aor.values_mut() {
+            let mut kept = VecDeque::with_capacity(q.len());
+            for mut m in q.drain(..) {
+                if is_expired(&m, now, max_age) {
+                    uncount.extend(m.devices.iter().cloned());
+                    taken.expired += 1;
+                    taken.removed.push(m);
+                    continue;
+                }
+                let before = m.devices.len();
+                m.devices.retain(|d| d != device);
+                if m.devices.len() == before {
+                    kept.push_back(m);
+                    continue;
+                }
+                uncount.push(device.to_string());
+                taken.deliver.push(m.clone());
+                if m.devices.is_empty() {
+                    taken.removed.push(m);
+                } else {
+                    taken.updated.push(m.clone());
+                    kept.push_back(m);
+                }
+            }
             *q = kept;
         }
+        self.by_aor.retain(|_, q| !q.is_empty());
+        self.count(&uncount, false);
+        taken.deliver.sort_by_key(|m| m.seq);
         taken
     }
 
@@ -370,10 +393,13 @@ impl Queues {
     pub fn put_back(&mut self, m: Queued, device: &str) -> Queued {
         let q = self.by_aor.entry(m.aor.clone()).or_default();
         if let Some(held) = q.iter_mut().find(|h| h.seq == m.seq) {
-            if !held.devices.iter().any(|d| d == device) {
-                held.devices.push(device.to_string());
+            if held.devices.iter().any(|d| d == device) {
+                return held.clone();
             }
-            return held.clone();
+            held.devices.push(device.to_string());
+            let back = held.clone();
+            self.count(&[device.to_string()], true);
+            return back;
         }
         let at = q.iter().position(|h| h.seq > m.seq).unwrap_or(q.len());
         let back = Queued {
@@ -381,6 +407,7 @@ impl Queues {
             ..m
         };
         q.insert(at, back.clone());
+        self.count(&back.devices, true);
         back
     }
 
@@ -397,12 +424,19 @@ impl Queues {
             });
             !q.is_empty()
         });
+        for m in &gone {
+            self.count(&m.devices, false);
+        }
         gone
     }
 
     /// Operator removal: every message of `aor`; returns them.
     pub fn clear(&mut self, aor: &str) -> Vec<Queued> {
-        self.by_aor.remove(aor).map(Vec::from).unwrap_or_default()
+        let gone: Vec<Queued> = self.by_aor.remove(aor).map(Vec::from).unwrap_or_default();
+        for m in &gone {
+            self.count(&m.devices, false);
+        }
+        gone
     }
 }
 
@@ -462,7 +496,14 @@ mod tests {
 
     #[test]
     fn alert_honours_caller_id_and_preview() {
-        let a = alert("alice", "\"Bob\" <sip:bob@pbx>", "hello", "u".into(), true, true);
+        let a = alert(
+            "alice",
+            "\"Bob\" <sip:bob@pbx>",
+            "hello",
+            "u".into(),
+            true,
+            true,
+        );
         assert_eq!(a.caller_name.as_deref(), Some("Bob"));
         assert_eq!(a.caller_number.as_deref(), Some("bob"));
         assert_eq!(a.text.as_deref(), Some("hello"));
@@ -487,11 +528,17 @@ mod tests {
         }];
         assert_eq!(plan(&[], &[], none, true).status, Status::NoDevice);
         let p = plan(&[], &sleeping, none, true);
-        assert_eq!((p.status, p.queue_for.clone()), (Status::Queued, ids(&["d1"])));
+        assert_eq!(
+            (p.status, p.queue_for.clone()),
+            (Status::Queued, ids(&["d1"]))
+        );
         assert_eq!(plan(&[], &sleeping, none, false).status, Status::Full);
         assert!(plan(&[], &sleeping, none, false).queue_for.is_empty());
         let p = plan(&[], &awake, none, true);
-        assert_eq!((p.status, p.now.clone()), (Status::Delivered, ids(&["sip:a@1"])));
+        assert_eq!(
+            (p.status, p.now.clone()),
+            (Status::Delivered, ids(&["sip:a@1"]))
+        );
         assert!(p.queue_for.is_empty());
         // A desk phone takes it now, the sleeping mobile gets it queued.
         let p = plan(&ids(&["sip:desk@2"]), &sleeping, none, true);
@@ -517,78 +564,113 @@ mod tests {
             q.enqueue(incoming("alice", b), ids(&["d1", "d2"]), 100, 10)
                 .unwrap();
         }
-        q.enqueue(incoming("bob", "x"), ids(&["d9"]), 100, 10).unwrap();
-        let t = q.take_for("alice", "d1", 101, 1000);
+        q.enqueue(incoming("bob", "x"), ids(&["d9"]), 100, 10)
+            .unwrap();
+        let t = q.take_for("d1", 101, 1000);
         let bodies: Vec<&str> = t.deliver.iter().map(|m| m.body.as_str()).collect();
         assert_eq!(bodies, ["1", "2", "3"]);
         assert_eq!(t.updated.len(), 3);
         assert!(t.removed.is_empty());
         // A second registration of the same device: nothing more.
-        assert!(q.take_for("alice", "d1", 102, 1000).deliver.is_empty());
-        assert!(q.has_for("alice", "d2") && !q.has_for("alice", "d1"));
-        let t = q.take_for("alice", "d2", 103, 1000);
+        assert!(q.take_for("d1", 102, 1000).deliver.is_empty());
+        assert!(q.has_for("d2") && !q.has_for("d1"));
+        let t = q.take_for("d2", 103, 1000);
         assert_eq!(t.deliver.len(), 3);
         assert_eq!(t.removed.len(), 3);
         assert_eq!(q.len("alice"), 0);
         assert_eq!(q.len("bob"), 1);
         assert_eq!(q.total(), 1);
+        assert!(!q.has_for("d2") && q.has_for("d9"));
     }
 
     #[test]
     fn put_back_restores_place_and_device() {
         let mut q = Queues::default();
         for b in ["1", "2"] {
-            q.enqueue(incoming("alice", b), ids(&["d1"]), 0, 10).unwrap();
+            q.enqueue(incoming("alice", b), ids(&["d1"]), 0, 10)
+                .unwrap();
         }
-        let t = q.take_for("alice", "d1", 1, 100);
+        let t = q.take_for("d1", 1, 100);
         assert!(q.is_empty());
         q.put_back(t.deliver[1].clone(), "d1");
         q.put_back(t.deliver[0].clone(), "d1");
-        let t = q.take_for("alice", "d1", 2, 100);
+        let t = q.take_for("d1", 2, 100);
         let bodies: Vec<&str> = t.deliver.iter().map(|m| m.body.as_str()).collect();
         assert_eq!(bodies, ["1", "2"]);
     }
 
     #[test]
+    fn a_device_gets_messages_of_every_aor_of_its_endpoint() {
+        let mut q = Queues::default();
+        // Queued under the endpoint's first AOR; the device is bound to its second.
+        q.enqueue(incoming("alice-desk", "1"), ids(&["m1"]), 0, 10)
+            .unwrap();
+        q.enqueue(incoming("alice-mobile", "2"), ids(&["m1"]), 0, 10)
+            .unwrap();
+        let t = q.take_for("m1", 1, 100);
+        let bodies: Vec<&str> = t.deliver.iter().map(|m| m.body.as_str()).collect();
+        assert_eq!(bodies, ["1", "2"]);
+        assert!(q.is_empty() && !q.has_for("m1"));
+    }
+
+    #[test]
     fn full_refuses_the_new_one() {
         let mut q = Queues::default();
-        q.enqueue(incoming("alice", "1"), ids(&["d1"]), 0, 2).unwrap();
-        q.enqueue(incoming("alice", "2"), ids(&["d1"]), 0, 2).unwrap();
+        q.enqueue(incoming("alice", "1"), ids(&["d1"]), 0, 2)
+            .unwrap();
+        q.enqueue(incoming("alice", "2"), ids(&["d1"]), 0, 2)
+            .unwrap();
         assert_eq!(
             q.enqueue(incoming("alice", "3"), ids(&["d1"]), 0, 2),
             Err(Full(2))
         );
-        let bodies: Vec<&str> = q.list(Some("alice")).iter().map(|m| m.body.as_str()).collect();
+        let bodies: Vec<&str> = q
+            .list(Some("alice"))
+            .iter()
+            .map(|m| m.body.as_str())
+            .collect();
         assert_eq!(bodies, ["1", "2"]);
     }
 
     #[test]
     fn expired_messages_are_not_delivered() {
         let mut q = Queues::default();
-        q.enqueue(incoming("alice", "old"), ids(&["d1"]), 100, 10).unwrap();
-        q.enqueue(incoming("alice", "new"), ids(&["d1"]), 150, 10).unwrap();
-        let t = q.take_for("alice", "d1", 160, 30);
+        q.enqueue(incoming("alice", "old"), ids(&["d1"]), 100, 10)
+            .unwrap();
+        q.enqueue(incoming("alice", "new"), ids(&["d1"]), 150, 10)
+            .unwrap();
+        let t = q.take_for("d1", 160, 30);
         assert_eq!(t.deliver.len(), 1);
         assert_eq!(t.deliver[0].body, "new");
         assert_eq!(t.expired, 1);
         assert_eq!(t.removed.len(), 2);
-        q.enqueue(incoming("bob", "b"), ids(&["d2"]), 100, 10).unwrap();
+        q.enqueue(incoming("bob", "b"), ids(&["d2"]), 100, 10)
+            .unwrap();
         assert_eq!(q.expire(129, 30).len(), 0);
         assert_eq!(q.expire(130, 30).len(), 1);
         assert!(q.is_empty());
+        assert!(!q.has_for("d1") && !q.has_for("d2"));
     }
 
     #[test]
     fn restore_keeps_order_and_numbering() {
         let mut q = Queues::default();
-        let a = q.enqueue(incoming("alice", "1"), ids(&["d1"]), 0, 10).unwrap();
-        let b = q.enqueue(incoming("alice", "2"), ids(&["d1"]), 0, 10).unwrap();
+        let a = q
+            .enqueue(incoming("alice", "1"), ids(&["d1"]), 0, 10)
+            .unwrap();
+        let b = q
+            .enqueue(incoming("alice", "2"), ids(&["d1"]), 0, 10)
+            .unwrap();
         // Stored order is astdb's key order, not arrival order.
         let mut r = Queues::restore(vec![b.clone(), a.clone(), a]);
         let bodies: Vec<&str> = r.list(None).iter().map(|m| m.body.as_str()).collect();
         assert_eq!(bodies, ["1", "2"]);
-        let c = r.enqueue(incoming("alice", "3"), ids(&["d1"]), 0, 10).unwrap();
+        let c = r
+            .enqueue(incoming("alice", "3"), ids(&["d1"]), 0, 10)
+            .unwrap();
         assert!(c.seq > b.seq);
+        assert!(r.has_for("d1"));
         assert_eq!(r.clear("alice").len(), 3);
+        assert!(!r.has_for("d1"));
     }
 }

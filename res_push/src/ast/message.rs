@@ -18,9 +18,7 @@ fn owned(p: *const c_char) -> String {
         return String::new();
     }
     // SAFETY: non-null NUL-terminated string owned by the message, alive during the callback.
-    unsafe { CStr::from_ptr(p) }
-        .to_string_lossy()
-        .into_owned()
+    unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
 }
 
 impl Msg<'_> {
