@@ -191,7 +191,7 @@ impl Messages {
                 let recent = skip > 0 && now.saturating_sub(b.last_register) < skip;
                 Device {
                     id: b.id.clone(),
-                    awake_contact: (live && (general.ring_live_contact || recent))
+                    awake_contact: (live && (general.message_live_contact || recent))
                         .then(|| b.contact_uri.clone()),
                 }
             })

@@ -307,7 +307,43 @@ fn awake_phone_gets_the_message_at_once() {
     );
     let got = phone.listen(1, WAIT);
     assert_eq!(got, ["hello awake"], "{}", a.log());
+
+    // The AMI's MessageSend reaches the technology too.
+    let r = ami.action(
+        "MessageSend",
+        &[
+            ("Destination", "push:alice"),
+            ("From", "sip:carol@127.0.0.1"),
+            ("Body", "via AMI"),
+        ],
+    );
+    assert_eq!(field(&r[0], "Response"), Some("Success"), "{r:?}");
+    let got = phone.listen(2, WAIT);
+    assert_eq!(got, ["hello awake", "via AMI"], "{}", a.log());
     assert!(alerts(&mocks).is_empty(), "an awake phone is not pushed");
+    assert_eq!(queued(&a), 0);
+}
+
+#[test]
+fn without_message_live_contact_a_registered_device_gets_it_on_its_next_register() {
+    let (mocks, a, _sidecar) = setup("msg-nolive", "message_live_contact = no");
+    let mut ami = a.ami();
+    // Registered, but the app's contact may be dead while it sleeps: pushed, not sent.
+    let mut phone = Phone::new("alice", &a);
+    assert_eq!(phone.register(&pn(TOKEN), 600), 200);
+    let mut bob = Phone::new("bob", &a);
+    assert_eq!(bob.message("alice", "wake up"), 202);
+    assert_eq!(
+        sent_status(&mut ami),
+        ("SUCCESS".to_string(), "QUEUED".to_string())
+    );
+    mocks
+        .wait_apns(WAIT, |r| r.header("apns-push-type") == Some("alert"))
+        .expect("alert push");
+    assert!(phone.listen(1, Duration::from_secs(2)).is_empty());
+    // The push brings the app's REGISTER (same contact): now it gets the message.
+    assert_eq!(phone.register(&pn(TOKEN), 600), 200);
+    assert_eq!(phone.listen(1, WAIT), ["wake up"], "{}", a.log());
     assert_eq!(queued(&a), 0);
 }
 

@@ -71,6 +71,10 @@ pub struct General {
     pub message_max_age: Duration,
     /// Show the start of the message in its alert push (off: only who sent it).
     pub push_message_preview: bool,
+    /// A push device's registered, unexpired contact takes messages at once (off: only when
+    /// it registered within `push_skip_recent`; otherwise the message waits for the REGISTER
+    /// its alert push brings, for apps whose registered contact is dead while they sleep).
+    pub message_live_contact: bool,
 }
 
 /// What the caller hears while devices wake up (XiVO's `XIVO_MAPP_WAIT_WITH_MUSIC`).
@@ -107,6 +111,7 @@ impl Default for General {
             message_queue_max: 100,
             message_max_age: Duration::from_secs(7 * 86400),
             push_message_preview: true,
+            message_live_contact: true,
         }
     }
 }
@@ -300,6 +305,9 @@ fn parse_general(
                     return Err(err("must be at least 1 second"));
                 }
                 g.message_max_age = d;
+            }
+            "message_live_contact" => {
+                g.message_live_contact = parse_bool(v).ok_or_else(|| err("must be yes or no"))?
             }
             "push_message_preview" => {
                 g.push_message_preview = parse_bool(v).ok_or_else(|| err("must be yes or no"))?
@@ -574,6 +582,7 @@ mod tests {
             ("message_queue_max", "3"),
             ("message_max_age", "2"),
             ("push_message_preview", "no"),
+            ("message_live_contact", "no"),
         ]))
         .unwrap()
         .config
@@ -581,10 +590,12 @@ mod tests {
         assert_eq!(g.message_queue_max, 3);
         assert_eq!(g.message_max_age, Duration::from_secs(2));
         assert!(!g.push_message_preview);
+        assert!(!g.message_live_contact);
         let d = General::default();
         assert_eq!(d.message_queue_max, 100);
         assert_eq!(d.message_max_age, Duration::from_secs(7 * 86400));
         assert!(d.push_message_preview);
+        assert!(d.message_live_contact);
         for (k, v) in [
             ("message_queue_max", "0"),
             ("message_queue_max", "many"),
