@@ -322,6 +322,31 @@ fn awake_phone_gets_the_message_at_once() {
     assert_eq!(got, ["hello awake", "via AMI"], "{}", a.log());
     assert!(alerts(&mocks).is_empty(), "an awake phone is not pushed");
     assert_eq!(queued(&a), 0);
+
+    // The technology, the function and the worker go with the module, and the threads that
+    // ran MessageSend (dialplan, AMI) keep nothing of it mapped.
+    let out = a.cli("module unload res_push.so");
+    assert!(out.contains("Unloaded res_push.so"), "{out}");
+    assert!(!a.maps_contain("res_push.so"), "library still mapped");
+    assert_eq!(bob.message("alice", "after unload"), 202);
+    assert_eq!(sent_status(&mut ami).0, "INVALID_PROTOCOL");
+    assert!(
+        a.cli("core show functions like PUSH_MESSAGE")
+            .contains("0 matching"),
+        "{}",
+        a.cli("core show functions like PUSH_MESSAGE")
+    );
+    let out = a.cli("module load res_push.so");
+    assert!(out.contains("Loaded res_push.so"), "{out}");
+    assert_eq!(bob.message("alice", "after reload"), 202);
+    assert_eq!(
+        sent_status(&mut ami),
+        ("SUCCESS".to_string(), "DELIVERED".to_string())
+    );
+    assert_eq!(
+        phone.listen(3, WAIT),
+        ["hello awake", "via AMI", "after reload"]
+    );
 }
 
 #[test]
