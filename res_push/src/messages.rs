@@ -296,6 +296,24 @@ impl Messages {
         plan.status
     }
 
+    /// A binding was removed: its device stops holding queued messages (a dead token or a
+    /// logged-out app would otherwise keep them, and their AOR's room, until they expire).
+    pub fn binding_removed(&self, id: &str, reason: &str) {
+        let (updated, removed) = lock(&self.queues).forget(id);
+        for m in updated {
+            self.submit(Work::Persist(m));
+        }
+        for m in removed {
+            tracing::info!(
+                "{}: message {} from {} dropped: its last device's binding was removed ({reason})",
+                m.aor,
+                m.seq,
+                m.from
+            );
+            self.submit(Work::Forget(m));
+        }
+    }
+
     /// The registrar accepted a REGISTER of this device of `aor` from `contact` (PJSIP
     /// thread): only a lookup and a `try_send`.
     pub fn registered(&self, aor: &str, params: &PushParams, contact: &str) {

@@ -393,10 +393,20 @@ fn sleeping_phone_is_pushed_and_gets_its_messages_on_register_once() {
         (p.len() >= 3).then_some(p)
     })
     .expect("three alert pushes");
-    for (i, p) in pushes.iter().enumerate() {
-        let payload = p.json.clone().expect("payload").to_string();
-        assert!(payload.contains("Message from bob"), "{payload}");
-        assert!(payload.contains(&format!("hello {}", i + 1)), "{payload}");
+    // (The sidecar sends pushes concurrently: they may arrive in any order.)
+    let payloads: Vec<String> = pushes
+        .iter()
+        .map(|p| p.json.clone().expect("payload").to_string())
+        .collect();
+    for p in &payloads {
+        assert!(p.contains("Message from bob"), "{p}");
+    }
+    for i in 1..=3 {
+        let text = format!("hello {i}");
+        assert!(
+            payloads.iter().any(|p| p.contains(&text)),
+            "{text}: {payloads:?}"
+        );
     }
     assert!(
         !mocks
@@ -511,4 +521,57 @@ fn expired_message_is_not_delivered() {
             .is_some()
     );
     assert_eq!(queued(&a), 0);
+}
+
+#[test]
+fn desk_phone_gets_it_now_and_the_sleeping_mobile_when_it_registers() {
+    let (mocks, a, _sidecar) = setup("msg-mixed", "");
+    let mut ami = a.ami();
+    fall_asleep(&a);
+    // A desk phone of the same user, no push parameters: always reachable.
+    let mut desk = Phone::new("alice", &a);
+    assert_eq!(desk.register("", 600), 200);
+    let mut bob = Phone::new("bob", &a);
+    assert_eq!(bob.message("alice", "for every device"), 202);
+    assert_eq!(
+        sent_status(&mut ami),
+        ("SUCCESS".to_string(), "DELIVERED".to_string())
+    );
+    assert_eq!(desk.listen(1, WAIT), ["for every device"]);
+    // The mobile was pushed and has it queued.
+    mocks
+        .wait_apns(WAIT, |r| r.header("apns-push-type") == Some("alert"))
+        .expect("alert push to the mobile");
+    assert_eq!(queued(&a), 1);
+    let mut mobile = Phone::new("alice", &a);
+    assert_eq!(mobile.register(&pn(TOKEN), 600), 200);
+    assert_eq!(mobile.listen(1, WAIT), ["for every device"], "{}", a.log());
+    assert_eq!(queued(&a), 0);
+    // The desk phone got it once.
+    assert_eq!(desk.listen(2, Duration::from_secs(2)).len(), 1);
+}
+
+#[test]
+fn a_dead_token_stops_holding_queued_messages() {
+    let (mocks, a, _sidecar) = setup("msg-dead", "");
+    let mut ami = a.ami();
+    // Scripted once asleep: the refresh push of the short registration must get through.
+    fall_asleep(&a);
+    mocks
+        .apns
+        .script(TOKEN, vec![res_push_mocks::Behavior::Unregistered]);
+    let mut bob = Phone::new("bob", &a);
+    assert_eq!(bob.message("alice", "to an uninstalled app"), 202);
+    assert_eq!(sent_status(&mut ami).1, "QUEUED");
+    // APNs says the app is gone: the binding is removed, and its message with it.
+    ami.wait_event(WAIT, |p| field(p, "Event") == Some("PushBindingRemoved"))
+        .expect("binding removed");
+    wait_for(WAIT, || (queued(&a) == 0).then_some(()))
+        .unwrap_or_else(|| panic!("{}", a.cli("push show messages")));
+    // With no device left, the next message is refused.
+    assert_eq!(bob.message("alice", "again"), 202);
+    assert_eq!(
+        sent_status(&mut ami),
+        ("FAILURE".to_string(), "NO_DEVICE".to_string())
+    );
 }

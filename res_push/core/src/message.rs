@@ -411,6 +411,35 @@ impl Queues {
         back
     }
 
+    /// A device's binding is gone (logged out, token dead, forgotten): it will never register
+    /// for these messages, so it stops holding them. Returns (messages still waiting for other
+    /// devices, to store again; messages nobody waits for any more, to remove).
+    pub fn forget(&mut self, device: &str) -> (Vec<Queued>, Vec<Queued>) {
+        let (mut updated, mut removed) = (Vec::new(), Vec::new());
+        if !self.has_for(device) {
+            return (updated, removed);
+        }
+        for q in self.by_aor.values_mut() {
+            q.retain_mut(|m| {
+                let before = m.devices.len();
+                m.devices.retain(|d| d != device);
+                if m.devices.len() == before {
+                    return true;
+                }
+                if m.devices.is_empty() {
+                    removed.push(m.clone());
+                    false
+                } else {
+                    updated.push(m.clone());
+                    true
+                }
+            });
+        }
+        self.by_aor.retain(|_, q| !q.is_empty());
+        self.waiting.remove(device);
+        (updated, removed)
+    }
+
     /// Drops every message older than `max_age`; returns them.
     pub fn expire(&mut self, now: u64, max_age: u64) -> Vec<Queued> {
         let mut gone = Vec::new();
@@ -611,6 +640,23 @@ mod tests {
         let bodies: Vec<&str> = t.deliver.iter().map(|m| m.body.as_str()).collect();
         assert_eq!(bodies, ["1", "2"]);
         assert!(q.is_empty() && !q.has_for("m1"));
+    }
+
+    #[test]
+    fn a_removed_device_stops_holding_its_messages() {
+        let mut q = Queues::default();
+        q.enqueue(incoming("alice", "both"), ids(&["d1", "d2"]), 0, 10)
+            .unwrap();
+        q.enqueue(incoming("alice", "only d1"), ids(&["d1"]), 0, 10)
+            .unwrap();
+        let (updated, removed) = q.forget("d1");
+        assert_eq!(updated.len(), 1);
+        assert_eq!(updated[0].devices, ids(&["d2"]));
+        assert_eq!(removed.len(), 1);
+        assert_eq!(removed[0].body, "only d1");
+        assert!(!q.has_for("d1") && q.has_for("d2"));
+        assert_eq!(q.len("alice"), 1);
+        assert_eq!(q.forget("d1"), (vec![], vec![]));
     }
 
     #[test]
