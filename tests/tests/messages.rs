@@ -272,11 +272,15 @@ fn queued(a: &Asterisk) -> usize {
 /// Alice's phone registers with push parameters for a short time and falls asleep: the
 /// registration expires, the binding stays.
 fn fall_asleep(a: &Asterisk) {
+    fall_asleep_with(a, &pn(TOKEN), "…1de8f0");
+}
+
+fn fall_asleep_with(a: &Asterisk, params: &str, redacted: &str) {
     let mut phone = Phone::new("alice", a);
-    assert_eq!(phone.register(&pn(TOKEN), 2), 200);
+    assert_eq!(phone.register(params, 2), 200);
     wait_for(WAIT, || {
         let b = a.cli("push show bindings alice");
-        (b.contains("…1de8f0") && b.contains("expired")).then_some(())
+        (b.contains(redacted) && b.contains("expired")).then_some(())
     })
     .expect("binding kept, registration expired");
     wait_for(WAIT, || {
@@ -574,4 +578,39 @@ fn a_dead_token_stops_holding_queued_messages() {
         sent_status(&mut ami),
         ("FAILURE".to_string(), "NO_DEVICE".to_string())
     );
+}
+
+#[test]
+fn sleeping_android_phone_gets_an_fcm_alert_and_its_message() {
+    let (mocks, a, _sidecar) = setup("msg-fcm", "");
+    let mut ami = a.ami();
+    let token = "fcm-token-for-messages-0123456789abcdef";
+    let params = format!(
+        ";pn-provider=fcm;pn-param={};pn-prid={token}",
+        mocks.fcm.project_id()
+    );
+    fall_asleep_with(&a, &params, "…abcdef");
+    let mut bob = Phone::new("bob", &a);
+    assert_eq!(bob.message("alice", "ping android"), 202);
+    assert_eq!(sent_status(&mut ami).1, "QUEUED");
+    let req = mocks
+        .rt
+        .block_on(mocks.fcm.wait_for_request(
+            |r| {
+                r.json
+                    .as_ref()
+                    .is_some_and(|j| j["message"]["data"]["kind"] == "message")
+            },
+            WAIT,
+        ))
+        .expect("FCM message push");
+    let msg = &req.json.as_ref().expect("json")["message"];
+    assert_eq!(msg["token"], token);
+    assert_eq!(msg["data"]["title"], "Message from bob", "{msg}");
+    assert_eq!(msg["data"]["body"], "ping android", "{msg}");
+    assert_eq!(msg["android"]["priority"], "high");
+
+    let mut phone = Phone::new("alice", &a);
+    assert_eq!(phone.register(&params, 600), 200);
+    assert_eq!(phone.listen(1, WAIT), ["ping android"], "{}", a.log());
 }
