@@ -46,10 +46,10 @@ pub fn last_status() -> &'static str {
 /// Work for the worker thread.
 #[derive(Debug)]
 enum Work {
-    /// Store (or store again) a queued message.
-    Persist(Queued),
-    /// Remove a message from astdb.
-    Forget(Queued),
+    /// Make astdb say what memory says of message `seq` of `aor`: stored as it stands, or
+    /// removed when it left the queue. Order-independent, so a store that arrives after the
+    /// message was delivered cannot bring it back at the next start.
+    Sync { aor: String, seq: u64 },
     /// Hand a message to pjsip for one contact now.
     Send { m: Queued, contact: String },
     /// A device is reachable at `contact`: deliver its queued messages from `at` on.
@@ -75,7 +75,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 fn key(m: &Queued) -> String {
-    format!("{DB_TREE}/{}/{:012}", m.aor, m.seq)
+    key_of(&m.aor, m.seq)
+}
+
+fn key_of(aor: &str, seq: u64) -> String {
+    format!("{DB_TREE}/{aor}/{seq:012}")
 }
 
 impl Messages {
@@ -146,7 +150,7 @@ impl Messages {
         let gone = lock(&self.queues).clear(aor);
         let n = gone.len();
         for m in gone {
-            self.submit(Work::Forget(m));
+            self.submit(sync(&m));
         }
         n
     }
@@ -230,6 +234,9 @@ impl Messages {
             }
         };
         drop(queues);
+        if let Some(q) = &queued {
+            self.submit(sync(q));
+        }
         let carrier = Queued {
             seq: 0,
             aor: aor.clone(),
@@ -279,7 +286,6 @@ impl Messages {
                 q.from,
                 q.devices.len()
             );
-            self.submit(Work::Persist(q));
         }
         match plan.status {
             Status::Full => tracing::warn!(
@@ -287,6 +293,13 @@ impl Messages {
                 incoming.from,
                 general.message_queue_max
             ),
+            Status::Delivered if !room && planned.iter().any(|d| d.awake_contact.is_none()) => {
+                tracing::warn!(
+                    "{aor}: message from {} delivered to the reachable contacts only: {} messages already queued (message_queue_max), the sleeping devices will not get it",
+                    incoming.from,
+                    general.message_queue_max
+                )
+            }
             Status::NoDevice => tracing::info!(
                 "{aor}: message from {} refused: no contact and no push device",
                 incoming.from
@@ -301,7 +314,7 @@ impl Messages {
     pub fn binding_removed(&self, id: &str, reason: &str) {
         let (updated, removed) = lock(&self.queues).forget(id);
         for m in updated {
-            self.submit(Work::Persist(m));
+            self.submit(sync(&m));
         }
         for m in removed {
             tracing::info!(
@@ -310,7 +323,7 @@ impl Messages {
                 m.seq,
                 m.from
             );
-            self.submit(Work::Forget(m));
+            self.submit(sync(&m));
         }
     }
 
@@ -371,10 +384,7 @@ impl Messages {
 
     fn apply(&self, w: Work) {
         match w {
-            Work::Persist(m) => persist(&m),
-            Work::Forget(m) => {
-                astdb::del(DB_FAMILY, &key(&m));
-            }
+            Work::Sync { aor, seq } => self.sync(&aor, seq),
             Work::Send { m, contact } => {
                 if deliver(&m, &contact) {
                     delivered(&m, &contact);
@@ -404,11 +414,10 @@ impl Messages {
         }
         // Off the queue and out of astdb before SIP has it: a crash now loses a message
         // rather than delivering it twice after the restart.
-        for m in &taken.updated {
-            persist(m);
+        for m in taken.updated.iter().chain(&taken.removed) {
+            self.sync(&m.aor, m.seq);
         }
         for m in &taken.removed {
-            astdb::del(DB_FAMILY, &key(m));
             if !taken.deliver.iter().any(|d| d.seq == m.seq) {
                 expired(m);
             }
@@ -420,7 +429,7 @@ impl Messages {
                 // SIP would not take it (no res_pjsip_messaging?): it waits for the device's
                 // next registration.
                 let back = lock(&self.queues).put_back(m, device);
-                persist(&back);
+                self.sync(&back.aor, back.seq);
             }
         }
     }
@@ -433,8 +442,25 @@ impl Messages {
         let gone = lock(&self.queues).expire(now(), max_age);
         for m in gone {
             expired(&m);
-            astdb::del(DB_FAMILY, &key(&m));
+            self.sync(&m.aor, m.seq);
         }
+    }
+
+    fn sync(&self, aor: &str, seq: u64) {
+        let current = lock(&self.queues).get(aor, seq).cloned();
+        match current {
+            Some(m) => persist(&m),
+            None => {
+                astdb::del(DB_FAMILY, &key_of(aor, seq));
+            }
+        }
+    }
+}
+
+fn sync(m: &Queued) -> Work {
+    Work::Sync {
+        aor: m.aor.clone(),
+        seq: m.seq,
     }
 }
 

@@ -314,6 +314,11 @@ impl Queues {
         }
     }
 
+    /// The message `seq` of `aor` as it stands, if still queued.
+    pub fn get(&self, aor: &str, seq: u64) -> Option<&Queued> {
+        self.by_aor.get(aor)?.iter().find(|m| m.seq == seq)
+    }
+
     /// Queues a message for `devices`; refused when the AOR holds `max` already.
     pub fn enqueue(
         &mut self,
@@ -326,8 +331,10 @@ impl Queues {
         if held >= max {
             return Err(Full(held));
         }
+        // From 1: 0 marks a message sent at once, never queued.
+        let seq = self.next_seq.max(1);
         let queued = Queued {
-            seq: self.next_seq,
+            seq,
             aor: m.aor,
             endpoint: m.endpoint,
             from: m.from,
@@ -337,7 +344,7 @@ impl Queues {
             created: now,
             devices,
         };
-        self.next_seq += 1;
+        self.next_seq = seq + 1;
         self.count(&queued.devices, true);
         self.by_aor
             .entry(queued.aor.clone())
@@ -610,6 +617,8 @@ mod tests {
         assert_eq!(q.len("bob"), 1);
         assert_eq!(q.total(), 1);
         assert!(!q.has_for("d2") && q.has_for("d9"));
+        assert!(q.get("alice", 1).is_none());
+        assert_eq!(q.get("bob", 4).map(|m| m.body.as_str()), Some("x"));
     }
 
     #[test]
