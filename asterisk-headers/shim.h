@@ -162,6 +162,8 @@ struct ast_msg;
 /* Registers the `push` message technology and PUSH_MESSAGE_STATUS(). */
 int rp_shim_msg_register(void);
 void rp_shim_msg_unregister(void);
+/* Sets a global dialplan variable. */
+void rp_shim_set_global(const char *name, const char *value);
 /* A new message with these fields (ast_msg_set_* are variadic), or NULL. */
 struct ast_msg *rp_shim_msg_new(const char *to, const char *from, const char *body);
 

@@ -43,6 +43,11 @@ void rp_shim_msg_unregister(void)
 	ast_custom_function_unregister(&rp_msg_status_function);
 }
 
+void rp_shim_set_global(const char *name, const char *value)
+{
+	pbx_builtin_setvar_helper(NULL, name, value);
+}
+
 struct ast_msg *rp_shim_msg_new(const char *to, const char *from, const char *body)
 {
 	struct ast_msg *msg = ast_msg_alloc();

@@ -159,6 +159,10 @@ impl Messages {
     pub fn send(&self, running: &Running, msg: Msg, to: &str, from: &str) -> Status {
         let status = self.decide(running, msg, to, from);
         LAST_STATUS.with(|s| s.set(Some(status)));
+        // The message channel is out of reach (not even in Asterisk's channel list), so the
+        // variable form is a global: the latest outcome anywhere, for dialplans that read
+        // `${PUSH_MESSAGE_STATUS}` right after MessageSend; the function is the exact one.
+        crate::ast::message::set_global("PUSH_MESSAGE_STATUS", status.as_str());
         status
     }
 

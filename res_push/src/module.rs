@@ -160,6 +160,8 @@ fn start() -> Result<Arc<Running>, String> {
 /// enter the module from Asterisk, so the threads can be joined safely.
 fn stop(running: &Running) {
     message::unregister();
+    // A stale outcome must not outlive the technology that produced it.
+    message::set_global("PUSH_MESSAGE_STATUS", "");
     manager::unregister();
     cli::unregister();
     channel::unregister_wake();

@@ -243,6 +243,8 @@ fn sent_status(ami: &mut Ami) -> (String, String) {
     let ev = ami
         .wait_event(WAIT, |p| field(p, "UserEvent") == Some("PushMessageSent"))
         .expect("PushMessageSent user event");
+    // The global variable says the same as the function (messages here are sent one by one).
+    assert_eq!(field(&ev, "Push"), field(&ev, "PushVar"), "{ev:?}");
     (
         field(&ev, "Status").unwrap_or("").to_string(),
         field(&ev, "Push").unwrap_or("").to_string(),

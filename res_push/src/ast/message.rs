@@ -111,6 +111,13 @@ impl Drop for OutMsg {
     }
 }
 
+/// Sets the global dialplan variable `name` (what `${name}` reads on a channel without one).
+pub fn set_global(name: &str, value: &str) {
+    let (n, v) = (c_string(name), c_string(value));
+    // SAFETY: valid strings, copied by Asterisk.
+    unsafe { ffi::rp_shim_set_global(n.as_ptr(), v.as_ptr()) };
+}
+
 /// Registers the `push` message technology and `PUSH_MESSAGE_STATUS()`.
 pub fn register() -> bool {
     // SAFETY: static structures in the shim, removed by `unregister` before unload.
