@@ -366,7 +366,9 @@ impl Messages {
                     Err(_) => return,
                 },
                 recv(stop) -> _ => {
-                    // What was accepted is stored or delivered before going away.
+                    // What was accepted is stored before going away. Flushes find the
+                    // module unpublished and leave their messages queued (in astdb): the
+                    // device gets them with a REGISTER after the next load.
                     for w in due.drain(..).chain(work.try_iter()) {
                         self.apply(w);
                     }
