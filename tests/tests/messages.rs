@@ -616,3 +616,34 @@ fn sleeping_android_phone_gets_an_fcm_alert_and_its_message() {
     assert_eq!(phone.register(&params, 600), 200);
     assert_eq!(phone.listen(1, WAIT), ["ping android"], "{}", a.log());
 }
+
+#[test]
+fn two_registers_racing_deliver_each_message_once() {
+    let (_mocks, a, _sidecar) = setup("msg-race", "");
+    let mut ami = a.ami();
+    fall_asleep(&a);
+    let mut bob = Phone::new("bob", &a);
+    for i in 1..=3 {
+        assert_eq!(bob.message("alice", &format!("race {i}")), 202);
+        assert_eq!(sent_status(&mut ami).1, "QUEUED");
+    }
+    // The same device registers twice at once (from two sockets, as a phone switching
+    // networks might): whichever REGISTER wins, each message arrives once in all.
+    let phones: Vec<Phone> = (0..2).map(|_| Phone::new("alice", &a)).collect();
+    let handles: Vec<_> = phones
+        .into_iter()
+        .map(|mut p| {
+            std::thread::spawn(move || {
+                assert_eq!(p.register(&pn(TOKEN), 600), 200);
+                p.listen(3, Duration::from_secs(8))
+            })
+        })
+        .collect();
+    let mut got: Vec<String> = handles
+        .into_iter()
+        .flat_map(|h| h.join().expect("phone thread"))
+        .collect();
+    got.sort();
+    assert_eq!(got, ["race 1", "race 2", "race 3"], "{}", a.log());
+    assert_eq!(queued(&a), 0);
+}
