@@ -23,6 +23,8 @@ enum rp_cli_command {
 	RP_CLI_DELETE_BINDING,
 	RP_CLI_SEND,
 	RP_CLI_TEST,
+	RP_CLI_SHOW_MESSAGES,
+	RP_CLI_DELETE_MESSAGES,
 	RP_CLI_COUNT,
 };
 
@@ -167,6 +169,16 @@ void rp_shim_mwi_unsubscribe(void);
 void rp_shim_mwi_cached(rp_mwi_fn each, void *ctx);
 /* Every endpoint and AOR whose mailboxes option is set (sorcery reads: not on a SIP thread). */
 void rp_shim_mailbox_owners(rp_owner_fn each, void *ctx);
+/* ---- Messages (shim_message.c) ---- */
+struct ast_msg;
+
+/* Registers the `push` message technology and PUSH_MESSAGE_STATUS(). */
+int rp_shim_msg_register(void);
+void rp_shim_msg_unregister(void);
+/* Sets a global dialplan variable. */
+void rp_shim_set_global(const char *name, const char *value);
+/* A new message with these fields (ast_msg_set_* are variadic), or NULL. */
+struct ast_msg *rp_shim_msg_new(const char *to, const char *from, const char *body);
 
 /* Implemented in Rust (res_push/src/entry.rs). */
 void rp_mwi_on_state(const char *mailbox, int new_msgs, int old_msgs, int urgent_msgs);
@@ -184,5 +196,9 @@ int rp_module_unload(void);
 int rp_module_reload(void);
 void rp_cli_describe(int command, const char **words, const char **usage);
 int rp_cli_exec(int command, int fd, int argc, const char *const *argv);
+/* The `push` message technology's msg_send: 0 accepted (delivered or queued). */
+int rp_msg_send(const struct ast_msg *msg, const char *to, const char *from);
+/* PUSH_MESSAGE_STATUS(): this thread's last MessageSend(push:...) outcome into `buf`. */
+int rp_msg_status(char *buf, size_t len);
 
 #endif

@@ -12,7 +12,8 @@
 //! - `bindings`: push bindings (store, astdb persistence, AMI events, refresh pushes);
 //! - `ami`: AMI actions;
 //! - `wake`: call wake-up (`Dial(Push/...)`, `PushWake`);
-//! - `mwi`: voicemail pushes from Asterisk's MWI state.
+//! - `mwi`: voicemail pushes from Asterisk's MWI state;
+//! - `messages`: messages to sleeping phones (`MessageSend(push:...)`).
 //!
 //! Pure logic (config model, backoff, status text) lives in the `res-push-core` crate so it is
 //! unit-tested without Asterisk; the wire protocol lives in `res-push-proto`.
@@ -25,6 +26,7 @@ mod commands;
 mod entry;
 pub mod ffi;
 mod link;
+mod messages;
 mod module;
 mod mwi;
 mod push;

@@ -174,6 +174,7 @@ impl Registrar {
                 running
                     .wake
                     .registered(&p.aor, params, contact_uri, instance.as_deref());
+                running.messages.registered(&p.aor, params, contact_uri);
             }
         }
         let granted: Vec<(&str, u32)> = resp

@@ -6,6 +6,7 @@ pub mod backoff;
 pub mod binding;
 pub mod config;
 pub mod identity;
+pub mod message;
 pub mod mwi;
 pub mod pn;
 pub mod registrar;
