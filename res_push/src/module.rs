@@ -148,6 +148,7 @@ fn stop(running: &Running) {
     channel::unregister_wake();
     pjsip::unregister_hooks();
     RUNNING.write().unwrap_or_else(|p| p.into_inner()).take();
+    running.wake.stop();
     running.bindings.stop();
     running.link.stop();
 }

@@ -16,15 +16,17 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use res_push_core::binding::{Binding, binding_id, redact};
-use res_push_core::config::WaitAudio;
+use res_push_core::config::{General, WaitAudio};
+use res_push_core::late::{Ending, LateWakes, MissedCall};
 use res_push_core::pn::{PushParams, Request, from_contact, strip_push_params};
 use res_push_core::sip::parse_contact;
 use res_push_core::status::WakeCounters;
 use res_push_core::wake::{ContactRef, Device, Event, LegEnd, Outcome, Start, Step};
 use res_push_proto::{Job, Outcome as PushOutcome, PushData, PushKind, PushRequest};
 
-use crate::ast::channel::{self, Chan, ChanRef, WaitEnd};
+use crate::ast::channel::{self, Chan, ChanRef, Outgoing, Progress, WaitEnd};
 use crate::ast::manager;
+use crate::ast::thread::{self, Thread};
 use crate::bindings::{Work, now, target};
 use crate::module::Running;
 use crate::push::uuid_v4;
@@ -55,6 +57,9 @@ struct DeviceLeg {
     attention: AtomicBool,
     chan: ChanRef,
     callee: Mutex<Callee>,
+    /// A contact this leg rang answered with a provisional response: the device saw the call
+    /// (and Dial's CANCEL), so it needs no late INVITE.
+    reached: AtomicBool,
 }
 
 impl DeviceLeg {
@@ -196,7 +201,38 @@ pub struct Wake {
     legs: Mutex<HashMap<u64, Weak<DeviceLeg>>>,
     next_leg: AtomicU64,
     pushed: Mutex<HashMap<(String, String), (Instant, Early)>>,
+    /// Calls pushed devices missed, for late wake-ups.
+    missed: Mutex<LateWakes>,
+    late: Arc<LateState>,
 }
+
+/// Late INVITEs in flight and their threads.
+#[derive(Debug, Default)]
+struct LateState {
+    in_flight: Mutex<HashMap<u64, Arc<LateInvite>>>,
+    threads: Mutex<Vec<(Arc<AtomicBool>, Thread)>>,
+    next: AtomicU64,
+    stopping: AtomicBool,
+}
+
+/// One late INVITE: its thread waits for the first provisional response, then cancels.
+#[derive(Debug)]
+struct LateInvite {
+    /// A provisional response arrived (set by the INVITE response hook).
+    progressed: AtomicBool,
+    chan: ChanRef,
+}
+
+/// Channel variable naming the late INVITE a channel carries (the INVITE response hook finds
+/// its thread through it).
+const LATE_VAR: &str = "PUSH_LATE";
+/// Channel variable holding the Reason header the late INVITE's CANCEL gets from us.
+const LATE_REASON_VAR: &str = "PUSH_LATE_REASON";
+/// How long a late INVITE waits for a provisional response before it is hung up anyway
+/// (longer than an unanswered INVITE transaction lives: pjsip ends it at 32 s).
+const LATE_PROGRESS_WAIT: Duration = Duration::from_secs(35);
+/// Late INVITEs at once; more are dropped with a warning (each holds a thread).
+const LATE_MAX_IN_FLIGHT: usize = 64;
 
 /// Wake-up counters, by AMI event name. Statics live as long as the library: from module
 /// load to unload, which is what `push show status` reports.
@@ -227,27 +263,137 @@ impl Wake {
     /// Called by the REGISTER hook once the registrar accepted a binding's REGISTER.
     pub fn registered(
         &self,
+        general: &General,
         aor: &str,
         params: &PushParams,
         contact_uri: &str,
         instance: Option<&str>,
     ) {
-        let watchers = {
+        let (watchers, id) = {
             let map = lock(&self.watchers);
-            // No call waiting for any device (the usual case): nothing to name or copy.
-            if map.is_empty() {
+            // No call waiting for any device and no missed call to close (the usual case):
+            // nothing to name or copy.
+            if map.is_empty() && lock(&self.missed).is_empty() {
                 return;
             }
             let id = binding_id(aor, params.provider, &params.app_id, &params.token);
-            map.get(&id).cloned().unwrap_or_default()
+            (map.get(&id).cloned().unwrap_or_default(), id)
         };
         let contact = ContactRef::new(contact_uri, instance.map(str::to_string));
+        let ringing = !watchers.is_empty();
         for w in watchers {
             match w {
                 Watcher::Device(leg) => leg.feed(Event::Registered(contact.clone())),
                 Watcher::Wake(waiter) => waiter.fill(Ok(contact.uri.clone())),
             }
         }
+        let missed = {
+            let mut l = lock(&self.missed);
+            if l.is_empty() {
+                return;
+            }
+            l.set_window(general.late_wake_window);
+            l.registered(&id, Instant::now(), ringing)
+        };
+        for call in missed {
+            self.late_invite(general, aor, &id, contact_uri, call);
+        }
+    }
+
+    /// `device`'s part of a call ended without reaching it: remembered for a late wake-up.
+    fn missed(&self, general: &General, device: &str, call: MissedCall) {
+        let mut l = lock(&self.missed);
+        l.set_window(general.late_wake_window);
+        l.ended(device, call, Instant::now());
+    }
+
+    /// Sends `call`'s late INVITE to the device's fresh contact from a thread of ours (never
+    /// on the PJSIP thread running the REGISTER hook): INVITE from the same caller, CANCEL
+    /// with the Reason of how the call ended as soon as a provisional response arrives.
+    fn late_invite(&self, general: &General, aor: &str, id: &str, contact: &str, call: MissedCall) {
+        let late = self.late.clone();
+        let mut threads = lock(&late.threads);
+        // Finished threads are joined here, so the list holds only running ones.
+        let (done, running): (Vec<_>, Vec<_>) = std::mem::take(&mut *threads)
+            .into_iter()
+            .partition(|(finished, _)| finished.load(Ordering::Acquire));
+        *threads = running;
+        drop(done);
+        if late.stopping.load(Ordering::Acquire) {
+            return;
+        }
+        if threads.len() >= LATE_MAX_IN_FLIGHT {
+            tracing::warn!(
+                "{aor}: {LATE_MAX_IN_FLIGHT} late INVITEs in flight; device {id} gets none for call {}",
+                call.call_uuid
+            );
+            return;
+        }
+        let target = general
+            .strip_pn_params
+            .then(|| strip_push_params(contact))
+            .flatten()
+            .unwrap_or_else(|| contact.to_string());
+        let dest = format!("{}/{}", call.endpoint, dial_uri(&target));
+        let reason = call
+            .ending
+            .reason_to_add(channel::module_running("res_pjsip_rfc3326.so"));
+        let (aor, id) = (aor.to_string(), id.to_string());
+        let finished = Arc::new(AtomicBool::new(false));
+        let flag = finished.clone();
+        let state = late.clone();
+        let spawned = thread::spawn(c"push-late", move || {
+            run_late_invite(&state, &aor, &id, &dest, &call, reason);
+            flag.store(true, Ordering::Release);
+        });
+        match spawned {
+            Ok(t) => threads.push((finished, t)),
+            Err(e) => tracing::warn!("late INVITE thread not started: {e}"),
+        }
+    }
+
+    /// A provisional response to an initial INVITE arrived on `chan`: if it is a late
+    /// INVITE's, its thread cancels it now.
+    /// Also notes which device legs reached their device.
+    pub fn provisional(&self, chan: Chan) {
+        if !lock(&self.legs).is_empty() {
+            let leg = chan
+                .var("PUSH_LEG")
+                .and_then(|k| k.split_once('.')?.0.parse::<u64>().ok())
+                .and_then(|id| lock(&self.legs).get(&id).and_then(Weak::upgrade));
+            if let Some(leg) = leg {
+                leg.reached.store(true, Ordering::Release);
+                return;
+            }
+        }
+        if lock(&self.late.in_flight).is_empty() {
+            return;
+        }
+        let Some(n) = chan.var(LATE_VAR).and_then(|v| v.parse::<u64>().ok()) else {
+            return;
+        };
+        let inv = lock(&self.late.in_flight).get(&n).cloned();
+        if let Some(inv) = inv {
+            inv.progressed.store(true, Ordering::Release);
+            inv.chan.wake();
+        }
+    }
+
+    /// The Reason header a CANCEL leaving on `chan` must carry (a late INVITE's).
+    pub fn cancel_reason(&self, chan: Chan) -> Option<String> {
+        chan.var(LATE_REASON_VAR).filter(|r| !r.is_empty())
+    }
+
+    /// Ends the late INVITEs in flight and joins their threads (module unload, after the hooks
+    /// are gone).
+    pub fn stop(&self) {
+        self.late.stopping.store(true, Ordering::Release);
+        let in_flight: Vec<_> = lock(&self.late.in_flight).values().cloned().collect();
+        for inv in in_flight {
+            inv.chan.wake();
+        }
+        let threads = std::mem::take(&mut *lock(&self.late.threads));
+        drop(threads);
     }
 
     fn watch(&self, ids: &[String], w: &Watcher) {
@@ -331,6 +477,71 @@ impl Wake {
             leg.callee_started(n, callee.handle());
         }
     }
+}
+
+/// The body of a late INVITE's thread.
+fn run_late_invite(
+    state: &LateState,
+    aor: &str,
+    id: &str,
+    dest: &str,
+    call: &MissedCall,
+    reason: Option<&str>,
+) {
+    let chan = match Outgoing::request("PJSIP", dest) {
+        Ok(c) => c,
+        Err(cause) => {
+            tracing::warn!("{aor}: late INVITE to device {id} not possible (cause {cause})");
+            return;
+        }
+    };
+    let n = state.next.fetch_add(1, Ordering::Relaxed);
+    chan.set_calling_party(call.caller_number.as_deref(), call.caller_name.as_deref());
+    let c = chan.chan();
+    c.set_var(LATE_VAR, &n.to_string());
+    c.set_var("PUSH_CALL_UUID", &call.call_uuid);
+    c.set_var("PUSH_ENDPOINT", &call.endpoint);
+    if let Some(r) = reason {
+        c.set_var(LATE_REASON_VAR, r);
+    }
+    let inv = Arc::new(LateInvite {
+        progressed: AtomicBool::new(false),
+        chan: c.handle(),
+    });
+    lock(&state.in_flight).insert(n, inv.clone());
+    let ending = call.ending;
+    tracing::info!(
+        "{aor}: device {id} registered after missing call {} ({}): INVITE then CANCEL",
+        call.call_uuid,
+        ending.name()
+    );
+    manager::event(
+        "PushLateWake",
+        &[
+            ("Endpoint", aor.to_string()),
+            ("ID", id.to_string()),
+            ("CallUUID", call.call_uuid.clone()),
+            ("Reason", ending.name().to_string()),
+        ],
+    );
+    if chan.call(dest) {
+        let deadline = Instant::now() + LATE_PROGRESS_WAIT;
+        while !inv.progressed.load(Ordering::Acquire) && !state.stopping.load(Ordering::Acquire) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                tracing::info!("{aor}: late INVITE to device {id} got no answer; hanging up");
+                break;
+            }
+            match chan.read_control(left) {
+                Progress::Nothing => {}
+                Progress::Provisional | Progress::Answered | Progress::Gone => break,
+            }
+        }
+    } else {
+        tracing::warn!("{aor}: late INVITE to device {id} could not be placed");
+    }
+    lock(&state.in_flight).remove(&n);
+    chan.hangup(ending.hangup_cause());
 }
 
 /// Q.850 causes a leg ends with, so the caller's `Dial` reports a meaningful DIALSTATUS.
@@ -637,10 +848,12 @@ pub fn push_dial(running: &Running, chan: Chan, data: &str) -> i32 {
         chan.set_var("__PUSH_WAKE_TIMEOUT", t);
     }
     tracing::debug!("{endpoint}: ringing {}", dests.join(" & "));
-    // `c`: when one leg answers, the CANCELs to the contacts this Dial rings carry RFC 3326's
-    // `Reason: SIP;cause=200;text="Call completed elsewhere"`, so phones show the call as
-    // answered elsewhere, not missed.
-    chan.exec("Dial", &format!("{},,c", dests.join("&")));
+    // When one leg answers, Dial hangs the others up with ANSWERED_ELSEWHERE (its default
+    // without `Q`), which res_pjsip_rfc3326 turns into RFC 3326's `Reason: SIP;cause=200;
+    // text="Call completed elsewhere"` on their CANCELs, so phones show the call as answered
+    // elsewhere, not missed. Not option `c`: it marks every leg ANSWERED_ELSEWHERE from the
+    // start, so a caller giving up would read as "answered elsewhere" too.
+    chan.exec("Dial", &dests.join("&"));
     // Pass the outcome up through the Local channel: the caller's Dial turns it into DIALSTATUS.
     let cause = match chan.var("DIALSTATUS").as_deref() {
         Some("BUSY") => CAUSE_BUSY,
@@ -683,6 +896,7 @@ pub fn push_device(running: &Running, chan: Chan, data: &str) -> i32 {
         attention: AtomicBool::new(false),
         chan: chan.handle(),
         callee: Mutex::new(Callee::default()),
+        reached: AtomicBool::new(false),
     });
     // Watch before pushing: a fast phone may register before the push call even returns.
     let ids = [b.id.clone()];
@@ -787,6 +1001,24 @@ pub fn push_device(running: &Running, chan: Chan, data: &str) -> i32 {
             None,
         );
     };
+    // A pushed device that never got the call at a fresh contact shows it (CallKit) until
+    // something ends it: if it registers soon, a late INVITE + CANCEL does.
+    let elsewhere = chan.hangup_cause() == res_push_core::late::CAUSE_ANSWERED_ELSEWHERE;
+    let reached = registered || leg.reached.load(Ordering::Acquire);
+    if let Some(ending) = res_push_core::late::ending(&outcome, pushed, reached, elsewhere) {
+        let (caller_number, caller_name) = chan.caller();
+        running.wake.missed(
+            general,
+            &b.id,
+            MissedCall {
+                call_uuid: call_uuid.clone(),
+                endpoint: endpoint.clone(),
+                caller_number,
+                caller_name,
+                ending,
+            },
+        );
+    }
     let woken = if registered { "WOKEN" } else { "ANSWERED" };
     match outcome {
         Outcome::Answered => chan.set_var("PUSHSTATUS", woken),
@@ -892,6 +1124,7 @@ pub fn push_wake(running: &Running, chan: Chan, data: &str) -> i32 {
     let watcher = Watcher::Wake(waiter.clone());
     running.wake.watch(&ids, &watcher);
     let started = Instant::now();
+    let mut pushed = Vec::new();
     for b in &devices {
         event(
             "PushWakeStart",
@@ -914,6 +1147,7 @@ pub fn push_wake(running: &Running, chan: Chan, data: &str) -> i32 {
                 timeout,
                 Some(report),
             );
+            pushed.push(b.id.clone());
         } else {
             waiter.push_failed("already pushed for this call".into());
         }
@@ -940,6 +1174,24 @@ pub fn push_wake(running: &Running, chan: Chan, data: &str) -> i32 {
     };
     if status != "WOKEN" {
         contacts.extend(live.iter().map(|(_, c)| dest(&c.uri)));
+    }
+    // Nobody woke in time (or the caller left): the pushed devices will get no INVITE for
+    // this call; one that registers soon gets a late INVITE + CANCEL to close it.
+    if matches!(status, "TIMEOUT" | "HANGUP") {
+        let (caller_number, caller_name) = chan.caller();
+        for id in &pushed {
+            running.wake.missed(
+                general,
+                id,
+                MissedCall {
+                    call_uuid: call_uuid.clone(),
+                    endpoint: endpoint.clone(),
+                    caller_number: caller_number.clone(),
+                    caller_name: caller_name.clone(),
+                    ending: Ending::Terminated,
+                },
+            );
+        }
     }
     chan.set_var("PUSHSTATUS", status);
     chan.set_var("PUSH_CONTACTS", &contacts.join("&"));

@@ -64,6 +64,11 @@ pub struct General {
     /// Put the caller's number and name in push payloads (off: templates see empty values,
     /// for deployments where nothing personal may cross Apple's and Google's servers).
     pub push_caller_id: bool,
+    /// How long after its call ended a pushed device that never got the call is remembered:
+    /// when it registers within this window it gets an INVITE from the same caller followed
+    /// at once by a CANCEL whose Reason says how the call ended (what Flexisip does), so an
+    /// app that reported the push to CallKit can close that call. Zero disables.
+    pub late_wake_window: Duration,
 }
 
 /// What the caller hears while devices wake up (XiVO's `XIVO_MAPP_WAIT_WITH_MUSIC`).
@@ -97,6 +102,7 @@ impl Default for General {
             push_skip_recent: Duration::ZERO,
             strip_pn_params: true,
             push_caller_id: true,
+            late_wake_window: Duration::from_secs(30),
         }
     }
 }
@@ -276,6 +282,13 @@ fn parse_general(
             }
             "push_caller_id" => {
                 g.push_caller_id = parse_bool(v).ok_or_else(|| err("must be yes or no"))?
+            }
+            "late_wake_window" => {
+                let d = parse_duration(v).map_err(|r| err(&r))?;
+                if d > Duration::from_secs(3600) {
+                    return Err(err("must be at most 1h"));
+                }
+                g.late_wake_window = d;
             }
             "strip_pn_params" => {
                 g.strip_pn_params = parse_bool(v).ok_or_else(|| err("must be yes or no"))?
@@ -539,5 +552,25 @@ mod tests {
         let p = PushConfig::from_sections(&s).unwrap();
         assert_eq!(p.warnings.len(), 2, "{:?}", p.warnings);
         assert!(p.warnings[0].contains("colour"));
+    }
+
+    #[test]
+    fn late_wake_window_defaults_to_30s_and_0_turns_it_off() {
+        assert_eq!(
+            PushConfig::from_sections(&[])
+                .unwrap()
+                .config
+                .general
+                .late_wake_window,
+            Duration::from_secs(30)
+        );
+        let g = |v: &str| {
+            PushConfig::from_sections(&general(&[("late_wake_window", v)]))
+                .map(|p| p.config.general.late_wake_window)
+        };
+        assert_eq!(g("0"), Ok(Duration::ZERO));
+        assert_eq!(g("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(g("2h").unwrap_err().option, "late_wake_window");
+        assert!(g("soon").is_err());
     }
 }

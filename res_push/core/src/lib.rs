@@ -6,6 +6,7 @@ pub mod backoff;
 pub mod binding;
 pub mod config;
 pub mod identity;
+pub mod late;
 pub mod pn;
 pub mod registrar;
 pub mod sip;
