@@ -19,6 +19,7 @@ use res_push_core::binding::{Binding, binding_id, redact};
 use res_push_core::config::{General, WaitAudio};
 use res_push_core::late::{Ending, LateWakes, MissedCall};
 use res_push_core::pn::{PushParams, Request, from_contact, strip_push_params};
+use res_push_core::reasons::{self, DeviceReport, PushError, PushFailure, Reason};
 use res_push_core::sip::parse_contact;
 use res_push_core::status::WakeCounters;
 use res_push_core::wake::{ContactRef, Device, Event, LegEnd, Outcome, Start, Step};
@@ -145,6 +146,10 @@ struct Waiter {
     chan: ChanRef,
     /// Pushes still without outcome; when the last fails, the wait fails.
     pending_pushes: AtomicUsize,
+    /// Devices whose push failed, and how (for PUSH_REASONS).
+    failed: Mutex<HashMap<String, PushFailure>>,
+    /// Devices that registered during the wait.
+    woken: Mutex<Vec<String>>,
 }
 
 impl Waiter {
@@ -157,9 +162,10 @@ impl Waiter {
         }
     }
 
-    fn push_failed(&self, why: String) {
+    fn push_failed(&self, id: &str, e: PushError) {
+        lock(&self.failed).insert(id.to_string(), e.class);
         if self.pending_pushes.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.fill(Err(why));
+            self.fill(Err(e.why));
         }
     }
 }
@@ -188,7 +194,7 @@ enum Early {
     /// No outcome yet, no leg yet (or the push was the leg's own).
     InFlight,
     /// The outcome, for the leg to pick up.
-    Done(Result<(), String>),
+    Done(Result<(), PushError>),
     /// The leg waiting for the outcome.
     Leg(Weak<DeviceLeg>),
 }
@@ -203,6 +209,8 @@ pub struct Wake {
     pushed: Mutex<HashMap<(String, String), (Instant, Early)>>,
     /// Calls pushed devices missed, for late wake-ups.
     missed: Mutex<LateWakes>,
+    /// The caller of each `Dial(Push/...)` by call UUID, told PUSHSTATUS and PUSH_REASONS.
+    callers: Mutex<HashMap<String, Arc<CallerReport>>>,
     late: Arc<LateState>,
 }
 
@@ -221,6 +229,39 @@ struct LateInvite {
     /// A provisional response arrived (set by the INVITE response hook).
     progressed: AtomicBool,
     chan: ChanRef,
+}
+
+/// What the caller of a `Dial(Push/...)` reads after its Dial: set on its channel from the
+/// device legs as each ends (before its leg hangs up, hence before the caller's Dial can
+/// return because of it), starting with every device as `timeout`, so a Dial that gives up
+/// first reads "nobody woke in time".
+#[derive(Debug)]
+struct CallerReport {
+    chan: ChanRef,
+    since: Instant,
+    devices: Mutex<Vec<DeviceReport>>,
+}
+
+impl CallerReport {
+    fn publish(&self) {
+        let (status, list) = {
+            let d = lock(&self.devices);
+            (reasons::push_status(&d), reasons::reasons_var(&d))
+        };
+        self.chan.set_var("PUSHSTATUS", status);
+        self.chan.set_var("PUSH_REASONS", &list);
+    }
+}
+
+/// Caller reports whose PushDial never ran (the Local channel failed) are dropped after this.
+const CALLER_TTL: Duration = Duration::from_secs(3600);
+
+fn no_binding(endpoint: &str) -> String {
+    reasons::reasons_var(&[DeviceReport {
+        label: endpoint.to_string(),
+        reason: Reason::NoBinding,
+        woken: false,
+    }])
 }
 
 /// Channel variable naming the late INVITE a channel carries (the INVITE response hook finds
@@ -284,7 +325,10 @@ impl Wake {
         for w in watchers {
             match w {
                 Watcher::Device(leg) => leg.feed(Event::Registered(contact.clone())),
-                Watcher::Wake(waiter) => waiter.fill(Ok(contact.uri.clone())),
+                Watcher::Wake(waiter) => {
+                    lock(&waiter.woken).push(id.clone());
+                    waiter.fill(Ok(contact.uri.clone()))
+                }
             }
         }
         let missed = {
@@ -421,6 +465,74 @@ impl Wake {
         }
     }
 
+    /// A `Dial(Push/<endpoint>)` starts for `caller`: every device reads `timeout` until it
+    /// reports (no device: `<endpoint>:no-binding`).
+    fn caller_started(&self, call_uuid: &str, caller: Chan, endpoint: &str, devices: &[Binding]) {
+        let mut reports: Vec<DeviceReport> = devices
+            .iter()
+            .map(|b| DeviceReport {
+                label: b.id.clone(),
+                reason: Reason::Timeout,
+                woken: false,
+            })
+            .collect();
+        if reports.is_empty() {
+            reports.push(DeviceReport {
+                label: endpoint.to_string(),
+                reason: Reason::NoBinding,
+                woken: false,
+            });
+        }
+        let report = {
+            let mut callers = lock(&self.callers);
+            callers.retain(|_, c| c.since.elapsed() < CALLER_TTL);
+            let r = callers
+                .entry(call_uuid.to_string())
+                .or_insert_with(|| {
+                    Arc::new(CallerReport {
+                        chan: caller.handle(),
+                        since: Instant::now(),
+                        devices: Mutex::new(Vec::new()),
+                    })
+                })
+                .clone();
+            {
+                let mut d = lock(&r.devices);
+                for rep in reports {
+                    if !d.iter().any(|x| x.label == rep.label) {
+                        d.push(rep);
+                    }
+                }
+            }
+            r
+        };
+        report.publish();
+    }
+
+    /// A device of call `call_uuid` ended: its caller learns why. A device leg hung up from
+    /// above (the caller left, the caller's Dial gave up) changes nothing: it keeps `timeout`.
+    fn device_ended(&self, call_uuid: &str, report: DeviceReport) {
+        if report.reason == Reason::Hangup {
+            return;
+        }
+        let Some(caller) = lock(&self.callers).get(call_uuid).cloned() else {
+            return;
+        };
+        {
+            let mut d = lock(&caller.devices);
+            match d.iter_mut().find(|x| x.label == report.label) {
+                Some(x) => *x = report,
+                None => d.push(report),
+            }
+        }
+        caller.publish();
+    }
+
+    /// The `PushDial` of call `call_uuid` returned: its devices have all reported.
+    fn caller_done(&self, call_uuid: &str) {
+        lock(&self.callers).remove(call_uuid);
+    }
+
     /// True the first time (call, device) is asked for.
     fn first_push(&self, call: &str, id: &str) -> bool {
         let mut pushed = lock(&self.pushed);
@@ -434,7 +546,7 @@ impl Wake {
     }
 
     /// The outcome of an early push: to its leg if one waits, else kept for it.
-    fn early_done(&self, call: &str, id: &str, r: Result<(), String>) {
+    fn early_done(&self, call: &str, id: &str, r: Result<(), PushError>) {
         let mut pushed = lock(&self.pushed);
         let Some((_, state)) = pushed.get_mut(&(call.to_string(), id.to_string())) else {
             return;
@@ -452,7 +564,12 @@ impl Wake {
 
     /// A device leg whose push already went out: its outcome now if known (else it will be
     /// fed to `leg`).
-    fn claim_push(&self, call: &str, id: &str, leg: &Arc<DeviceLeg>) -> Option<Result<(), String>> {
+    fn claim_push(
+        &self,
+        call: &str,
+        id: &str,
+        leg: &Arc<DeviceLeg>,
+    ) -> Option<Result<(), PushError>> {
         let mut pushed = lock(&self.pushed);
         let (_, state) = pushed.get_mut(&(call.to_string(), id.to_string()))?;
         match state {
@@ -596,12 +713,24 @@ pub fn local_destination(
     endpoint: &str,
     requestor: Option<Chan>,
 ) -> Option<String> {
-    let aors = channel::endpoint_aors(endpoint)?;
+    let Some(aors) = channel::endpoint_aors(endpoint) else {
+        if let Some(c) = requestor {
+            c.set_var("PUSHSTATUS", "NOBINDING");
+            c.set_var("PUSH_REASONS", &no_binding(endpoint));
+        }
+        return None;
+    };
     let call_uuid = requestor
         .and_then(|c| c.var("PUSH_CALL_UUID"))
         .filter(|u| is_uuid(u))
         .unwrap_or_else(uuid_v4);
     if let Some(running) = running {
+        if let Some(c) = requestor {
+            let devices = bindings_of(running, &aors);
+            running
+                .wake
+                .caller_started(&call_uuid, c, endpoint, &devices);
+        }
         early_pushes(running, endpoint, &aors, &call_uuid, requestor);
     }
     Some(format!(
@@ -646,7 +775,7 @@ fn early_pushes(
             text: None,
         };
         let (call, id) = (call_uuid.to_string(), b.id.clone());
-        let report = Box::new(move |r: Result<(), String>| {
+        let report = Box::new(move |r: Result<(), PushError>| {
             if let Some(running) = crate::module::running() {
                 running.wake.early_done(&call, &id, r);
             }
@@ -710,7 +839,7 @@ fn timeout_arg(arg: Option<&String>, default: Duration) -> Duration {
 }
 
 /// Hears whether a push was delivered (`Err` says why not).
-type PushReport = Box<dyn FnOnce(Result<(), String>) + Send>;
+type PushReport = Box<dyn FnOnce(Result<(), PushError>) + Send>;
 
 /// Sends a push for a call; `outcome` hears whether it was delivered.
 fn push(
@@ -739,10 +868,19 @@ fn push(
                     redact(&token)
                 );
                 bindings.submit(Work::InvalidToken(provider, token));
-                Some(format!("invalid token ({reason})"))
+                Some(PushError {
+                    class: PushFailure::InvalidToken,
+                    why: format!("invalid token ({reason})"),
+                })
             }
-            Ok(other) => Some(format!("{other:?}")),
-            Err(e) => Some(e.to_string()),
+            Ok(other) => Some(PushError {
+                class: PushFailure::of(&other).unwrap_or(PushFailure::Other),
+                why: format!("{other:?}"),
+            }),
+            Err(e) => Some(PushError {
+                class: PushFailure::Sidecar,
+                why: e.to_string(),
+            }),
         };
         if let Some(why) = &failure {
             tracing::warn!("{aor}: {kind:?} push to binding {id} failed: {why}");
@@ -754,7 +892,10 @@ fn push(
     if let Err(e) = running.link.submit(job, Some(deadline), done) {
         tracing::warn!("{}: {kind:?} push not queued: {e}", b.aor);
         if let Some(f) = lock(&report_queue).take() {
-            f(Err(e.to_string()));
+            f(Err(PushError {
+                class: PushFailure::Sidecar,
+                why: e.to_string(),
+            }));
         }
     }
 }
@@ -854,6 +995,9 @@ pub fn push_dial(running: &Running, chan: Chan, data: &str) -> i32 {
     // elsewhere, not missed. Not option `c`: it marks every leg ANSWERED_ELSEWHERE from the
     // start, so a caller giving up would read as "answered elsewhere" too.
     chan.exec("Dial", &dests.join("&"));
+    if let Some(u) = chan.var("PUSH_CALL_UUID") {
+        running.wake.caller_done(&u);
+    }
     // Pass the outcome up through the Local channel: the caller's Dial turns it into DIALSTATUS.
     let cause = match chan.var("DIALSTATUS").as_deref() {
         Some("BUSY") => CAUSE_BUSY,
@@ -918,7 +1062,7 @@ pub fn push_device(running: &Running, chan: Chan, data: &str) -> i32 {
             Step::Push => {
                 if running.wake.first_push(&call_uuid, &b.id) {
                     let l = Arc::downgrade(&leg);
-                    let report = Box::new(move |r: Result<(), String>| {
+                    let report = Box::new(move |r: Result<(), PushError>| {
                         if let Some(l) = l.upgrade() {
                             l.feed(r.map_or_else(Event::PushFailed, |()| Event::PushSent));
                         }
@@ -1019,6 +1163,14 @@ pub fn push_device(running: &Running, chan: Chan, data: &str) -> i32 {
             },
         );
     }
+    running.wake.device_ended(
+        &call_uuid,
+        DeviceReport {
+            label: b.id.clone(),
+            reason: Reason::of(&outcome, elsewhere),
+            woken: registered,
+        },
+    );
     let woken = if registered { "WOKEN" } else { "ANSWERED" };
     match outcome {
         Outcome::Answered => chan.set_var("PUSHSTATUS", woken),
@@ -1038,7 +1190,12 @@ pub fn push_device(running: &Running, chan: Chan, data: &str) -> i32 {
         }
         Outcome::Failed(why) => {
             tracing::info!("{}: giving up on device {}: {why}", b.aor, b.id);
-            event("PushWakeFailed", &b, &call_uuid, &[("Reason", why)]);
+            event(
+                "PushWakeFailed",
+                &b,
+                &call_uuid,
+                &[("Reason", why.to_string())],
+            );
             chan.set_var("PUSHSTATUS", "FAILED");
             chan.set_hangup_cause(CAUSE_SUBSCRIBER_ABSENT);
         }
@@ -1089,6 +1246,7 @@ pub fn push_wake(running: &Running, chan: Chan, data: &str) -> i32 {
     if devices.is_empty() {
         chan.set_var("PUSHSTATUS", "NOBINDING");
         chan.set_var("PUSH_CONTACTS", &plain.join("&"));
+        chan.set_var("PUSH_REASONS", &no_binding(&endpoint));
         return 0;
     }
     let dest = |uri: &str| format!("PJSIP/{endpoint}/{}", dial_uri(uri));
@@ -1111,6 +1269,7 @@ pub fn push_wake(running: &Running, chan: Chan, data: &str) -> i32 {
         c.extend(recent.iter().map(|r| dest(&r.uri)));
         chan.set_var("PUSHSTATUS", "WOKEN");
         chan.set_var("PUSH_CONTACTS", &c.join("&"));
+        chan.set_var("PUSH_REASONS", "");
         return 0;
     }
     let call_uuid = chan.var("PUSH_CALL_UUID").unwrap_or_else(uuid_v4);
@@ -1119,6 +1278,8 @@ pub fn push_wake(running: &Running, chan: Chan, data: &str) -> i32 {
         result: Mutex::new(None),
         chan: chan.handle(),
         pending_pushes: AtomicUsize::new(devices.len()),
+        failed: Mutex::new(HashMap::new()),
+        woken: Mutex::new(Vec::new()),
     });
     let ids: Vec<String> = devices.iter().map(|b| b.id.clone()).collect();
     let watcher = Watcher::Wake(waiter.clone());
@@ -1134,9 +1295,10 @@ pub fn push_wake(running: &Running, chan: Chan, data: &str) -> i32 {
         );
         if running.wake.first_push(&call_uuid, &b.id) {
             let w = waiter.clone();
-            let report = Box::new(move |r: Result<(), String>| {
-                if let Err(why) = r {
-                    w.push_failed(why);
+            let id = b.id.clone();
+            let report = Box::new(move |r: Result<(), PushError>| {
+                if let Err(e) = r {
+                    w.push_failed(&id, e);
                 }
             });
             push(
@@ -1149,7 +1311,7 @@ pub fn push_wake(running: &Running, chan: Chan, data: &str) -> i32 {
             );
             pushed.push(b.id.clone());
         } else {
-            waiter.push_failed("already pushed for this call".into());
+            waiter.push_failed(&b.id, "already pushed for this call".into());
         }
     }
     if !a.get(2).is_some_and(|o| o.contains('n')) {
@@ -1195,6 +1357,24 @@ pub fn push_wake(running: &Running, chan: Chan, data: &str) -> i32 {
     }
     chan.set_var("PUSHSTATUS", status);
     chan.set_var("PUSH_CONTACTS", &contacts.join("&"));
+    let (woken, failed) = (lock(&waiter.woken).clone(), lock(&waiter.failed).clone());
+    let reports: Vec<DeviceReport> = devices
+        .iter()
+        .map(|b| DeviceReport {
+            label: b.id.clone(),
+            reason: if woken.contains(&b.id) {
+                Reason::Woken
+            } else if let Some(class) = failed.get(&b.id) {
+                Reason::PushFailed(*class)
+            } else if status == "HANGUP" {
+                Reason::Hangup
+            } else {
+                Reason::Timeout
+            },
+            woken: woken.contains(&b.id),
+        })
+        .collect();
+    chan.set_var("PUSH_REASONS", &reasons::reasons_var(&reports));
     if status == "HANGUP" { -1 } else { 0 }
 }
 

@@ -8,6 +8,7 @@ pub mod config;
 pub mod identity;
 pub mod late;
 pub mod pn;
+pub mod reasons;
 pub mod registrar;
 pub mod sip;
 pub mod status;

@@ -13,6 +13,8 @@
 
 use std::time::Duration;
 
+use crate::reasons::PushError;
+
 /// A contact as far as "is it the same phone at the same place" goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContactRef {
@@ -115,7 +117,7 @@ pub enum Event {
     /// The provider accepted the push.
     PushSent,
     /// The push could not be delivered.
-    PushFailed(String),
+    PushFailed(PushError),
     /// The registrar accepted a REGISTER of this device.
     Registered(ContactRef),
     /// The current leg's Dial returned.
@@ -138,7 +140,7 @@ pub enum Outcome {
     /// The caller left or another device answered.
     Hangup,
     /// The push failed and no contact of the device could be rung.
-    Failed(String),
+    Failed(PushError),
 }
 
 /// What the device leg's thread does next.
@@ -178,7 +180,7 @@ enum Push {
     /// Sent, no outcome yet.
     InFlight,
     Sent,
-    Failed(String),
+    Failed(PushError),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

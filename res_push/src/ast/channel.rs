@@ -32,6 +32,13 @@ impl ChanRef {
         unsafe { ffi::rp_shim_channel_wake(self.0) };
     }
 
+    /// Sets a channel variable from another thread (Asterisk locks the channel).
+    pub fn set_var(&self, name: &str, value: &str) {
+        let (n, v) = (c_string(name), c_string(value));
+        // SAFETY: we hold a reference, so the channel is alive; Asterisk copies both strings.
+        unsafe { ffi::rp_shim_setvar(self.0, n.as_ptr(), v.as_ptr()) };
+    }
+
     /// Hangs the channel up from another thread; its own thread (e.g. the Dial ringing it)
     /// sees the hangup at once.
     pub fn soft_hangup(&self) {
