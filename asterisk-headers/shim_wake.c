@@ -87,8 +87,9 @@ int rp_shim_wake_register(void)
 			"PushDevice(binding-id): one device leg of PushDial (internal).", AST_MODULE_SELF)
 		|| ast_register_application2("PushWake", rp_app_push_wake, "Wake an endpoint's push devices and wait",
 			"PushWake(endpoint[,timeout[,options]]): pushes every device of the endpoint, waits for a "
-			"REGISTER, then sets PUSHSTATUS (WOKEN, TIMEOUT, NOBINDING, FAILED, HANGUP) and "
-			"PUSH_CONTACTS (a dial string of the fresh contacts).", AST_MODULE_SELF)
+			"REGISTER, then sets PUSHSTATUS (WOKEN, TIMEOUT, NOBINDING, FAILED, HANGUP), "
+			"PUSH_CONTACTS (a dial string of the fresh contacts) and PUSH_REASONS "
+			"(<binding id>:<reason>,... per device).", AST_MODULE_SELF)
 		|| add_context("res-push-wake", "_w.", "PushDial", "${EXTEN:1}")
 		|| add_context("res-push-device", "_d.", "PushDevice", "${EXTEN:1}")
 		|| ast_channel_register(&rp_push_tech)) {

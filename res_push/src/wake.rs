@@ -1259,17 +1259,24 @@ pub fn push_wake(running: &Running, chan: Chan, data: &str) -> i32 {
         Vec::new()
     };
     let skip = general.push_skip_recent.as_secs();
-    let recent: Vec<&ContactRef> = live
+    let recent: Vec<&(Binding, ContactRef)> = live
         .iter()
         .filter(|(b, _)| skip > 0 && now().saturating_sub(b.last_register) < skip)
-        .map(|(_, c)| c)
         .collect();
     if !recent.is_empty() {
         let mut c = plain;
-        c.extend(recent.iter().map(|r| dest(&r.uri)));
+        c.extend(recent.iter().map(|(_, r)| dest(&r.uri)));
+        let reports: Vec<DeviceReport> = recent
+            .iter()
+            .map(|(b, _)| DeviceReport {
+                label: b.id.clone(),
+                reason: Reason::Woken,
+                woken: true,
+            })
+            .collect();
         chan.set_var("PUSHSTATUS", "WOKEN");
         chan.set_var("PUSH_CONTACTS", &c.join("&"));
-        chan.set_var("PUSH_REASONS", "");
+        chan.set_var("PUSH_REASONS", &reasons::reasons_var(&reports));
         return 0;
     }
     let call_uuid = chan.var("PUSH_CALL_UUID").unwrap_or_else(uuid_v4);

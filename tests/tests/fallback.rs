@@ -181,3 +181,28 @@ fn user_without_binding_falls_back_to_the_mobile_number() {
         "{line}"
     );
 }
+
+/// `PushWake` tells why too: here the push fails, so the dialplan can ring elsewhere at once.
+#[test]
+fn pushwake_sets_the_reasons() {
+    let (trunk_port, desk_port) = (free_udp_port(), free_udp_port());
+    let (mocks, a, _sidecar) = start("fallback-pushwake", "", trunk_port, desk_port);
+    mocks
+        .apns
+        .script(TOKEN, vec![res_push_mocks::Behavior::Unregistered]);
+    let id = bind(&a);
+    let caller = a.sipp("caller", CALLER, free_udp_port(), &["-s", "wake"]);
+    assert!(!caller.wait().ok, "nobody woke: no answer");
+    let marker = "wake PUSHSTATUS=";
+    let line = wait_for(WAIT, || {
+        a.log().lines().find(|l| l.contains(marker)).map(|l| {
+            let from = &l[l.find(marker).unwrap_or(0)..];
+            from.split("\")").next().unwrap_or(from).to_string()
+        })
+    })
+    .unwrap_or_else(|| panic!("no PushWake outcome\n{}", a.log()));
+    assert_eq!(
+        line,
+        format!("wake PUSHSTATUS=FAILED PUSH_REASONS={id}:push-failed:invalid-token")
+    );
+}
