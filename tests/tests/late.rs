@@ -15,6 +15,8 @@ const CALLER_CANCEL: &str = include_str!("../sipp/caller-cancel.xml");
 const DESK: &str = include_str!("../sipp/desk.xml");
 /// The woken app's SIP stack: takes an INVITE with 180 and records the CANCEL that follows.
 const LATE_PHONE: &str = include_str!("../sipp/late-phone.xml");
+/// The same, answering with 100 Trying only.
+const LATE_PHONE_TRYING: &str = include_str!("../sipp/late-phone-trying.xml");
 
 fn pn(token: &str) -> String {
     format!(";pn-provider=apns;pn-param=TEAM123456.com.example.phone.voip;pn-prid={token}")
@@ -33,8 +35,12 @@ fn sleeping_phone(a: &Asterisk) {
 
 /// The phone wakes after the call: its SIP stack listens on a new port and registers there.
 fn wake_late(a: &Asterisk, phone_args: &[&str]) -> SipExchange {
+    wake_late_with(a, LATE_PHONE, phone_args)
+}
+
+fn wake_late_with(a: &Asterisk, scenario: &str, phone_args: &[&str]) -> SipExchange {
     let port = free_udp_port();
-    let phone = a.sipp("late", LATE_PHONE, port, phone_args);
+    let phone = a.sipp("late", scenario, port, phone_args);
     std::thread::sleep(Duration::from_millis(300));
     let mut r = Register::new("alice", &pn(TOKEN));
     r.contact_port = Some(port);
@@ -258,5 +264,33 @@ fn phone_that_rang_needs_no_late_invite_and_its_cancel_is_not_completed_elsewher
         message(&again, "INVITE sip:").is_none(),
         "late INVITE to a phone that rang:\n{}",
         again.trace
+    );
+}
+
+/// A phone that answers the late INVITE with 100 Trying only gets the CANCEL at once too
+/// (chan_pjsip makes no frame of a 100; the INVITE response hook sees it).
+#[test]
+fn late_invite_answered_with_100_trying_is_cancelled_at_once() {
+    let (_mocks, a, _sidecar) = setup("late-trying", "");
+    let mut ami = a.ami();
+    sleeping_phone(&a);
+    let caller = a.sipp("caller", CALLER_CANCEL, free_udp_port(), &["-s", "mobile"]);
+    assert!(caller.wait().ok);
+    ami.wait_event(WAIT, |p| field(p, "Event") == Some("PushCancel"))
+        .expect("PushCancel");
+    let phone = wake_late_with(&a, LATE_PHONE_TRYING, &[]);
+    assert!(phone.ok, "{}\n{}", phone.trace, a.log());
+    let cancel = message(&phone, "CANCEL sip:").expect("CANCEL");
+    assert!(
+        header(cancel, "Reason").contains(&"SIP;cause=487;text=\"Request Terminated\""),
+        "{cancel}"
+    );
+    let (invited, cancelled) = (
+        phone.logged_at("INVITE sip:").expect("INVITE time"),
+        phone.logged_at("CANCEL sip:").expect("CANCEL time"),
+    );
+    assert!(
+        cancelled.duration_since(invited).unwrap_or_default() < Duration::from_secs(5),
+        "CANCEL {cancelled:?} long after INVITE {invited:?}"
     );
 }
