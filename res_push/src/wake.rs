@@ -211,6 +211,8 @@ pub struct Wake {
     missed: Mutex<LateWakes>,
     /// The caller of each `Dial(Push/...)` by call UUID, told PUSHSTATUS and PUSH_REASONS.
     callers: Mutex<HashMap<String, Arc<CallerReport>>>,
+    /// res_pjsip_rfc3326 was loaded when last asked.
+    rfc3326: AtomicBool,
     late: Arc<LateState>,
 }
 
@@ -379,9 +381,7 @@ impl Wake {
             .flatten()
             .unwrap_or_else(|| contact.to_string());
         let dest = format!("{}/{}", call.endpoint, dial_uri(&target));
-        let reason = call
-            .ending
-            .reason_to_add(channel::module_running("res_pjsip_rfc3326.so"));
+        let reason = call.ending.reason_to_add(self.rfc3326_loaded());
         let (aor, id) = (aor.to_string(), id.to_string());
         let finished = Arc::new(AtomicBool::new(false));
         let flag = finished.clone();
@@ -423,9 +423,24 @@ impl Wake {
         }
     }
 
-    /// The Reason header a CANCEL leaving on `chan` must carry (a late INVITE's).
+    /// The Reason header a CANCEL leaving on `chan` must carry: a late INVITE's, or "completed
+    /// elsewhere" on the legs of a `Push/` call when res_pjsip_rfc3326 is not there to say it.
     pub fn cancel_reason(&self, chan: Chan) -> Option<String> {
-        chan.var(LATE_REASON_VAR).filter(|r| !r.is_empty())
+        if let Some(r) = chan.var(LATE_REASON_VAR).filter(|r| !r.is_empty()) {
+            return Some(r);
+        }
+        if self.rfc3326.load(Ordering::Relaxed) || chan.var("PUSH_ENDPOINT").is_none() {
+            return None;
+        }
+        res_push_core::late::leg_cancel_reason(chan.hangup_cause(), false).map(str::to_string)
+    }
+
+    /// Whether res_pjsip_rfc3326 is loaded, asked from a dialplan or module thread (the CANCEL
+    /// hook, on a PJSIP thread, reads the answer).
+    fn rfc3326_loaded(&self) -> bool {
+        let loaded = channel::module_running("res_pjsip_rfc3326.so");
+        self.rfc3326.store(loaded, Ordering::Relaxed);
+        loaded
     }
 
     /// Ends the late INVITEs in flight and joins their threads (module unload, after the hooks
@@ -989,6 +1004,7 @@ pub fn push_dial(running: &Running, chan: Chan, data: &str) -> i32 {
         chan.set_var("__PUSH_WAKE_TIMEOUT", t);
     }
     tracing::debug!("{endpoint}: ringing {}", dests.join(" & "));
+    running.wake.rfc3326_loaded();
     // When one leg answers, Dial hangs the others up with ANSWERED_ELSEWHERE (its default
     // without `Q`), which res_pjsip_rfc3326 turns into RFC 3326's `Reason: SIP;cause=200;
     // text="Call completed elsewhere"` on their CANCELs, so phones show the call as answered

@@ -294,3 +294,45 @@ fn late_invite_answered_with_100_trying_is_cancelled_at_once() {
         "CANCEL {cancelled:?} long after INVITE {invited:?}"
     );
 }
+
+/// Without res_pjsip_rfc3326 (an `autoload = no` configuration that does not load it), res_push
+/// writes the "completed elsewhere" Reason itself: on the CANCEL of the leg that lost, and on
+/// the late INVITE's CANCEL.
+#[test]
+fn without_res_pjsip_rfc3326_the_reasons_are_still_there() {
+    let (_mocks, a, _sidecar) = setup("late-no3326", "");
+    let mut ami = a.ami();
+    let out = a.cli("module unload res_pjsip_rfc3326.so");
+    assert!(
+        !a.cli("module show like rfc3326").contains("Running"),
+        "{out}"
+    );
+    sleeping_phone(&a);
+    // The desk phone answers; a second, awake desk (plain contact) rings and is cancelled.
+    let (desk_port, other_port) = (free_udp_port(), free_udp_port());
+    let desk = a.sipp("desk", DESK, desk_port, &[]);
+    let other = a.sipp("other", LATE_PHONE, other_port, &[]);
+    for port in [desk_port, other_port] {
+        let mut reg = Register::new("alice", "");
+        reg.contact_port = Some(port);
+        assert!(a.register(&reg).ok);
+    }
+    let caller = a.sipp("caller", CALLER, free_udp_port(), &["-s", "mobile"]);
+    let (desk, other, caller) = (desk.wait(), other.wait(), caller.wait());
+    assert!(desk.ok && caller.ok, "{}\n{}", desk.trace, caller.trace);
+    assert!(other.ok, "{}\n{}", other.trace, a.log());
+    let cancel = message(&other, "CANCEL sip:").expect("CANCEL");
+    assert_eq!(
+        header(cancel, "Reason"),
+        ["SIP;cause=200;text=\"Call completed elsewhere\""],
+        "{cancel}"
+    );
+    ami.wait_event(WAIT, |p| field(p, "Event") == Some("PushCancel"))
+        .expect("PushCancel");
+    let phone = wake_late(&a, &[]);
+    assert_invite_then_cancel(
+        &phone,
+        "SIP;cause=200;text=\"Call completed elsewhere\"",
+        &a,
+    );
+}

@@ -70,6 +70,14 @@ impl Ending {
     }
 }
 
+/// The Reason res_push adds to a CANCEL of a `Push/` call's leg (a device, or a plain contact
+/// `PushDial` rings) hung up with `hangup_cause`: "completed elsewhere" for
+/// `ANSWERED_ELSEWHERE` when res_pjsip_rfc3326, which normally writes it, is not loaded.
+pub fn leg_cancel_reason(hangup_cause: i32, rfc3326_loaded: bool) -> Option<&'static str> {
+    (hangup_cause == CAUSE_ANSWERED_ELSEWHERE && !rfc3326_loaded)
+        .then_some(REASON_COMPLETED_ELSEWHERE)
+}
+
 /// How a pushed device's part of a call ended, as a late INVITE sees it: `None` when the device
 /// needs none (it answered or declined, so it saw the call; `reached`: it registered during the
 /// call and was rung at its fresh contact, or its live contact answered the INVITE with a
@@ -256,6 +264,16 @@ mod tests {
             Ending::Terminated.reason_to_add(true),
             Some(REASON_TERMINATED)
         );
+    }
+
+    #[test]
+    fn push_legs_say_completed_elsewhere_without_rfc3326() {
+        assert_eq!(
+            leg_cancel_reason(CAUSE_ANSWERED_ELSEWHERE, false),
+            Some(REASON_COMPLETED_ELSEWHERE)
+        );
+        assert_eq!(leg_cancel_reason(CAUSE_ANSWERED_ELSEWHERE, true), None);
+        assert_eq!(leg_cancel_reason(CAUSE_NORMAL_CLEARING, false), None);
     }
 
     #[test]
