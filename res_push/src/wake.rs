@@ -501,13 +501,17 @@ impl Wake {
         let report = {
             let mut callers = lock(&self.callers);
             callers.retain(|_, c| c.since.elapsed() < CALLER_TTL);
+            // Several Push/ destinations of one Dial share the caller's report.
+            let shared = callers.values().find(|c| c.chan.is(caller)).cloned();
             let r = callers
                 .entry(call_uuid.to_string())
                 .or_insert_with(|| {
-                    Arc::new(CallerReport {
-                        chan: caller.handle(),
-                        since: Instant::now(),
-                        devices: Mutex::new(Vec::new()),
+                    shared.unwrap_or_else(|| {
+                        Arc::new(CallerReport {
+                            chan: caller.handle(),
+                            since: Instant::now(),
+                            devices: Mutex::new(Vec::new()),
+                        })
                     })
                 })
                 .clone();

@@ -206,3 +206,24 @@ fn pushwake_sets_the_reasons() {
         format!("wake PUSHSTATUS=FAILED PUSH_REASONS={id}:push-failed:invalid-token")
     );
 }
+
+/// Two `Push/` destinations in one `Dial`: the reasons of both endpoints' devices.
+#[test]
+fn two_push_destinations_report_every_device() {
+    let (trunk_port, desk_port) = (free_udp_port(), free_udp_port());
+    let (_mocks, a, _sidecar) = start(
+        "fallback-two",
+        "ring_live_contact = no\nwake_timeout = 2",
+        trunk_port,
+        desk_port,
+    );
+    let id = bind(&a);
+    let caller = a.sipp("caller", CALLER, free_udp_port(), &["-s", "two-users"]);
+    assert!(!caller.wait().ok);
+    assert_eq!(
+        outcome(&a, "two-users"),
+        format!(
+            "two-users DIALSTATUS=NOANSWER PUSHSTATUS=TIMEOUT PUSH_REASONS={id}:timeout,bob:no-binding"
+        )
+    );
+}

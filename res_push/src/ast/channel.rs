@@ -32,6 +32,11 @@ impl ChanRef {
         unsafe { ffi::rp_shim_channel_wake(self.0) };
     }
 
+    /// Whether this is a reference to `chan`.
+    pub fn is(&self, chan: Chan) -> bool {
+        std::ptr::eq(self.0, chan.ptr())
+    }
+
     /// Sets a channel variable from another thread (Asterisk locks the channel).
     pub fn set_var(&self, name: &str, value: &str) {
         let (n, v) = (c_string(name), c_string(value));
