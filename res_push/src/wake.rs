@@ -1137,9 +1137,9 @@ pub fn push_device(running: &Running, chan: Chan, data: &str) -> i32 {
         chan.moh(false);
     }
     running.wake.unwatch(&ids, &watcher);
-    let (pushed, registered) = {
+    let (pushed, registered, push_failure) = {
         let m = lock(&leg.machine);
-        (m.pushed(), m.registered())
+        (m.pushed(), m.registered(), m.push_failure().cloned())
     };
     let cancel = |reason: &str| {
         if !pushed {
@@ -1187,7 +1187,7 @@ pub fn push_device(running: &Running, chan: Chan, data: &str) -> i32 {
         &call_uuid,
         DeviceReport {
             label: b.id.clone(),
-            reason: Reason::of(&outcome, elsewhere),
+            reason: Reason::of(&outcome, elsewhere, push_failure.as_ref()),
             woken: registered,
         },
     );

@@ -227,3 +227,30 @@ fn two_push_destinations_report_every_device() {
         )
     );
 }
+
+/// The default `ring_live_contact = yes` with a sleeping phone whose contact has not expired:
+/// its stale contact rings on after the push failed, until the wake timeout; the reason is
+/// still the failed push, and the call falls back.
+#[test]
+fn failed_push_beside_a_stale_contact_reads_as_push_failed_and_falls_back() {
+    let (trunk_port, desk_port) = (free_udp_port(), free_udp_port());
+    let (mocks, a, _sidecar) = start("fallback-stale", "wake_timeout = 2", trunk_port, desk_port);
+    mocks.apns.script(
+        TOKEN,
+        vec![res_push_mocks::Behavior::Error {
+            status: 400,
+            reason: "BadDeviceToken".into(),
+            retry_after: None,
+        }],
+    );
+    let id = bind(&a);
+    let trunk = a.sipp("trunk", TRUNK, trunk_port, &[]);
+    let caller = a.sipp("caller", CALLER, free_udp_port(), &["-s", "fallback"]);
+    assert_fallback_invite(trunk, caller, &a);
+    let line = outcome(&a, "fallback");
+    assert!(
+        line.starts_with("fallback DIALSTATUS=NOANSWER PUSHSTATUS=FAILED")
+            && line.ends_with(&format!("PUSH_REASONS={id}:push-failed:invalid-token")),
+        "{line}"
+    );
+}

@@ -142,13 +142,21 @@ impl Reason {
     }
 
     /// How a device leg's outcome reads; `answered_elsewhere`: it was hung up because another
-    /// destination answered.
-    pub fn of(outcome: &Outcome, answered_elsewhere: bool) -> Reason {
+    /// destination answered; `push_failure`: its push failed (a device whose live contact
+    /// rang on until the timeout did not wake because of that).
+    pub fn of(
+        outcome: &Outcome,
+        answered_elsewhere: bool,
+        push_failure: Option<&PushError>,
+    ) -> Reason {
         match outcome {
             Outcome::Answered => Reason::Answered,
             Outcome::NotAnswered => Reason::NotAnswered,
             Outcome::Declined => Reason::Declined,
-            Outcome::TimedOut => Reason::Timeout,
+            Outcome::TimedOut => match push_failure {
+                Some(e) => Reason::PushFailed(e.class),
+                None => Reason::Timeout,
+            },
             Outcome::Hangup if answered_elsewhere => Reason::AnsweredElsewhere,
             Outcome::Hangup => Reason::Hangup,
             Outcome::Failed(e) => Reason::PushFailed(e.class),
@@ -247,16 +255,28 @@ mod tests {
             why: "503".into(),
         });
         assert_eq!(
-            Reason::of(&failed, false),
+            Reason::of(&failed, false, None),
             Reason::PushFailed(PushFailure::Provider)
         );
         assert_eq!(
-            Reason::of(&Outcome::Hangup, true),
+            Reason::of(&Outcome::Hangup, true, None),
             Reason::AnsweredElsewhere
         );
-        assert_eq!(Reason::of(&Outcome::Hangup, false), Reason::Hangup);
-        assert_eq!(Reason::of(&Outcome::TimedOut, false), Reason::Timeout);
-        assert_eq!(Reason::of(&Outcome::Declined, false), Reason::Declined);
+        assert_eq!(Reason::of(&Outcome::Hangup, false, None), Reason::Hangup);
+        assert_eq!(Reason::of(&Outcome::TimedOut, false, None), Reason::Timeout);
+        assert_eq!(
+            Reason::of(&Outcome::Declined, false, None),
+            Reason::Declined
+        );
+        // A live contact rang on after the push failed: the push is why it never woke.
+        let e = PushError {
+            class: PushFailure::InvalidToken,
+            why: "410".into(),
+        };
+        assert_eq!(
+            Reason::of(&Outcome::TimedOut, false, Some(&e)),
+            Reason::PushFailed(PushFailure::InvalidToken)
+        );
     }
 
     #[test]

@@ -232,6 +232,14 @@ impl Device {
         matches!(self.push, Push::InFlight | Push::Sent)
     }
 
+    /// Why its push failed, if it did.
+    pub fn push_failure(&self) -> Option<&PushError> {
+        match &self.push {
+            Push::Failed(e) => Some(e),
+            _ => None,
+        }
+    }
+
     /// Whether the device registered during the call.
     pub fn registered(&self) -> bool {
         self.registered
@@ -564,6 +572,18 @@ mod tests {
         d.on(Event::LegEnded(LegEnd::NoAnswer));
         assert_eq!(d.next(S), Step::Finish(Outcome::NotAnswered));
         assert!(d.pushed());
+    }
+
+    #[test]
+    fn a_failed_push_is_remembered_while_the_live_leg_rings_on() {
+        let mut d = live(true);
+        d.next(Duration::ZERO);
+        d.next(Duration::ZERO);
+        assert_eq!(d.push_failure(), None);
+        d.on(Event::PushFailed("no app".into()));
+        d.on(Event::LegEnded(LegEnd::NoAnswer));
+        assert_eq!(d.next(T), Step::Finish(Outcome::TimedOut));
+        assert_eq!(d.push_failure(), Some(&"no app".into()));
     }
 
     #[test]
