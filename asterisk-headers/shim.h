@@ -23,6 +23,8 @@ enum rp_cli_command {
 	RP_CLI_DELETE_BINDING,
 	RP_CLI_SEND,
 	RP_CLI_TEST,
+	RP_CLI_SHOW_MESSAGES,
+	RP_CLI_DELETE_MESSAGES,
 	RP_CLI_COUNT,
 };
 
@@ -171,6 +173,17 @@ void rp_shim_hangup(struct ast_channel *chan, int cause);
 /* ast_module_check: 1 when the module (e.g. "res_pjsip_rfc3326.so") is loaded. */
 int rp_shim_module_running(const char *name);
 
+/* ---- Messages (shim_message.c) ---- */
+struct ast_msg;
+
+/* Registers the `push` message technology and PUSH_MESSAGE_STATUS(). */
+int rp_shim_msg_register(void);
+void rp_shim_msg_unregister(void);
+/* Sets a global dialplan variable. */
+void rp_shim_set_global(const char *name, const char *value);
+/* A new message with these fields (ast_msg_set_* are variadic), or NULL. */
+struct ast_msg *rp_shim_msg_new(const char *to, const char *from, const char *body);
+
 /* Implemented in Rust (res_push/src/entry.rs). */
 /* `requestor` (the caller, or NULL): the call pushes go out from here, before any Local leg runs. */
 int rp_wake_local_destination(const char *endpoint, struct ast_channel *requestor, char *dest, size_t len);
@@ -191,5 +204,9 @@ int rp_module_unload(void);
 int rp_module_reload(void);
 void rp_cli_describe(int command, const char **words, const char **usage);
 int rp_cli_exec(int command, int fd, int argc, const char *const *argv);
+/* The `push` message technology's msg_send: 0 accepted (delivered or queued). */
+int rp_msg_send(const struct ast_msg *msg, const char *to, const char *from);
+/* PUSH_MESSAGE_STATUS(): this thread's last MessageSend(push:...) outcome into `buf`. */
+int rp_msg_status(char *buf, size_t len);
 
 #endif

@@ -11,6 +11,7 @@
 #include "asterisk/frame.h"
 #include "asterisk/logger.h"
 #include "asterisk/manager.h"
+#include "asterisk/message.h"
 #include "asterisk/module.h"
 #include "asterisk/res_pjsip.h"
 #include "asterisk/sorcery.h"

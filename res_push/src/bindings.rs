@@ -396,6 +396,9 @@ impl Bindings {
                         &event_fields(&b, Some(reason.as_str())),
                     );
                     channel::devstate_changed(&format!("Push/{}", b.aor));
+                    if let Some(running) = crate::module::running() {
+                        running.messages.binding_removed(&b.id, reason.as_str());
+                    }
                 }
             }
         }

@@ -293,3 +293,62 @@ pub unsafe extern "C" fn rp_sip_on_cancel(
         }
     })
 }
+
+/// The `push` message technology's `msg_send`: 0 when the message was delivered or queued.
+///
+/// # Safety
+/// `msg` is the live message Asterisk holds locked for this call; `to` and `from` C strings
+/// or NULL.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn rp_msg_send(
+    msg: *const crate::ffi::ast_msg,
+    to: *const c_char,
+    from: *const c_char,
+) -> i32 {
+    guard("MessageSend(push:...)", -1, || {
+        let text = |p: *const c_char| {
+            if p.is_null() {
+                String::new()
+            } else {
+                // SAFETY: per this function's contract.
+                unsafe { std::ffi::CStr::from_ptr(p) }
+                    .to_string_lossy()
+                    .into_owned()
+            }
+        };
+        let (to, from) = (text(to), text(from));
+        // SAFETY: per this function's contract.
+        let Some(msg) = (unsafe { crate::ast::message::Msg::from_ptr(msg) }) else {
+            return -1;
+        };
+        let Some(r) = module::running() else {
+            return -1;
+        };
+        if r.messages.send(&r, msg, &to, &from).accepted() {
+            0
+        } else {
+            -1
+        }
+    })
+}
+
+/// `PUSH_MESSAGE_STATUS()`: writes this thread's last `MessageSend(push:...)` outcome.
+///
+/// # Safety
+/// `buf` points to `len` writable bytes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn rp_msg_status(buf: *mut c_char, len: usize) -> i32 {
+    guard("PUSH_MESSAGE_STATUS()", -1, || {
+        let s = crate::messages::last_status();
+        if len == 0 || buf.is_null() {
+            return -1;
+        }
+        let n = s.len().min(len - 1);
+        // SAFETY: `buf` has room for `len` bytes; we write n + 1 <= len.
+        unsafe {
+            std::ptr::copy_nonoverlapping(s.as_ptr(), buf.cast(), n);
+            *buf.add(n) = 0;
+        }
+        0
+    })
+}

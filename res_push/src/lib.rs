@@ -11,7 +11,8 @@
 //! - `registrar`: the REGISTER hook (RFC 8599 parameters, 400/555, Feature-Caps);
 //! - `bindings`: push bindings (store, astdb persistence, AMI events, refresh pushes);
 //! - `ami`: AMI actions;
-//! - `wake`: call wake-up (`Dial(Push/...)`, `PushWake`).
+//! - `wake`: call wake-up (`Dial(Push/...)`, `PushWake`);
+//! - `messages`: messages to sleeping phones (`MessageSend(push:...)`).
 //!
 //! Pure logic (config model, backoff, status text) lives in the `res-push-core` crate so it is
 //! unit-tested without Asterisk; the wire protocol lives in `res-push-proto`.
@@ -24,6 +25,7 @@ mod commands;
 mod entry;
 pub mod ffi;
 mod link;
+mod messages;
 mod module;
 mod push;
 mod registrar;

@@ -178,6 +178,7 @@ impl Registrar {
                     contact_uri,
                     instance.as_deref(),
                 );
+                running.messages.registered(&p.aor, params, contact_uri);
             }
         }
         let granted: Vec<(&str, u32)> = resp

@@ -69,6 +69,17 @@ pub struct General {
     /// at once by a CANCEL whose Reason says how the call ended (what Flexisip does), so an
     /// app that reported the push to CallKit can close that call. Zero disables.
     pub late_wake_window: Duration,
+    /// Queued messages kept per AOR for sleeping devices (`MessageSend(push:...)`); a message
+    /// beyond it is refused, never an older one dropped.
+    pub message_queue_max: usize,
+    /// Queued messages older than this are dropped undelivered.
+    pub message_max_age: Duration,
+    /// Show the start of the message in its alert push (off: only who sent it).
+    pub push_message_preview: bool,
+    /// A push device's registered, unexpired contact takes messages at once (off: only when
+    /// it registered within `push_skip_recent`; otherwise the message waits for the REGISTER
+    /// its alert push brings, for apps whose registered contact is dead while they sleep).
+    pub message_live_contact: bool,
 }
 
 /// What the caller hears while devices wake up (XiVO's `XIVO_MAPP_WAIT_WITH_MUSIC`).
@@ -103,6 +114,10 @@ impl Default for General {
             strip_pn_params: true,
             push_caller_id: true,
             late_wake_window: Duration::from_secs(30),
+            message_queue_max: 100,
+            message_max_age: Duration::from_secs(7 * 86400),
+            push_message_preview: true,
+            message_live_contact: true,
         }
     }
 }
@@ -289,6 +304,26 @@ fn parse_general(
                     return Err(err("must be at most 1h"));
                 }
                 g.late_wake_window = d;
+            }
+            "message_queue_max" => {
+                g.message_queue_max = v
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=10_000).contains(n))
+                    .ok_or_else(|| err("must be a number from 1 to 10000"))?
+            }
+            "message_max_age" => {
+                let d = parse_duration(v).map_err(|r| err(&r))?;
+                if d.is_zero() {
+                    return Err(err("must be at least 1 second"));
+                }
+                g.message_max_age = d;
+            }
+            "message_live_contact" => {
+                g.message_live_contact = parse_bool(v).ok_or_else(|| err("must be yes or no"))?
+            }
+            "push_message_preview" => {
+                g.push_message_preview = parse_bool(v).ok_or_else(|| err("must be yes or no"))?
             }
             "strip_pn_params" => {
                 g.strip_pn_params = parse_bool(v).ok_or_else(|| err("must be yes or no"))?
@@ -572,5 +607,40 @@ mod tests {
         assert_eq!(g("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(g("2h").unwrap_err().option, "late_wake_window");
         assert!(g("soon").is_err());
+    }
+
+    #[test]
+    fn message_options() {
+        let g = PushConfig::from_sections(&general(&[
+            ("message_queue_max", "3"),
+            ("message_max_age", "2"),
+            ("push_message_preview", "no"),
+            ("message_live_contact", "no"),
+        ]))
+        .unwrap()
+        .config
+        .general;
+        assert_eq!(g.message_queue_max, 3);
+        assert_eq!(g.message_max_age, Duration::from_secs(2));
+        assert!(!g.push_message_preview);
+        assert!(!g.message_live_contact);
+        let d = General::default();
+        assert_eq!(d.message_queue_max, 100);
+        assert_eq!(d.message_max_age, Duration::from_secs(7 * 86400));
+        assert!(d.push_message_preview);
+        assert!(d.message_live_contact);
+        for (k, v) in [
+            ("message_queue_max", "0"),
+            ("message_queue_max", "many"),
+            ("message_max_age", "0"),
+            ("push_message_preview", "maybe"),
+        ] {
+            assert_eq!(
+                PushConfig::from_sections(&general(&[(k, v)]))
+                    .unwrap_err()
+                    .option,
+                k
+            );
+        }
     }
 }

@@ -7,6 +7,7 @@ pub mod binding;
 pub mod config;
 pub mod identity;
 pub mod late;
+pub mod message;
 pub mod pn;
 pub mod reasons;
 pub mod registrar;

@@ -11,6 +11,7 @@ pub mod guard;
 pub mod identity;
 pub mod log;
 pub mod manager;
+pub mod message;
 pub mod pjsip;
 pub mod sync;
 pub mod thread;
