@@ -169,6 +169,23 @@ void rp_shim_mwi_unsubscribe(void);
 void rp_shim_mwi_cached(rp_mwi_fn each, void *ctx);
 /* Every endpoint and AOR whose mailboxes option is set (sorcery reads: not on a SIP thread). */
 void rp_shim_mailbox_owners(rp_owner_fn each, void *ctx);
+/* The hangup cause a channel has now (e.g. ANSWERED_ELSEWHERE, set by the Dial that hung it up). */
+int rp_shim_hangup_cause(struct ast_channel *chan);
+/* A new outgoing channel of `tech` to `dest` (not called yet), with every audio format offered;
+ * NULL with *cause set on failure. Ours to hang up with rp_shim_hangup. */
+struct ast_channel *rp_shim_request(const char *tech, const char *dest, int *cause);
+/* The calling party (From of the INVITE) and caller id of an outgoing channel; NULL: none. */
+void rp_shim_set_calling_party(struct ast_channel *chan, const char *number, const char *name);
+/* ast_call: the INVITE goes out. 0 on success. */
+int rp_shim_call(struct ast_channel *chan, const char *dest);
+/* Waits up to ms for a frame on a channel no PBX runs: the control frame's subclass (> 0), 0 for
+ * none or another frame, -1 when the channel hung up. */
+int rp_shim_read_control(struct ast_channel *chan, int ms);
+/* Hangs up and releases a channel from rp_shim_request, with this hangup cause. */
+void rp_shim_hangup(struct ast_channel *chan, int cause);
+/* ast_module_check: 1 when the module (e.g. "res_pjsip_rfc3326.so") is loaded. */
+int rp_shim_module_running(const char *name);
+
 /* ---- Messages (shim_message.c) ---- */
 struct ast_msg;
 
@@ -190,6 +207,11 @@ int rp_sip_on_register(struct pjsip_rx_data *rdata);
 /* Returns 1 when it wrote a replacement Request-URI into `out` (NUL-terminated, at most `len`). */
 int rp_sip_on_invite(struct ast_channel *chan, const char *request_uri, const char *call_id, char *out, size_t len);
 void rp_sip_on_response(struct pjsip_tx_data *tdata);
+/* A provisional response (100-199) to an initial INVITE arrived on the session of `chan`. */
+void rp_sip_on_provisional(struct ast_channel *chan);
+/* A CANCEL is leaving on the session of `chan`: returns 1 with a Reason header value to add in
+ * `out` (NUL-terminated, at most `len`). */
+int rp_sip_on_cancel(struct ast_channel *chan, char *out, size_t len);
 int rp_ami_exec(int action, struct mansession *s, const struct message *m);
 enum ast_module_load_result rp_module_load(void);
 int rp_module_unload(void);

@@ -8,6 +8,7 @@
 #include "asterisk/astdb.h"
 #include "asterisk/cli.h"
 #include "asterisk/config.h"
+#include "asterisk/frame.h"
 #include "asterisk/logger.h"
 #include "asterisk/manager.h"
 #include "asterisk/message.h"

@@ -266,6 +266,51 @@ pub unsafe extern "C" fn rp_sip_on_invite(
     })
 }
 
+/// A provisional response to an initial INVITE (late wake-ups cancel theirs at once).
+///
+/// # Safety
+/// `chan` is the session's channel, alive during the callback, or NULL.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn rp_sip_on_provisional(chan: *mut crate::ffi::ast_channel) {
+    guard("INVITE response hook", (), || {
+        // SAFETY: per this function's contract.
+        let chan = unsafe { crate::ast::channel::Chan::from_ptr(chan) };
+        if let (Some(r), Some(chan)) = (module::running(), chan) {
+            r.wake.provisional(chan);
+        }
+    })
+}
+
+/// A CANCEL about to leave. Returns 1 when it wrote a Reason header value into `out`.
+///
+/// # Safety
+/// `chan` is the session's channel or NULL; `out` points to `len` writable bytes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn rp_sip_on_cancel(
+    chan: *mut crate::ffi::ast_channel,
+    out: *mut c_char,
+    len: usize,
+) -> i32 {
+    guard("CANCEL hook", 0, || {
+        // SAFETY: per this function's contract.
+        let chan = unsafe { crate::ast::channel::Chan::from_ptr(chan) };
+        let (Some(r), Some(chan)) = (module::running(), chan) else {
+            return 0;
+        };
+        match r.wake.cancel_reason(chan) {
+            Some(reason) if reason.len() < len => {
+                // SAFETY: `out` has room for `len` bytes; we write reason.len() + 1 <= len.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(reason.as_ptr(), out.cast(), reason.len());
+                    *out.add(reason.len()) = 0;
+                }
+                1
+            }
+            _ => 0,
+        }
+    })
+}
+
 /// The `push` message technology's `msg_send`: 0 when the message was delivered or queued.
 ///
 /// # Safety

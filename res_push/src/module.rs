@@ -183,6 +183,7 @@ fn stop(running: &Running) {
     pjsip::unregister_hooks();
     RUNNING.write().unwrap_or_else(|p| p.into_inner()).take();
     running.mwi.stop();
+    running.wake.stop();
     running.messages.stop();
     running.bindings.stop();
     running.link.stop();

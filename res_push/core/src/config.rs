@@ -72,6 +72,11 @@ pub struct General {
     /// Voicemail: also a background push (APNs `content-available`) to iOS devices on every
     /// change of the counts, heard messages included, for apps that keep a badge.
     pub mwi_background_push: bool,
+    /// How long after its call ended a pushed device that never got the call is remembered:
+    /// when it registers within this window it gets an INVITE from the same caller followed
+    /// at once by a CANCEL whose Reason says how the call ended (what Flexisip does), so an
+    /// app that reported the push to CallKit can close that call. Zero disables.
+    pub late_wake_window: Duration,
     /// Queued messages kept per AOR for sleeping devices (`MessageSend(push:...)`); a message
     /// beyond it is refused, never an older one dropped.
     pub message_queue_max: usize,
@@ -119,6 +124,7 @@ impl Default for General {
             push_caller_id: true,
             mwi_push: true,
             mwi_background_push: false,
+            late_wake_window: Duration::from_secs(30),
             message_queue_max: 100,
             message_max_age: Duration::from_secs(7 * 86400),
             push_message_preview: true,
@@ -314,6 +320,13 @@ fn parse_general(
             }
             "push_caller_id" => {
                 g.push_caller_id = parse_bool(v).ok_or_else(|| err("must be yes or no"))?
+            }
+            "late_wake_window" => {
+                let d = parse_duration(v).map_err(|r| err(&r))?;
+                if d > Duration::from_secs(3600) {
+                    return Err(err("must be at most 1h"));
+                }
+                g.late_wake_window = d;
             }
             "message_queue_max" => {
                 g.message_queue_max = v
@@ -669,6 +682,26 @@ mod tests {
         let p = PushConfig::from_sections(&s).unwrap();
         assert_eq!(p.warnings.len(), 2, "{:?}", p.warnings);
         assert!(p.warnings[0].contains("colour"));
+    }
+
+    #[test]
+    fn late_wake_window_defaults_to_30s_and_0_turns_it_off() {
+        assert_eq!(
+            PushConfig::from_sections(&[])
+                .unwrap()
+                .config
+                .general
+                .late_wake_window,
+            Duration::from_secs(30)
+        );
+        let g = |v: &str| {
+            PushConfig::from_sections(&general(&[("late_wake_window", v)]))
+                .map(|p| p.config.general.late_wake_window)
+        };
+        assert_eq!(g("0"), Ok(Duration::ZERO));
+        assert_eq!(g("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(g("2h").unwrap_err().option, "late_wake_window");
+        assert!(g("soon").is_err());
     }
 
     #[test]
