@@ -348,9 +348,14 @@ impl Wake {
 
     /// `device`'s part of a call ended without reaching it: remembered for a late wake-up.
     fn missed(&self, general: &General, device: &str, call: MissedCall) {
+        let now = Instant::now();
+        // The window runs from the push (kept for DEDUP_TTL, longer than any window).
+        let pushed_at = lock(&self.pushed)
+            .get(&(call.call_uuid.clone(), device.to_string()))
+            .map_or(now, |(at, _)| *at);
         let mut l = lock(&self.missed);
         l.set_window(general.late_wake_window);
-        l.ended(device, call, Instant::now());
+        l.ended(device, call, pushed_at, now);
     }
 
     /// Sends `call`'s late INVITE to the device's fresh contact from a thread of ours (never

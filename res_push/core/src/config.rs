@@ -72,7 +72,8 @@ pub struct General {
     /// Voicemail: also a background push (APNs `content-available`) to iOS devices on every
     /// change of the counts, heard messages included, for apps that keep a badge.
     pub mwi_background_push: bool,
-    /// How long after its call ended a pushed device that never got the call is remembered:
+    /// How long after its call push a pushed device that never got the call is remembered
+    /// (counted from the push, which is what made the app report a call to CallKit):
     /// when it registers within this window it gets an INVITE from the same caller followed
     /// at once by a CANCEL whose Reason says how the call ended (what Flexisip does), so an
     /// app that reported the push to CallKit can close that call. Zero disables.

@@ -117,14 +117,16 @@ pub struct MissedCall {
 #[derive(Debug, Clone)]
 struct Entry {
     device: String,
-    ended_at: Instant,
+    /// When the device was pushed for the call: the window runs from the push, as RFC 8599
+    /// apps see it (the push is what made the app report a call), not from the call's end.
+    pushed_at: Instant,
     /// `None` once its late INVITE went out: kept until the window passes so that a second
     /// end of the same call (a dialplan retrying the device) does not send a second one.
     call: Option<MissedCall>,
     call_uuid: String,
 }
 
-/// The calls pushed devices missed, each remembered for `window` after it ended.
+/// The calls pushed devices missed, each remembered until `window` after its push.
 #[derive(Debug, Clone, Default)]
 pub struct LateWakes {
     window: Duration,
@@ -153,13 +155,14 @@ impl LateWakes {
     fn expire(&mut self, now: Instant) {
         let window = self.window;
         self.entries
-            .retain(|e| now.saturating_duration_since(e.ended_at) < window);
+            .retain(|e| now.saturating_duration_since(e.pushed_at) < window);
     }
 
-    /// `device`'s part of `call` ended at `now` without reaching it.
-    pub fn ended(&mut self, device: &str, call: MissedCall, now: Instant) {
+    /// `device`, pushed for `call` at `pushed_at`, saw its part of the call end at `now`
+    /// without reaching it.
+    pub fn ended(&mut self, device: &str, call: MissedCall, pushed_at: Instant, now: Instant) {
         self.expire(now);
-        if self.window.is_zero() {
+        if now.saturating_duration_since(pushed_at) >= self.window {
             return;
         }
         if let Some(e) = self
@@ -169,14 +172,13 @@ impl LateWakes {
         {
             // Already sent for this call: at most once per call and device.
             if e.call.is_some() {
-                e.ended_at = now;
                 e.call = Some(call);
             }
             return;
         }
         self.entries.push(Entry {
             device: device.to_string(),
-            ended_at: now,
+            pushed_at,
             call_uuid: call.call_uuid.clone(),
             call: Some(call),
         });
@@ -280,7 +282,7 @@ mod tests {
     fn register_within_the_window_gets_the_call_once() {
         let t0 = Instant::now();
         let mut l = LateWakes::new(W);
-        l.ended("dev1", call("u1", Ending::AnsweredElsewhere), t0);
+        l.ended("dev1", call("u1", Ending::AnsweredElsewhere), t0, t0);
         assert!(l.registered("dev2", t0, false).is_empty(), "other device");
         let got = l.registered("dev1", t0 + Duration::from_secs(5), false);
         assert_eq!(got, vec![call("u1", Ending::AnsweredElsewhere)]);
@@ -294,6 +296,7 @@ mod tests {
             "dev1",
             call("u1", Ending::Terminated),
             t0 + Duration::from_secs(7),
+            t0 + Duration::from_secs(7),
         );
         assert!(
             l.registered("dev1", t0 + Duration::from_secs(8), false)
@@ -305,16 +308,51 @@ mod tests {
     fn register_after_the_window_gets_nothing() {
         let t0 = Instant::now();
         let mut l = LateWakes::new(W);
-        l.ended("dev1", call("u1", Ending::Terminated), t0);
+        l.ended("dev1", call("u1", Ending::Terminated), t0, t0);
         assert!(l.registered("dev1", t0 + W, false).is_empty());
         assert!(l.is_empty(), "expired entries are dropped");
+    }
+
+    #[test]
+    fn the_window_runs_from_the_push_not_from_the_end_of_the_call() {
+        let t0 = Instant::now();
+        let mut l = LateWakes::new(Duration::from_secs(10));
+        // Rang for 6 s, registered 5 s after the end: 11 s after its push.
+        l.ended(
+            "dev1",
+            call("u1", Ending::Terminated),
+            t0,
+            t0 + Duration::from_secs(6),
+        );
+        assert!(
+            l.registered("dev1", t0 + Duration::from_secs(11), false)
+                .is_empty()
+        );
+        // A call that outlasted the window leaves nothing to close.
+        l.ended(
+            "dev1",
+            call("u2", Ending::Terminated),
+            t0,
+            t0 + Duration::from_secs(12),
+        );
+        assert!(l.is_empty());
+        l.ended(
+            "dev1",
+            call("u3", Ending::AnsweredElsewhere),
+            t0 + Duration::from_secs(20),
+            t0 + Duration::from_secs(26),
+        );
+        assert_eq!(
+            l.registered("dev1", t0 + Duration::from_secs(29), false),
+            vec![call("u3", Ending::AnsweredElsewhere)]
+        );
     }
 
     #[test]
     fn zero_window_remembers_nothing() {
         let t0 = Instant::now();
         let mut l = LateWakes::new(Duration::ZERO);
-        l.ended("dev1", call("u1", Ending::Terminated), t0);
+        l.ended("dev1", call("u1", Ending::Terminated), t0, t0);
         assert!(l.is_empty());
         assert!(l.registered("dev1", t0, false).is_empty());
     }
@@ -323,7 +361,7 @@ mod tests {
     fn a_device_rung_for_another_call_keeps_its_missed_call_for_later() {
         let t0 = Instant::now();
         let mut l = LateWakes::new(W);
-        l.ended("dev1", call("u1", Ending::Terminated), t0);
+        l.ended("dev1", call("u1", Ending::Terminated), t0, t0);
         assert!(
             l.registered("dev1", t0 + Duration::from_secs(1), true)
                 .is_empty()
@@ -338,10 +376,11 @@ mod tests {
     fn several_missed_calls_come_oldest_first() {
         let t0 = Instant::now();
         let mut l = LateWakes::new(W);
-        l.ended("dev1", call("u1", Ending::Terminated), t0);
+        l.ended("dev1", call("u1", Ending::Terminated), t0, t0);
         l.ended(
             "dev1",
             call("u2", Ending::AnsweredElsewhere),
+            t0 + Duration::from_secs(1),
             t0 + Duration::from_secs(1),
         );
         let got = l.registered("dev1", t0 + Duration::from_secs(2), false);
@@ -355,7 +394,7 @@ mod tests {
     fn a_shorter_window_on_reload_applies_to_kept_calls() {
         let t0 = Instant::now();
         let mut l = LateWakes::new(W);
-        l.ended("dev1", call("u1", Ending::Terminated), t0);
+        l.ended("dev1", call("u1", Ending::Terminated), t0, t0);
         l.set_window(Duration::from_secs(2));
         assert!(
             l.registered("dev1", t0 + Duration::from_secs(3), false)
