@@ -49,13 +49,15 @@ fn main() {
         "res_pjsip.h needs the headers of the pjproject bundled with that Asterisk, configured.",
     );
 
-    const SHIM_SOURCES: [&str; 6] = [
+    const SHIM_SOURCES: [&str; 8] = [
         "shim_module.c",
         "shim_sorcery.c",
         "shim_identity.c",
         "shim_pjsip.c",
         "shim_manager.c",
         "shim_wake.c",
+        "shim_mwi.c",
+        "shim_message.c",
     ];
     for f in ["wrapper.h", "shim.h"].iter().chain(SHIM_SOURCES.iter()) {
         println!("cargo:rerun-if-changed={}", shim_dir.join(f).display());
@@ -94,7 +96,7 @@ fn main() {
         .blocklist_function("ast_log|ast_cli|ast_verbose|__ast_verbose|ast_log_safe")
         // Implemented in Rust (entry.rs); the shim only declares them for its own use.
         .blocklist_function(
-            "rp_module_.*|rp_cli_describe|rp_cli_exec|rp_sip_on_.*|rp_ami_exec|rp_wake_local_destination|rp_wake_devicestate|rp_wake_app",
+            "rp_module_.*|rp_cli_describe|rp_cli_exec|rp_sip_on_.*|rp_ami_exec|rp_mwi_on_state|rp_wake_local_destination|rp_wake_devicestate|rp_wake_app|rp_msg_send|rp_msg_status",
         )
         .default_enum_style(bindgen::EnumVariation::ModuleConsts)
         .derive_debug(false)

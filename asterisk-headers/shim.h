@@ -23,6 +23,8 @@ enum rp_cli_command {
 	RP_CLI_DELETE_BINDING,
 	RP_CLI_SEND,
 	RP_CLI_TEST,
+	RP_CLI_SHOW_MESSAGES,
+	RP_CLI_DELETE_MESSAGES,
 	RP_CLI_COUNT,
 };
 
@@ -154,6 +156,47 @@ void rp_shim_set_hangupcause(struct ast_channel *chan, int cause);
 /* Hangs a channel up from another thread (a stale leg of a device that registered elsewhere). */
 void rp_shim_softhangup(struct ast_channel *chan);
 
+/* ---- Voicemail (shim_mwi.c) ---- */
+/* One MWI state: mailbox@context and its counts. */
+typedef void (*rp_mwi_fn)(void *ctx, const char *mailbox, int new_msgs, int old_msgs, int urgent_msgs);
+/* One PJSIP object with mailboxes: an endpoint (is_aor 0, with its aors) or an AOR (is_aor 1). */
+typedef void (*rp_owner_fn)(void *ctx, int is_aor, const char *name, const char *mailboxes, const char *aors);
+/* Subscribes to every mailbox's MWI state; each change calls rp_mwi_on_state. */
+int rp_shim_mwi_subscribe(void);
+/* Unsubscribes and waits until no callback runs any more. */
+void rp_shim_mwi_unsubscribe(void);
+/* The states in Asterisk's MWI cache, each passed to `each`. */
+void rp_shim_mwi_cached(rp_mwi_fn each, void *ctx);
+/* Every endpoint and AOR whose mailboxes option is set (sorcery reads: not on a SIP thread). */
+void rp_shim_mailbox_owners(rp_owner_fn each, void *ctx);
+/* The hangup cause a channel has now (e.g. ANSWERED_ELSEWHERE, set by the Dial that hung it up). */
+int rp_shim_hangup_cause(struct ast_channel *chan);
+/* A new outgoing channel of `tech` to `dest` (not called yet), with every audio format offered;
+ * NULL with *cause set on failure. Ours to hang up with rp_shim_hangup. */
+struct ast_channel *rp_shim_request(const char *tech, const char *dest, int *cause);
+/* The calling party (From of the INVITE) and caller id of an outgoing channel; NULL: none. */
+void rp_shim_set_calling_party(struct ast_channel *chan, const char *number, const char *name);
+/* ast_call: the INVITE goes out. 0 on success. */
+int rp_shim_call(struct ast_channel *chan, const char *dest);
+/* Waits up to ms for a frame on a channel no PBX runs: the control frame's subclass (> 0), 0 for
+ * none or another frame, -1 when the channel hung up. */
+int rp_shim_read_control(struct ast_channel *chan, int ms);
+/* Hangs up and releases a channel from rp_shim_request, with this hangup cause. */
+void rp_shim_hangup(struct ast_channel *chan, int cause);
+/* ast_module_check: 1 when the module (e.g. "res_pjsip_rfc3326.so") is loaded. */
+int rp_shim_module_running(const char *name);
+
+/* ---- Messages (shim_message.c) ---- */
+struct ast_msg;
+
+/* Registers the `push` message technology and PUSH_MESSAGE_STATUS(). */
+int rp_shim_msg_register(void);
+void rp_shim_msg_unregister(void);
+/* Sets a global dialplan variable. */
+void rp_shim_set_global(const char *name, const char *value);
+/* A new message with these fields (ast_msg_set_* are variadic), or NULL. */
+struct ast_msg *rp_shim_msg_new(const char *to, const char *from, const char *body);
+
 /* ---- Sorcery: the push binding object type (shim_sorcery.c) ---- */
 struct ast_sorcery;
 
@@ -175,6 +218,7 @@ int rp_shim_sorcery_retrieve(const struct ast_sorcery *sorcery, const char *type
 	const char *value, void (*each)(void *ctx, void *obj), void *ctx);
 
 /* Implemented in Rust (res_push/src/entry.rs). */
+void rp_mwi_on_state(const char *mailbox, int new_msgs, int old_msgs, int urgent_msgs);
 /* `requestor` (the caller, or NULL): the call pushes go out from here, before any Local leg runs. */
 int rp_wake_local_destination(const char *endpoint, struct ast_channel *requestor, char *dest, size_t len);
 int rp_wake_devicestate(const char *endpoint);
@@ -183,11 +227,20 @@ int rp_sip_on_register(struct pjsip_rx_data *rdata);
 /* Returns 1 when it wrote a replacement Request-URI into `out` (NUL-terminated, at most `len`). */
 int rp_sip_on_invite(struct ast_channel *chan, const char *request_uri, const char *call_id, char *out, size_t len);
 void rp_sip_on_response(struct pjsip_tx_data *tdata);
+/* A provisional response (100-199) to an initial INVITE arrived on the session of `chan`. */
+void rp_sip_on_provisional(struct ast_channel *chan);
+/* A CANCEL is leaving on the session of `chan`: returns 1 with a Reason header value to add in
+ * `out` (NUL-terminated, at most `len`). */
+int rp_sip_on_cancel(struct ast_channel *chan, char *out, size_t len);
 int rp_ami_exec(int action, struct mansession *s, const struct message *m);
 enum ast_module_load_result rp_module_load(void);
 int rp_module_unload(void);
 int rp_module_reload(void);
 void rp_cli_describe(int command, const char **words, const char **usage);
 int rp_cli_exec(int command, int fd, int argc, const char *const *argv);
+/* The `push` message technology's msg_send: 0 accepted (delivered or queued). */
+int rp_msg_send(const struct ast_msg *msg, const char *to, const char *from);
+/* PUSH_MESSAGE_STATUS(): this thread's last MessageSend(push:...) outcome into `buf`. */
+int rp_msg_status(char *buf, size_t len);
 
 #endif

@@ -45,6 +45,8 @@ static struct ast_cli_entry rp_cli_entries[RP_CLI_COUNT] = {
 	[RP_CLI_DELETE_BINDING] = AST_CLI_DEFINE(rp_cli_handler, "Delete push bindings"),
 	[RP_CLI_SEND] = AST_CLI_DEFINE(rp_cli_handler, "Send a push to the devices of an AOR"),
 	[RP_CLI_TEST] = AST_CLI_DEFINE(rp_cli_handler, "Send a test push to a token"),
+	[RP_CLI_SHOW_MESSAGES] = AST_CLI_DEFINE(rp_cli_handler, "List messages waiting for sleeping devices"),
+	[RP_CLI_DELETE_MESSAGES] = AST_CLI_DEFINE(rp_cli_handler, "Delete the queued messages of an AOR"),
 };
 
 static char *rp_cli_handler(struct ast_cli_entry *e, int cmd, struct ast_cli_args *a)

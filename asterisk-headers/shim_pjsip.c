@@ -237,10 +237,43 @@ static void rp_invite_outgoing_request(struct ast_sip_session *session, pjsip_tx
 	}
 }
 
+/* 100 Trying and the other provisional responses to an initial INVITE: chan_pjsip makes no
+ * frame of a 100, and a late wake-up's INVITE is cancelled as soon as one arrives (a CANCEL
+ * before any provisional response is deferred by pjsip and then sent without supplements,
+ * hence without its Reason). */
+static void rp_invite_incoming_response(struct ast_sip_session *session, pjsip_rx_data *rdata)
+{
+	int code = rdata->msg_info.msg->line.status.code;
+
+	if (code >= 100 && code < 200 && session->channel
+		&& session->inv_session && session->inv_session->role == PJSIP_ROLE_UAC) {
+		rp_sip_on_provisional(session->channel);
+	}
+}
+
 /* Linked into res_pjsip_session's supplement list while registered: static storage. */
 static struct ast_sip_session_supplement rp_invite_supplement = {
 	.method = "INVITE",
 	.outgoing_request = rp_invite_outgoing_request,
+	.incoming_response = rp_invite_incoming_response,
+	/* The transaction-state pass: it sees 100 Trying, which changes no invite state. */
+	.response_priority = AST_SIP_SESSION_AFTER_MEDIA,
+};
+
+/* A CANCEL leaving: Rust may give a Reason header for it (late wake-ups). */
+static void rp_cancel_outgoing_request(struct ast_sip_session *session, pjsip_tx_data *tdata)
+{
+	char reason[256];
+
+	if (session->channel && rp_sip_on_cancel(session->channel, reason, sizeof(reason)) == 1) {
+		ast_sip_add_header(tdata, "Reason", reason);
+	}
+}
+
+/* Linked into res_pjsip_session's supplement list while registered: static storage. */
+static struct ast_sip_session_supplement rp_cancel_supplement = {
+	.method = "CANCEL",
+	.outgoing_request = rp_cancel_outgoing_request,
 };
 
 int rp_shim_sip_register(void)
@@ -250,11 +283,13 @@ int rp_shim_sip_register(void)
 	}
 	ast_sip_register_supplement(&rp_register_supplement);
 	ast_sip_session_register_supplement(&rp_invite_supplement);
+	ast_sip_session_register_supplement(&rp_cancel_supplement);
 	return 0;
 }
 
 void rp_shim_sip_unregister(void)
 {
+	ast_sip_session_unregister_supplement(&rp_cancel_supplement);
 	ast_sip_session_unregister_supplement(&rp_invite_supplement);
 	ast_sip_unregister_supplement(&rp_register_supplement);
 	ast_sip_unregister_service(&rp_register_module);

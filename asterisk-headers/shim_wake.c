@@ -10,6 +10,7 @@
 #include "shim.h"
 
 #include "asterisk/app.h"
+#include "asterisk/callerid.h"
 #include "asterisk/causes.h"
 #include "asterisk/channel.h"
 #include "asterisk/devicestate.h"
@@ -86,8 +87,9 @@ int rp_shim_wake_register(void)
 			"PushDevice(binding-id): one device leg of PushDial (internal).", AST_MODULE_SELF)
 		|| ast_register_application2("PushWake", rp_app_push_wake, "Wake an endpoint's push devices and wait",
 			"PushWake(endpoint[,timeout[,options]]): pushes every device of the endpoint, waits for a "
-			"REGISTER, then sets PUSHSTATUS (WOKEN, TIMEOUT, NOBINDING, FAILED, HANGUP) and "
-			"PUSH_CONTACTS (a dial string of the fresh contacts).", AST_MODULE_SELF)
+			"REGISTER, then sets PUSHSTATUS (WOKEN, TIMEOUT, NOBINDING, FAILED, HANGUP), "
+			"PUSH_CONTACTS (a dial string of the fresh contacts) and PUSH_REASONS "
+			"(<binding id>:<reason>,... per device).", AST_MODULE_SELF)
 		|| add_context("res-push-wake", "_w.", "PushDial", "${EXTEN:1}")
 		|| add_context("res-push-device", "_d.", "PushDevice", "${EXTEN:1}")
 		|| ast_channel_register(&rp_push_tech)) {
@@ -224,4 +226,92 @@ void rp_shim_set_hangupcause(struct ast_channel *chan, int cause)
 void rp_shim_softhangup(struct ast_channel *chan)
 {
 	ast_softhangup(chan, AST_SOFTHANGUP_EXPLICIT);
+}
+
+int rp_shim_hangup_cause(struct ast_channel *chan)
+{
+	int cause;
+
+	ast_channel_lock(chan);
+	cause = ast_channel_hangupcause(chan);
+	ast_channel_unlock(chan);
+	return cause;
+}
+
+struct ast_channel *rp_shim_request(const char *tech, const char *dest, int *cause)
+{
+	struct ast_format_cap *cap = ast_format_cap_alloc(AST_FORMAT_CAP_FLAG_DEFAULT);
+	struct ast_channel *chan;
+
+	if (!cap) {
+		return NULL;
+	}
+	/* Every audio format: the endpoint's own allow list picks the codecs. */
+	ast_format_cap_append_by_type(cap, AST_MEDIA_TYPE_AUDIO);
+	chan = ast_request(tech, cap, NULL, NULL, dest, cause);
+	ao2_ref(cap, -1);
+	return chan;
+}
+
+void rp_shim_set_calling_party(struct ast_channel *chan, const char *number, const char *name)
+{
+	struct ast_party_connected_line connected;
+
+	/* chan_pjsip builds the From of an outgoing INVITE from the connected line. */
+	ast_party_connected_line_init(&connected);
+	if (number) {
+		connected.id.number.valid = 1;
+		connected.id.number.str = (char *) number;
+		connected.id.number.presentation = AST_PRES_ALLOWED_USER_NUMBER_NOT_SCREENED;
+	}
+	if (name) {
+		connected.id.name.valid = 1;
+		connected.id.name.str = (char *) name;
+		connected.id.name.presentation = AST_PRES_ALLOWED_USER_NUMBER_NOT_SCREENED;
+	}
+	ast_channel_lock(chan);
+	ast_channel_set_connected_line(chan, &connected, NULL);
+	ast_set_callerid(chan, number, name, number);
+	ast_channel_unlock(chan);
+}
+
+int rp_shim_call(struct ast_channel *chan, const char *dest)
+{
+	return ast_call(chan, dest, 0);
+}
+
+int rp_shim_read_control(struct ast_channel *chan, int ms)
+{
+	struct ast_frame *f;
+	int control = 0;
+	int r = ast_waitfor(chan, ms);
+
+	if (r < 0) {
+		return -1;
+	}
+	if (r == 0) {
+		return 0;
+	}
+	f = ast_read(chan);
+	if (!f) {
+		return -1;
+	}
+	if (f->frametype == AST_FRAME_CONTROL) {
+		control = f->subclass.integer;
+	}
+	ast_frfree(f);
+	return control > 0 ? control : 0;
+}
+
+void rp_shim_hangup(struct ast_channel *chan, int cause)
+{
+	ast_channel_lock(chan);
+	ast_channel_hangupcause_set(chan, cause);
+	ast_channel_unlock(chan);
+	ast_hangup(chan);
+}
+
+int rp_shim_module_running(const char *name)
+{
+	return ast_module_check(name);
 }

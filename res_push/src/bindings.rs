@@ -9,7 +9,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError, bounded, select};
-use res_push_core::binding::{Binding, Change, Registration, Store, redact, redact_uri};
+use res_push_core::binding::{
+    Binding, Change, Policy, PushVerdict, Registration, RemoveReason, Store, redact, redact_uri,
+    verdict,
+};
 use res_push_core::config::General;
 use res_push_core::pn::PushParams;
 use res_push_core::registrar::Action;
@@ -20,11 +23,12 @@ use res_push_proto::{
 use res_push_core::shared::{self, Scope, StoreStatus};
 
 use crate::ast::channel::{Chan, WaitEnd};
-use crate::ast::sync::slot;
+use crate::ast::sync::{Snapshot, slot};
 use crate::ast::thread::{self, Thread};
 use crate::ast::{channel, manager, pjsip};
 use crate::link::Link;
 use crate::persist::{Lookup, Persist, Write};
+
 /// How often bindings are checked for max age and refresh pushes.
 const TICK: Duration = Duration::from_secs(1);
 
@@ -41,6 +45,12 @@ pub enum Work {
     Publish(Vec<Change>),
     /// The provider reported a token dead.
     InvalidToken(Provider, String),
+    /// A push to binding `id` of `aor` failed (`true`) or was delivered after failures.
+    PushResult {
+        aor: String,
+        id: String,
+        failed: bool,
+    },
 }
 
 /// Settings the registry reads on each tick (replaced on reload).
@@ -51,6 +61,7 @@ struct Settings {
     server_pnsreg: bool,
     cache: Duration,
     lookup_timeout: Duration,
+    max_failures: Option<u32>,
 }
 
 impl From<&General> for Settings {
@@ -61,6 +72,7 @@ impl From<&General> for Settings {
             server_pnsreg: g.policy.pnsreg.is_some(),
             cache: g.binding_cache,
             lookup_timeout: g.binding_lookup_timeout,
+            max_failures: g.binding_policy.max_failures,
         }
     }
 }
@@ -78,6 +90,8 @@ enum Known {
 pub struct Bindings {
     store: Mutex<Store>,
     settings: Mutex<Settings>,
+    /// Hygiene policy, read on every REGISTER (lock-free).
+    policy: Snapshot<Policy>,
     work: Sender<Work>,
     stop: Mutex<Option<Sender<()>>>,
     thread: Mutex<Option<Thread>>,
@@ -108,6 +122,9 @@ impl std::fmt::Debug for Work {
         match self {
             Work::Publish(changes) => write!(f, "Publish({} changes)", changes.len()),
             Work::InvalidToken(p, t) => write!(f, "InvalidToken({p:?}, {})", redact(t)),
+            Work::PushResult { aor, id, failed } => {
+                write!(f, "PushResult({aor}, {id}, failed: {failed})")
+            }
         }
     }
 }
@@ -152,6 +169,7 @@ impl Bindings {
             me: me.clone(),
             store: Mutex::new(store),
             settings: Mutex::new(Settings::from(general)),
+            policy: Snapshot::new(general.binding_policy),
             work,
             stop: Mutex::new(Some(stop)),
             thread: Mutex::new(None),
@@ -369,6 +387,27 @@ impl Bindings {
     /// Applies a reloaded configuration; bindings are untouched.
     pub fn reconfigure(&self, general: &General) {
         *lock(&self.settings) = Settings::from(general);
+        self.policy.replace(general.binding_policy);
+    }
+
+    /// Counts a push's result against its binding (`res_push_core::binding::verdict` decides
+    /// what counts). Runs on the link thread: at most a lookup under the lock, then a queue.
+    pub fn push_result(
+        &self,
+        aor: &str,
+        id: &str,
+        result: &Result<Outcome, crate::link::LinkError>,
+    ) {
+        let failed = match verdict(result.as_ref().ok()) {
+            PushVerdict::Failed => true,
+            PushVerdict::Delivered if lock(&self.store).has_failures(aor, id) => false,
+            PushVerdict::Delivered | PushVerdict::Neutral => return,
+        };
+        self.submit(Work::PushResult {
+            aor: aor.to_string(),
+            id: id.to_string(),
+            failed,
+        });
     }
 
     /// Stops the workers (pending work is applied first, then stored).
@@ -438,7 +477,7 @@ impl Bindings {
 
     /// Provisioning without SIP (AMI `PushBindingAdd`).
     pub fn provision(&self, r: Registration) -> Binding {
-        let changes = lock(&self.store).provision(r, now());
+        let changes = lock(&self.store).register_with(r, now(), self.policy.get());
         let binding = changes.iter().rev().find_map(|c| match c {
             Change::Added(b) | Change::Updated { binding: b, .. } => Some(b.clone()),
             Change::Removed { .. } => None,
@@ -513,7 +552,7 @@ impl Bindings {
                             ua_pnsreg,
                             expires,
                         };
-                        store.register(registration, now)
+                        store.register_with(registration, now, self.policy.get())
                     }
                     Action::Unregister(params) => store.unregister(aor, &params),
                     Action::UnregisterAll => store.unregister_all(aor),
@@ -542,6 +581,25 @@ impl Bindings {
                 lock(&self.store).invalid_token(provider, &token)
             }
             Work::Publish(changes) => changes,
+            Work::PushResult { aor, id, failed } => {
+                let max = lock(&self.settings).max_failures;
+                let mut store = lock(&self.store);
+                if failed {
+                    let changes = store.push_failed(&aor, &id, max);
+                    for c in &changes {
+                        if let Change::Removed { binding, .. } = c {
+                            tracing::warn!(
+                                "{aor}: binding {id} ({}) dropped: {} pushes failed in a row (binding_max_failures)",
+                                redact(&binding.token),
+                                binding.failures
+                            );
+                        }
+                    }
+                    changes
+                } else {
+                    store.push_delivered(&aor, &id)
+                }
+            }
         };
         self.publish(changes);
     }
@@ -652,18 +710,33 @@ impl Bindings {
             },
         });
         let work = self.work.clone();
-        let (provider, token, aor) = (b.provider, b.token.clone(), b.aor.clone());
-        let done = Box::new(move |r: Result<Outcome, crate::link::LinkError>| match r {
-            Ok(Outcome::InvalidToken { reason }) => {
-                tracing::info!(
-                    "{aor}: token {} reported dead ({reason}); removing binding",
-                    redact(&token)
-                );
-                let _ = work.try_send(Work::InvalidToken(provider, token));
+        let (provider, token, aor, id) = (b.provider, b.token.clone(), b.aor.clone(), b.id.clone());
+        let done = Box::new(move |r: Result<Outcome, crate::link::LinkError>| {
+            // Refresh pushes are rare: a delivery is queued even without failures to reset.
+            let failed = match verdict(r.as_ref().ok()) {
+                PushVerdict::Failed => Some(true),
+                PushVerdict::Delivered => Some(false),
+                PushVerdict::Neutral => None,
+            };
+            if let Some(failed) = failed {
+                let _ = work.try_send(Work::PushResult {
+                    aor: aor.clone(),
+                    id: id.clone(),
+                    failed,
+                });
             }
-            Ok(Outcome::Sent { .. }) => {}
-            Ok(other) => tracing::warn!("{aor}: refresh push not sent: {other:?}"),
-            Err(e) => tracing::warn!("{aor}: refresh push not sent: {e}"),
+            match r {
+                Ok(Outcome::InvalidToken { reason }) => {
+                    tracing::info!(
+                        "{aor}: token {} reported dead ({reason}); removing binding",
+                        redact(&token)
+                    );
+                    let _ = work.try_send(Work::InvalidToken(provider, token));
+                }
+                Ok(Outcome::Sent { .. }) => {}
+                Ok(other) => tracing::warn!("{aor}: refresh push not sent: {other:?}"),
+                Err(e) => tracing::warn!("{aor}: refresh push not sent: {e}"),
+            }
         });
         if let Err(e) = link.submit(job, None, done) {
             tracing::warn!("{}: refresh push not queued: {e}", b.aor);
@@ -715,6 +788,7 @@ impl Bindings {
                 }
                 Change::Removed { binding: b, reason } => {
                     self.persist.write(Write::Delete(b.clone()));
+                    self.remove_contact_of(&b, reason);
                     tracing::info!(
                         "{}: push binding {} removed ({})",
                         b.aor,
@@ -726,9 +800,31 @@ impl Bindings {
                         &event_fields(&b, Some(reason.as_str())),
                     );
                     channel::devstate_changed(&format!("Push/{}", b.aor));
+                    if let Some(running) = crate::module::running() {
+                        running.messages.binding_removed(&b.id, reason.as_str());
+                    }
                 }
             }
         }
+    }
+
+    /// A device replaced by a newer one or gone to another account loses its SIP contact in
+    /// the AOR too, unless another binding still registers from it.
+    fn remove_contact_of(&self, b: &Binding, reason: RemoveReason) {
+        if !reason.takes_contact()
+            || b.contact_uri.is_empty()
+            || lock(&self.store).contact_in_use(&b.aor, &b.contact_uri)
+        {
+            return;
+        }
+        let removed = pjsip::delete_contact(&b.aor, &b.contact_uri);
+        tracing::info!(
+            "{}: contact {} of binding {} {}",
+            b.aor,
+            redact_uri(&b.contact_uri),
+            b.id,
+            if removed { "removed" } else { "already gone" }
+        );
     }
 
     fn persist(&self, b: &Binding) {
@@ -776,6 +872,7 @@ pub fn event_fields(b: &Binding, reason: Option<&str>) -> Vec<(&'static str, Str
         ("UserAgent", b.user_agent.clone().unwrap_or_default()),
         ("RegistrationExpires", b.expires_at.to_string()),
         ("LastRegister", b.last_register.to_string()),
+        ("Failures", b.failures.to_string()),
     ];
     if let Some(r) = reason {
         f.push(("Reason", r.to_string()));

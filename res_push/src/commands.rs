@@ -49,6 +49,16 @@ const SPECS: &[Spec] = &[
         words: c"push delete binding",
         usage: c"Usage: push delete binding <aor> [<id>]\n       Deletes one push binding of an AOR (by the id shown by 'push show bindings'),\n       or all of them.\n",
     },
+    Spec {
+        index: rp_cli_command::RP_CLI_SHOW_MESSAGES,
+        words: c"push show messages",
+        usage: c"Usage: push show messages [<aor>]\n       Lists the messages (MessageSend(push:...)) waiting for sleeping devices, all or\n       those of one AOR, oldest first: age, sender, size and how many devices wait.\n       Bodies are not shown.\n",
+    },
+    Spec {
+        index: rp_cli_command::RP_CLI_DELETE_MESSAGES,
+        words: c"push delete messages",
+        usage: c"Usage: push delete messages <aor>\n       Deletes every queued message of an AOR (they will not be delivered).\n",
+    },
 ];
 
 /// How long a listing waits for a shared binding store to answer (a CLI thread, never a SIP
@@ -59,7 +69,8 @@ const STALE: &str = "(the shared binding store did not answer: this node's copy 
 /// Extra arguments each command accepts after its words: (min, max).
 fn extra_args(index: u32) -> (usize, usize) {
     match index {
-        rp_cli_command::RP_CLI_SHOW_BINDINGS => (0, 1),
+        rp_cli_command::RP_CLI_SHOW_BINDINGS | rp_cli_command::RP_CLI_SHOW_MESSAGES => (0, 1),
+        rp_cli_command::RP_CLI_DELETE_MESSAGES => (1, 1),
         rp_cli_command::RP_CLI_SHOW_BINDING => (1, 1),
         rp_cli_command::RP_CLI_DELETE_BINDING => (1, 2),
         // Free text may span several words.
@@ -139,6 +150,21 @@ pub fn exec(index: i32, out: Output, args: &[String]) -> Outcome {
             } else {
                 Outcome::Success
             }
+        }
+        rp_cli_command::RP_CLI_SHOW_MESSAGES => {
+            out.write(&messages_table(
+                &running.messages.list(extra.first().map(String::as_str)),
+                now(),
+            ));
+            Outcome::Success
+        }
+        rp_cli_command::RP_CLI_DELETE_MESSAGES => {
+            let n = running.messages.clear(&extra[0]);
+            out.write(&format!(
+                "{n} queued message(s) of '{}' deleted\n",
+                extra[0]
+            ));
+            Outcome::Success
         }
         rp_cli_command::RP_CLI_SEND => send(&running, out, extra),
         rp_cli_command::RP_CLI_TEST => test(&running, out, extra),
@@ -249,6 +275,30 @@ fn table(list: &[Binding], now: u64) -> String {
         );
     }
     let _ = writeln!(o, "{} push binding(s)", list.len());
+    o
+}
+
+fn messages_table(list: &[res_push_core::message::Queued], now: u64) -> String {
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "{:<20} {:<8} {:<12} {:<32} {:>6} Waiting",
+        "AOR", "Seq", "Age", "From", "Bytes"
+    );
+    for m in list {
+        let age = humantime::format_duration(Duration::from_secs(now.saturating_sub(m.created)));
+        let _ = writeln!(
+            o,
+            "{:<20} {:<8} {:<12} {:<32} {:>6} {} device(s)",
+            m.aor,
+            m.seq,
+            age.to_string(),
+            m.from,
+            m.body.len(),
+            m.devices.len()
+        );
+    }
+    let _ = writeln!(o, "{} queued message(s)", list.len());
     o
 }
 

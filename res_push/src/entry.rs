@@ -105,6 +105,23 @@ pub extern "C" fn rp_sip_on_response(tdata: *mut crate::ffi::pjsip_tx_data) {
     })
 }
 
+/// An MWI state published (stasis pool thread): queued for the MWI thread, nothing more.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn rp_mwi_on_state(
+    mailbox: *const c_char,
+    new_msgs: i32,
+    old_msgs: i32,
+    urgent_msgs: i32,
+) {
+    guard("MWI callback", (), || {
+        if let Some(r) = module::running() {
+            // SAFETY: the shim passes the state's own string, live for this call.
+            let state = unsafe { crate::ast::mwi::state(mailbox, new_msgs, old_msgs, urgent_msgs) };
+            r.mwi.on_state(state);
+        }
+    })
+}
+
 /// An AMI action.
 #[unsafe(no_mangle)]
 pub extern "C" fn rp_ami_exec(
@@ -246,5 +263,109 @@ pub unsafe extern "C" fn rp_sip_on_invite(
             }
             _ => 0,
         }
+    })
+}
+
+/// A provisional response to an initial INVITE (late wake-ups cancel theirs at once).
+///
+/// # Safety
+/// `chan` is the session's channel, alive during the callback, or NULL.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn rp_sip_on_provisional(chan: *mut crate::ffi::ast_channel) {
+    guard("INVITE response hook", (), || {
+        // SAFETY: per this function's contract.
+        let chan = unsafe { crate::ast::channel::Chan::from_ptr(chan) };
+        if let (Some(r), Some(chan)) = (module::running(), chan) {
+            r.wake.provisional(chan);
+        }
+    })
+}
+
+/// A CANCEL about to leave. Returns 1 when it wrote a Reason header value into `out`.
+///
+/// # Safety
+/// `chan` is the session's channel or NULL; `out` points to `len` writable bytes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn rp_sip_on_cancel(
+    chan: *mut crate::ffi::ast_channel,
+    out: *mut c_char,
+    len: usize,
+) -> i32 {
+    guard("CANCEL hook", 0, || {
+        // SAFETY: per this function's contract.
+        let chan = unsafe { crate::ast::channel::Chan::from_ptr(chan) };
+        let (Some(r), Some(chan)) = (module::running(), chan) else {
+            return 0;
+        };
+        match r.wake.cancel_reason(chan) {
+            Some(reason) if reason.len() < len => {
+                // SAFETY: `out` has room for `len` bytes; we write reason.len() + 1 <= len.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(reason.as_ptr(), out.cast(), reason.len());
+                    *out.add(reason.len()) = 0;
+                }
+                1
+            }
+            _ => 0,
+        }
+    })
+}
+
+/// The `push` message technology's `msg_send`: 0 when the message was delivered or queued.
+///
+/// # Safety
+/// `msg` is the live message Asterisk holds locked for this call; `to` and `from` C strings
+/// or NULL.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn rp_msg_send(
+    msg: *const crate::ffi::ast_msg,
+    to: *const c_char,
+    from: *const c_char,
+) -> i32 {
+    guard("MessageSend(push:...)", -1, || {
+        let text = |p: *const c_char| {
+            if p.is_null() {
+                String::new()
+            } else {
+                // SAFETY: per this function's contract.
+                unsafe { std::ffi::CStr::from_ptr(p) }
+                    .to_string_lossy()
+                    .into_owned()
+            }
+        };
+        let (to, from) = (text(to), text(from));
+        // SAFETY: per this function's contract.
+        let Some(msg) = (unsafe { crate::ast::message::Msg::from_ptr(msg) }) else {
+            return -1;
+        };
+        let Some(r) = module::running() else {
+            return -1;
+        };
+        if r.messages.send(&r, msg, &to, &from).accepted() {
+            0
+        } else {
+            -1
+        }
+    })
+}
+
+/// `PUSH_MESSAGE_STATUS()`: writes this thread's last `MessageSend(push:...)` outcome.
+///
+/// # Safety
+/// `buf` points to `len` writable bytes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn rp_msg_status(buf: *mut c_char, len: usize) -> i32 {
+    guard("PUSH_MESSAGE_STATUS()", -1, || {
+        let s = crate::messages::last_status();
+        if len == 0 || buf.is_null() {
+            return -1;
+        }
+        let n = s.len().min(len - 1);
+        // SAFETY: `buf` has room for `len` bytes; we write n + 1 <= len.
+        unsafe {
+            std::ptr::copy_nonoverlapping(s.as_ptr(), buf.cast(), n);
+            *buf.add(n) = 0;
+        }
+        0
     })
 }

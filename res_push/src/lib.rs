@@ -12,7 +12,9 @@
 //! - `bindings`: push bindings (store, lookups in a shared store, AMI events, refresh pushes);
 //! - `persist`: the sorcery object type `push_binding` and its write-behind store thread;
 //! - `ami`: AMI actions;
-//! - `wake`: call wake-up (`Dial(Push/...)`, `PushWake`).
+//! - `wake`: call wake-up (`Dial(Push/...)`, `PushWake`);
+//! - `mwi`: voicemail pushes from Asterisk's MWI state;
+//! - `messages`: messages to sleeping phones (`MessageSend(push:...)`).
 //!
 //! Pure logic (config model, backoff, status text) lives in the `res-push-core` crate so it is
 //! unit-tested without Asterisk; the wire protocol lives in `res-push-proto`.
@@ -25,7 +27,9 @@ mod commands;
 mod entry;
 pub mod ffi;
 mod link;
+mod messages;
 mod module;
+mod mwi;
 mod persist;
 mod push;
 mod registrar;

@@ -8,9 +8,11 @@ use std::sync::{Arc, RwLock};
 use res_push_core::config::{General, PushConfig, Section};
 
 use crate::ast::sync::Snapshot;
-use crate::ast::{channel, cli, config, guard, identity, log, manager, pjsip};
+use crate::ast::{channel, cli, config, guard, identity, log, manager, message, pjsip};
 use crate::bindings::Bindings;
 use crate::link::Link;
+use crate::messages::Messages;
+use crate::mwi::{self, Mwi};
 use crate::registrar::Registrar;
 use crate::wake::Wake;
 
@@ -30,6 +32,10 @@ pub struct Running {
     pub registrar: Registrar,
     /// Calls waiting for devices to wake.
     pub wake: Wake,
+    /// Messages waiting for devices to wake.
+    pub messages: Arc<Messages>,
+    /// Voicemail pushes.
+    pub mwi: Mwi,
     /// The one `[general]` snapshot every reader uses; reload swaps it whole.
     general: Snapshot<General>,
 }
@@ -112,17 +118,36 @@ fn start() -> Result<Arc<Running>, String> {
             return Err(e);
         }
     };
+    let messages = match Messages::start(general.message_max_age) {
+        Ok(m) => m,
+        Err(e) => {
+            bindings.stop();
+            link.stop();
+            return Err(format!("cannot start the message worker: {e}"));
+        }
+    };
+    let mwi = match Mwi::start() {
+        Ok(m) => m,
+        Err(e) => {
+            messages.stop();
+            bindings.stop();
+            link.stop();
+            return Err(format!("cannot start the MWI thread: {e}"));
+        }
+    };
     let running = Arc::new(Running {
         link,
         bindings,
+        messages,
         registrar: Registrar::default(),
         wake: Wake::default(),
+        mwi,
         general: Snapshot::new(general),
     });
     // Published before the hooks exist: a REGISTER may arrive the moment they are installed.
     *RUNNING.write().unwrap_or_else(|p| p.into_inner()) = Some(running.clone());
     type Install = fn() -> bool;
-    let hooks: [(Install, &str); 4] = [
+    let hooks: [(Install, &str); 6] = [
         (pjsip::register_hooks, "REGISTER hooks"),
         (
             channel::register_wake,
@@ -130,6 +155,11 @@ fn start() -> Result<Arc<Running>, String> {
         ),
         (cli::register, "CLI commands"),
         (manager::register, "AMI actions"),
+        (
+            message::register,
+            "the push message technology and PUSH_MESSAGE_STATUS()",
+        ),
+        (mwi::subscribe, "the MWI subscription"),
     ];
     for (install, what) in hooks {
         if !install() {
@@ -143,11 +173,18 @@ fn start() -> Result<Arc<Running>, String> {
 /// Removes every hook, then stops the threads. Hooks first: once they are gone nothing can
 /// enter the module from Asterisk, so the threads can be joined safely.
 fn stop(running: &Running) {
+    mwi::unsubscribe();
+    message::unregister();
+    // A stale outcome must not outlive the technology that produced it.
+    message::set_global("PUSH_MESSAGE_STATUS", "");
     manager::unregister();
     cli::unregister();
     channel::unregister_wake();
     pjsip::unregister_hooks();
     RUNNING.write().unwrap_or_else(|p| p.into_inner()).take();
+    running.mwi.stop();
+    running.wake.stop();
+    running.messages.stop();
     running.bindings.stop();
     running.link.stop();
 }

@@ -99,7 +99,7 @@ pub fn send_to_aor(
                 endpoint: Some(aor.to_string()),
                 text: text.clone(),
             };
-            match submit(running, target(&b), kind, data) {
+            match submit(running, target(&b), kind, data, Some((&b.aor, &b.id))) {
                 Ok(slot) => (b, Some(slot), None),
                 Err(e) => (b, None, Some(Err(e))),
             }
@@ -125,27 +125,33 @@ pub fn send_to_token(running: &Running, target: PushTarget, text: String) -> Res
         call_uuid: Some(uuid_v4()),
         ..Default::default()
     };
-    match submit(running, target, PushKind::Message, data) {
+    match submit(running, target, PushKind::Message, data, None) {
         Ok(slot) => slot.wait(BUDGET).unwrap_or(Err(LinkError::TimedOut)),
         Err(e) => Err(e),
     }
 }
 
-/// Queues a push whose outcome fills the returned slot; a dead token also drops its bindings.
+/// Queues a push whose outcome fills the returned slot; a dead token also drops its bindings,
+/// and the outcome counts against `binding` (AOR, id) when the push went to one.
 fn submit(
     running: &Running,
     target: PushTarget,
     kind: PushKind,
     data: PushData,
+    binding: Option<(&str, &str)>,
 ) -> std::result::Result<sync::Slot<Result>, LinkError> {
     let (filler, slot) = sync::slot();
     let bindings = running.bindings.clone();
+    let binding = binding.map(|(aor, id)| (aor.to_string(), id.to_string()));
     let (provider, token): (Provider, String) = (target.provider, target.token.clone());
     let job = Job::Push(PushRequest { target, kind, data });
     running.link.submit(
         job,
         Some(BUDGET - Duration::from_secs(1)),
         Box::new(move |r| {
+            if let Some((aor, id)) = &binding {
+                bindings.push_result(aor, id, &r);
+            }
             if let Ok(Outcome::InvalidToken { reason }) = &r {
                 tracing::info!(
                     "token {} reported dead ({reason}); removing its bindings",

@@ -171,9 +171,14 @@ impl Registrar {
                 ..
             } = a
             {
-                running
-                    .wake
-                    .registered(&p.aor, params, contact_uri, instance.as_deref());
+                running.wake.registered(
+                    running.general(),
+                    &p.aor,
+                    params,
+                    contact_uri,
+                    instance.as_deref(),
+                );
+                running.messages.registered(&p.aor, params, contact_uri);
             }
         }
         let granted: Vec<(&str, u32)> = resp

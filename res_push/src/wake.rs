@@ -16,15 +16,18 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use res_push_core::binding::{Binding, binding_id, redact};
-use res_push_core::config::WaitAudio;
+use res_push_core::config::{General, WaitAudio};
+use res_push_core::late::{Ending, LateWakes, MissedCall};
 use res_push_core::pn::{PushParams, Request, from_contact, strip_push_params};
+use res_push_core::reasons::{self, DeviceReport, PushError, PushFailure, Reason};
 use res_push_core::sip::parse_contact;
 use res_push_core::status::WakeCounters;
 use res_push_core::wake::{ContactRef, Device, Event, LegEnd, Outcome, Start, Step};
 use res_push_proto::{Job, Outcome as PushOutcome, PushData, PushKind, PushRequest};
 
-use crate::ast::channel::{self, Chan, ChanRef, WaitEnd};
+use crate::ast::channel::{self, Chan, ChanRef, Outgoing, Progress, WaitEnd};
 use crate::ast::manager;
+use crate::ast::thread::{self, Thread};
 use crate::bindings::{Work, now, target};
 use crate::module::Running;
 use crate::push::uuid_v4;
@@ -55,6 +58,9 @@ struct DeviceLeg {
     attention: AtomicBool,
     chan: ChanRef,
     callee: Mutex<Callee>,
+    /// A contact this leg rang answered with a provisional response: the device saw the call
+    /// (and Dial's CANCEL), so it needs no late INVITE.
+    reached: AtomicBool,
 }
 
 impl DeviceLeg {
@@ -140,6 +146,10 @@ struct Waiter {
     chan: ChanRef,
     /// Pushes still without outcome; when the last fails, the wait fails.
     pending_pushes: AtomicUsize,
+    /// Devices whose push failed, and how (for PUSH_REASONS).
+    failed: Mutex<HashMap<String, PushFailure>>,
+    /// Devices that registered during the wait.
+    woken: Mutex<Vec<String>>,
 }
 
 impl Waiter {
@@ -152,9 +162,10 @@ impl Waiter {
         }
     }
 
-    fn push_failed(&self, why: String) {
+    fn push_failed(&self, id: &str, e: PushError) {
+        lock(&self.failed).insert(id.to_string(), e.class);
         if self.pending_pushes.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.fill(Err(why));
+            self.fill(Err(e.why));
         }
     }
 }
@@ -183,7 +194,7 @@ enum Early {
     /// No outcome yet, no leg yet (or the push was the leg's own).
     InFlight,
     /// The outcome, for the leg to pick up.
-    Done(Result<(), String>),
+    Done(Result<(), PushError>),
     /// The leg waiting for the outcome.
     Leg(Weak<DeviceLeg>),
 }
@@ -196,7 +207,75 @@ pub struct Wake {
     legs: Mutex<HashMap<u64, Weak<DeviceLeg>>>,
     next_leg: AtomicU64,
     pushed: Mutex<HashMap<(String, String), (Instant, Early)>>,
+    /// Calls pushed devices missed, for late wake-ups.
+    missed: Mutex<LateWakes>,
+    /// The caller of each `Dial(Push/...)` by call UUID, told PUSHSTATUS and PUSH_REASONS.
+    callers: Mutex<HashMap<String, Arc<CallerReport>>>,
+    /// res_pjsip_rfc3326 was loaded when last asked.
+    rfc3326: AtomicBool,
+    late: Arc<LateState>,
 }
+
+/// Late INVITEs in flight and their threads.
+#[derive(Debug, Default)]
+struct LateState {
+    in_flight: Mutex<HashMap<u64, Arc<LateInvite>>>,
+    threads: Mutex<Vec<(Arc<AtomicBool>, Thread)>>,
+    next: AtomicU64,
+    stopping: AtomicBool,
+}
+
+/// One late INVITE: its thread waits for the first provisional response, then cancels.
+#[derive(Debug)]
+struct LateInvite {
+    /// A provisional response arrived (set by the INVITE response hook).
+    progressed: AtomicBool,
+    chan: ChanRef,
+}
+
+/// What the caller of a `Dial(Push/...)` reads after its Dial: set on its channel from the
+/// device legs as each ends (before its leg hangs up, hence before the caller's Dial can
+/// return because of it), starting with every device as `timeout`, so a Dial that gives up
+/// first reads "nobody woke in time".
+#[derive(Debug)]
+struct CallerReport {
+    chan: ChanRef,
+    since: Instant,
+    devices: Mutex<Vec<DeviceReport>>,
+}
+
+impl CallerReport {
+    fn publish(&self) {
+        let (status, list) = {
+            let d = lock(&self.devices);
+            (reasons::push_status(&d), reasons::reasons_var(&d))
+        };
+        self.chan.set_var("PUSHSTATUS", status);
+        self.chan.set_var("PUSH_REASONS", &list);
+    }
+}
+
+/// Caller reports whose PushDial never ran (the Local channel failed) are dropped after this.
+const CALLER_TTL: Duration = Duration::from_secs(3600);
+
+fn no_binding(endpoint: &str) -> String {
+    reasons::reasons_var(&[DeviceReport {
+        label: endpoint.to_string(),
+        reason: Reason::NoBinding,
+        woken: false,
+    }])
+}
+
+/// Channel variable naming the late INVITE a channel carries (the INVITE response hook finds
+/// its thread through it).
+const LATE_VAR: &str = "PUSH_LATE";
+/// Channel variable holding the Reason header the late INVITE's CANCEL gets from us.
+const LATE_REASON_VAR: &str = "PUSH_LATE_REASON";
+/// How long a late INVITE waits for a provisional response before it is hung up anyway
+/// (longer than an unanswered INVITE transaction lives: pjsip ends it at 32 s).
+const LATE_PROGRESS_WAIT: Duration = Duration::from_secs(35);
+/// Late INVITEs at once; more are dropped with a warning (each holds a thread).
+const LATE_MAX_IN_FLIGHT: usize = 64;
 
 /// Wake-up counters, by AMI event name. Statics live as long as the library: from module
 /// load to unload, which is what `push show status` reports.
@@ -227,27 +306,158 @@ impl Wake {
     /// Called by the REGISTER hook once the registrar accepted a binding's REGISTER.
     pub fn registered(
         &self,
+        general: &General,
         aor: &str,
         params: &PushParams,
         contact_uri: &str,
         instance: Option<&str>,
     ) {
-        let watchers = {
+        let (watchers, id) = {
             let map = lock(&self.watchers);
-            // No call waiting for any device (the usual case): nothing to name or copy.
-            if map.is_empty() {
+            // No call waiting for any device and no missed call to close (the usual case):
+            // nothing to name or copy.
+            if map.is_empty() && lock(&self.missed).is_empty() {
                 return;
             }
             let id = binding_id(aor, params.provider, &params.app_id, &params.token);
-            map.get(&id).cloned().unwrap_or_default()
+            (map.get(&id).cloned().unwrap_or_default(), id)
         };
         let contact = ContactRef::new(contact_uri, instance.map(str::to_string));
+        let ringing = !watchers.is_empty();
         for w in watchers {
             match w {
                 Watcher::Device(leg) => leg.feed(Event::Registered(contact.clone())),
-                Watcher::Wake(waiter) => waiter.fill(Ok(contact.uri.clone())),
+                Watcher::Wake(waiter) => {
+                    lock(&waiter.woken).push(id.clone());
+                    waiter.fill(Ok(contact.uri.clone()))
+                }
             }
         }
+        let missed = {
+            let mut l = lock(&self.missed);
+            if l.is_empty() {
+                return;
+            }
+            l.set_window(general.late_wake_window);
+            l.registered(&id, Instant::now(), ringing)
+        };
+        for call in missed {
+            self.late_invite(general, aor, &id, contact_uri, call);
+        }
+    }
+
+    /// `device`'s part of a call ended without reaching it: remembered for a late wake-up.
+    fn missed(&self, general: &General, device: &str, call: MissedCall) {
+        let now = Instant::now();
+        // The window runs from the push (kept for DEDUP_TTL, longer than any window).
+        let pushed_at = lock(&self.pushed)
+            .get(&(call.call_uuid.clone(), device.to_string()))
+            .map_or(now, |(at, _)| *at);
+        let mut l = lock(&self.missed);
+        l.set_window(general.late_wake_window);
+        l.ended(device, call, pushed_at, now);
+    }
+
+    /// Sends `call`'s late INVITE to the device's fresh contact from a thread of ours (never
+    /// on the PJSIP thread running the REGISTER hook): INVITE from the same caller, CANCEL
+    /// with the Reason of how the call ended as soon as a provisional response arrives.
+    fn late_invite(&self, general: &General, aor: &str, id: &str, contact: &str, call: MissedCall) {
+        let late = self.late.clone();
+        let mut threads = lock(&late.threads);
+        // Finished threads are joined here, so the list holds only running ones.
+        let (done, running): (Vec<_>, Vec<_>) = std::mem::take(&mut *threads)
+            .into_iter()
+            .partition(|(finished, _)| finished.load(Ordering::Acquire));
+        *threads = running;
+        drop(done);
+        if late.stopping.load(Ordering::Acquire) {
+            return;
+        }
+        if threads.len() >= LATE_MAX_IN_FLIGHT {
+            tracing::warn!(
+                "{aor}: {LATE_MAX_IN_FLIGHT} late INVITEs in flight; device {id} gets none for call {}",
+                call.call_uuid
+            );
+            return;
+        }
+        let target = general
+            .strip_pn_params
+            .then(|| strip_push_params(contact))
+            .flatten()
+            .unwrap_or_else(|| contact.to_string());
+        let dest = format!("{}/{}", call.endpoint, dial_uri(&target));
+        let reason = call.ending.reason_to_add(self.rfc3326_loaded());
+        let (aor, id) = (aor.to_string(), id.to_string());
+        let finished = Arc::new(AtomicBool::new(false));
+        let flag = finished.clone();
+        let state = late.clone();
+        let spawned = thread::spawn(c"push-late", move || {
+            run_late_invite(&state, &aor, &id, &dest, &call, reason);
+            flag.store(true, Ordering::Release);
+        });
+        match spawned {
+            Ok(t) => threads.push((finished, t)),
+            Err(e) => tracing::warn!("late INVITE thread not started: {e}"),
+        }
+    }
+
+    /// A provisional response to an initial INVITE arrived on `chan`: if it is a late
+    /// INVITE's, its thread cancels it now.
+    /// Also notes which device legs reached their device.
+    pub fn provisional(&self, chan: Chan) {
+        if !lock(&self.legs).is_empty() {
+            let leg = chan
+                .var("PUSH_LEG")
+                .and_then(|k| k.split_once('.')?.0.parse::<u64>().ok())
+                .and_then(|id| lock(&self.legs).get(&id).and_then(Weak::upgrade));
+            if let Some(leg) = leg {
+                leg.reached.store(true, Ordering::Release);
+                return;
+            }
+        }
+        if lock(&self.late.in_flight).is_empty() {
+            return;
+        }
+        let Some(n) = chan.var(LATE_VAR).and_then(|v| v.parse::<u64>().ok()) else {
+            return;
+        };
+        let inv = lock(&self.late.in_flight).get(&n).cloned();
+        if let Some(inv) = inv {
+            inv.progressed.store(true, Ordering::Release);
+            inv.chan.wake();
+        }
+    }
+
+    /// The Reason header a CANCEL leaving on `chan` must carry: a late INVITE's, or "completed
+    /// elsewhere" on the legs of a `Push/` call when res_pjsip_rfc3326 is not there to say it.
+    pub fn cancel_reason(&self, chan: Chan) -> Option<String> {
+        if let Some(r) = chan.var(LATE_REASON_VAR).filter(|r| !r.is_empty()) {
+            return Some(r);
+        }
+        if self.rfc3326.load(Ordering::Relaxed) || chan.var("PUSH_ENDPOINT").is_none() {
+            return None;
+        }
+        res_push_core::late::leg_cancel_reason(chan.hangup_cause(), false).map(str::to_string)
+    }
+
+    /// Whether res_pjsip_rfc3326 is loaded, asked from a dialplan or module thread (the CANCEL
+    /// hook, on a PJSIP thread, reads the answer).
+    fn rfc3326_loaded(&self) -> bool {
+        let loaded = channel::module_running("res_pjsip_rfc3326.so");
+        self.rfc3326.store(loaded, Ordering::Relaxed);
+        loaded
+    }
+
+    /// Ends the late INVITEs in flight and joins their threads (module unload, after the hooks
+    /// are gone).
+    pub fn stop(&self) {
+        self.late.stopping.store(true, Ordering::Release);
+        let in_flight: Vec<_> = lock(&self.late.in_flight).values().cloned().collect();
+        for inv in in_flight {
+            inv.chan.wake();
+        }
+        let threads = std::mem::take(&mut *lock(&self.late.threads));
+        drop(threads);
     }
 
     fn watch(&self, ids: &[String], w: &Watcher) {
@@ -275,6 +485,78 @@ impl Wake {
         }
     }
 
+    /// A `Dial(Push/<endpoint>)` starts for `caller`: every device reads `timeout` until it
+    /// reports (no device: `<endpoint>:no-binding`).
+    fn caller_started(&self, call_uuid: &str, caller: Chan, endpoint: &str, devices: &[Binding]) {
+        let mut reports: Vec<DeviceReport> = devices
+            .iter()
+            .map(|b| DeviceReport {
+                label: b.id.clone(),
+                reason: Reason::Timeout,
+                woken: false,
+            })
+            .collect();
+        if reports.is_empty() {
+            reports.push(DeviceReport {
+                label: endpoint.to_string(),
+                reason: Reason::NoBinding,
+                woken: false,
+            });
+        }
+        let report = {
+            let mut callers = lock(&self.callers);
+            callers.retain(|_, c| c.since.elapsed() < CALLER_TTL);
+            // Several Push/ destinations of one Dial share the caller's report.
+            let shared = callers.values().find(|c| c.chan.is(caller)).cloned();
+            let r = callers
+                .entry(call_uuid.to_string())
+                .or_insert_with(|| {
+                    shared.unwrap_or_else(|| {
+                        Arc::new(CallerReport {
+                            chan: caller.handle(),
+                            since: Instant::now(),
+                            devices: Mutex::new(Vec::new()),
+                        })
+                    })
+                })
+                .clone();
+            {
+                let mut d = lock(&r.devices);
+                for rep in reports {
+                    if !d.iter().any(|x| x.label == rep.label) {
+                        d.push(rep);
+                    }
+                }
+            }
+            r
+        };
+        report.publish();
+    }
+
+    /// A device of call `call_uuid` ended: its caller learns why. A device leg hung up from
+    /// above (the caller left, the caller's Dial gave up) changes nothing: it keeps `timeout`.
+    fn device_ended(&self, call_uuid: &str, report: DeviceReport) {
+        if report.reason == Reason::Hangup {
+            return;
+        }
+        let Some(caller) = lock(&self.callers).get(call_uuid).cloned() else {
+            return;
+        };
+        {
+            let mut d = lock(&caller.devices);
+            match d.iter_mut().find(|x| x.label == report.label) {
+                Some(x) => *x = report,
+                None => d.push(report),
+            }
+        }
+        caller.publish();
+    }
+
+    /// The `PushDial` of call `call_uuid` returned: its devices have all reported.
+    fn caller_done(&self, call_uuid: &str) {
+        lock(&self.callers).remove(call_uuid);
+    }
+
     /// True the first time (call, device) is asked for.
     fn first_push(&self, call: &str, id: &str) -> bool {
         let mut pushed = lock(&self.pushed);
@@ -288,7 +570,7 @@ impl Wake {
     }
 
     /// The outcome of an early push: to its leg if one waits, else kept for it.
-    fn early_done(&self, call: &str, id: &str, r: Result<(), String>) {
+    fn early_done(&self, call: &str, id: &str, r: Result<(), PushError>) {
         let mut pushed = lock(&self.pushed);
         let Some((_, state)) = pushed.get_mut(&(call.to_string(), id.to_string())) else {
             return;
@@ -306,7 +588,12 @@ impl Wake {
 
     /// A device leg whose push already went out: its outcome now if known (else it will be
     /// fed to `leg`).
-    fn claim_push(&self, call: &str, id: &str, leg: &Arc<DeviceLeg>) -> Option<Result<(), String>> {
+    fn claim_push(
+        &self,
+        call: &str,
+        id: &str,
+        leg: &Arc<DeviceLeg>,
+    ) -> Option<Result<(), PushError>> {
         let mut pushed = lock(&self.pushed);
         let (_, state) = pushed.get_mut(&(call.to_string(), id.to_string()))?;
         match state {
@@ -331,6 +618,71 @@ impl Wake {
             leg.callee_started(n, callee.handle());
         }
     }
+}
+
+/// The body of a late INVITE's thread.
+fn run_late_invite(
+    state: &LateState,
+    aor: &str,
+    id: &str,
+    dest: &str,
+    call: &MissedCall,
+    reason: Option<&str>,
+) {
+    let chan = match Outgoing::request("PJSIP", dest) {
+        Ok(c) => c,
+        Err(cause) => {
+            tracing::warn!("{aor}: late INVITE to device {id} not possible (cause {cause})");
+            return;
+        }
+    };
+    let n = state.next.fetch_add(1, Ordering::Relaxed);
+    chan.set_calling_party(call.caller_number.as_deref(), call.caller_name.as_deref());
+    let c = chan.chan();
+    c.set_var(LATE_VAR, &n.to_string());
+    c.set_var("PUSH_CALL_UUID", &call.call_uuid);
+    c.set_var("PUSH_ENDPOINT", &call.endpoint);
+    if let Some(r) = reason {
+        c.set_var(LATE_REASON_VAR, r);
+    }
+    let inv = Arc::new(LateInvite {
+        progressed: AtomicBool::new(false),
+        chan: c.handle(),
+    });
+    lock(&state.in_flight).insert(n, inv.clone());
+    let ending = call.ending;
+    tracing::info!(
+        "{aor}: device {id} registered after missing call {} ({}): INVITE then CANCEL",
+        call.call_uuid,
+        ending.name()
+    );
+    manager::event(
+        "PushLateWake",
+        &[
+            ("Endpoint", aor.to_string()),
+            ("ID", id.to_string()),
+            ("CallUUID", call.call_uuid.clone()),
+            ("Reason", ending.name().to_string()),
+        ],
+    );
+    if chan.call(dest) {
+        let deadline = Instant::now() + LATE_PROGRESS_WAIT;
+        while !inv.progressed.load(Ordering::Acquire) && !state.stopping.load(Ordering::Acquire) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                tracing::info!("{aor}: late INVITE to device {id} got no answer; hanging up");
+                break;
+            }
+            match chan.read_control(left) {
+                Progress::Nothing => {}
+                Progress::Provisional | Progress::Answered | Progress::Gone => break,
+            }
+        }
+    } else {
+        tracing::warn!("{aor}: late INVITE to device {id} could not be placed");
+    }
+    lock(&state.in_flight).remove(&n);
+    chan.hangup(ending.hangup_cause());
 }
 
 /// Q.850 causes a leg ends with, so the caller's `Dial` reports a meaningful DIALSTATUS.
@@ -385,15 +737,30 @@ pub fn local_destination(
     endpoint: &str,
     requestor: Option<Chan>,
 ) -> Option<String> {
-    let aors = channel::endpoint_aors(endpoint)?;
+    let Some(aors) = channel::endpoint_aors(endpoint) else {
+        if let Some(c) = requestor {
+            c.set_var("PUSHSTATUS", "NOBINDING");
+            c.set_var("PUSH_REASONS", &no_binding(endpoint));
+        }
+        return None;
+    };
     let call_uuid = requestor
         .and_then(|c| c.var("PUSH_CALL_UUID"))
         .filter(|u| is_uuid(u))
         .unwrap_or_else(uuid_v4);
-    // With a shared store whose copy is stale, the lookup starts now and the device legs push
-    // once PushDial has waited for it (on its own channel, not this caller's thread).
-    if let Some(running) = running.filter(|r| r.bindings.prefetch(&aors)) {
-        early_pushes(running, endpoint, &aors, &call_uuid, requestor);
+    if let Some(running) = running {
+        // With a shared store whose copy is stale, the lookup starts now and the device legs
+        // push once PushDial has waited for it (on its own channel, not this caller's thread).
+        let fresh = running.bindings.prefetch(&aors);
+        if let Some(c) = requestor {
+            let devices = bindings_of(running, &aors);
+            running
+                .wake
+                .caller_started(&call_uuid, c, endpoint, &devices);
+        }
+        if fresh {
+            early_pushes(running, endpoint, &aors, &call_uuid, requestor);
+        }
     }
     Some(format!(
         "w{call_uuid}{}@res-push-wake/n",
@@ -437,7 +804,7 @@ fn early_pushes(
             text: None,
         };
         let (call, id) = (call_uuid.to_string(), b.id.clone());
-        let report = Box::new(move |r: Result<(), String>| {
+        let report = Box::new(move |r: Result<(), PushError>| {
             if let Some(running) = crate::module::running() {
                 running.wake.early_done(&call, &id, r);
             }
@@ -504,7 +871,7 @@ fn timeout_arg(arg: Option<&String>, default: Duration) -> Duration {
 }
 
 /// Hears whether a push was delivered (`Err` says why not).
-type PushReport = Box<dyn FnOnce(Result<(), String>) + Send>;
+type PushReport = Box<dyn FnOnce(Result<(), PushError>) + Send>;
 
 /// Sends a push for a call; `outcome` hears whether it was delivered.
 fn push(
@@ -525,6 +892,7 @@ fn push(
     let report = Arc::new(Mutex::new(outcome));
     let report_queue = report.clone();
     let done = Box::new(move |r: Result<PushOutcome, crate::link::LinkError>| {
+        bindings.push_result(&aor, &id, &r);
         let failure = match r {
             Ok(PushOutcome::Sent { .. }) => None,
             Ok(PushOutcome::InvalidToken { reason }) => {
@@ -533,10 +901,19 @@ fn push(
                     redact(&token)
                 );
                 bindings.submit(Work::InvalidToken(provider, token));
-                Some(format!("invalid token ({reason})"))
+                Some(PushError {
+                    class: PushFailure::InvalidToken,
+                    why: format!("invalid token ({reason})"),
+                })
             }
-            Ok(other) => Some(format!("{other:?}")),
-            Err(e) => Some(e.to_string()),
+            Ok(other) => Some(PushError {
+                class: PushFailure::of(&other).unwrap_or(PushFailure::Other),
+                why: format!("{other:?}"),
+            }),
+            Err(e) => Some(PushError {
+                class: PushFailure::Sidecar,
+                why: e.to_string(),
+            }),
         };
         if let Some(why) = &failure {
             tracing::warn!("{aor}: {kind:?} push to binding {id} failed: {why}");
@@ -548,7 +925,10 @@ fn push(
     if let Err(e) = running.link.submit(job, Some(deadline), done) {
         tracing::warn!("{}: {kind:?} push not queued: {e}", b.aor);
         if let Some(f) = lock(&report_queue).take() {
-            f(Err(e.to_string()));
+            f(Err(PushError {
+                class: PushFailure::Sidecar,
+                why: e.to_string(),
+            }));
         }
     }
 }
@@ -643,10 +1023,16 @@ pub fn push_dial(running: &Running, chan: Chan, data: &str) -> i32 {
         chan.set_var("__PUSH_WAKE_TIMEOUT", t);
     }
     tracing::debug!("{endpoint}: ringing {}", dests.join(" & "));
-    // `c`: when one leg answers, the CANCELs to the contacts this Dial rings carry RFC 3326's
-    // `Reason: SIP;cause=200;text="Call completed elsewhere"`, so phones show the call as
-    // answered elsewhere, not missed.
-    chan.exec("Dial", &format!("{},,c", dests.join("&")));
+    running.wake.rfc3326_loaded();
+    // When one leg answers, Dial hangs the others up with ANSWERED_ELSEWHERE (its default
+    // without `Q`), which res_pjsip_rfc3326 turns into RFC 3326's `Reason: SIP;cause=200;
+    // text="Call completed elsewhere"` on their CANCELs, so phones show the call as answered
+    // elsewhere, not missed. Not option `c`: it marks every leg ANSWERED_ELSEWHERE from the
+    // start, so a caller giving up would read as "answered elsewhere" too.
+    chan.exec("Dial", &dests.join("&"));
+    if let Some(u) = chan.var("PUSH_CALL_UUID") {
+        running.wake.caller_done(&u);
+    }
     // Pass the outcome up through the Local channel: the caller's Dial turns it into DIALSTATUS.
     let cause = match chan.var("DIALSTATUS").as_deref() {
         Some("BUSY") => CAUSE_BUSY,
@@ -689,6 +1075,7 @@ pub fn push_device(running: &Running, chan: Chan, data: &str) -> i32 {
         attention: AtomicBool::new(false),
         chan: chan.handle(),
         callee: Mutex::new(Callee::default()),
+        reached: AtomicBool::new(false),
     });
     // Watch before pushing: a fast phone may register before the push call even returns.
     let ids = [b.id.clone()];
@@ -710,7 +1097,7 @@ pub fn push_device(running: &Running, chan: Chan, data: &str) -> i32 {
             Step::Push => {
                 if running.wake.first_push(&call_uuid, &b.id) {
                     let l = Arc::downgrade(&leg);
-                    let report = Box::new(move |r: Result<(), String>| {
+                    let report = Box::new(move |r: Result<(), PushError>| {
                         if let Some(l) = l.upgrade() {
                             l.feed(r.map_or_else(Event::PushFailed, |()| Event::PushSent));
                         }
@@ -765,9 +1152,9 @@ pub fn push_device(running: &Running, chan: Chan, data: &str) -> i32 {
         chan.moh(false);
     }
     running.wake.unwatch(&ids, &watcher);
-    let (pushed, registered) = {
+    let (pushed, registered, push_failure) = {
         let m = lock(&leg.machine);
-        (m.pushed(), m.registered())
+        (m.pushed(), m.registered(), m.push_failure().cloned())
     };
     let cancel = |reason: &str| {
         if !pushed {
@@ -793,6 +1180,32 @@ pub fn push_device(running: &Running, chan: Chan, data: &str) -> i32 {
             None,
         );
     };
+    // A pushed device that never got the call at a fresh contact shows it (CallKit) until
+    // something ends it: if it registers soon, a late INVITE + CANCEL does.
+    let elsewhere = chan.hangup_cause() == res_push_core::late::CAUSE_ANSWERED_ELSEWHERE;
+    let reached = registered || leg.reached.load(Ordering::Acquire);
+    if let Some(ending) = res_push_core::late::ending(&outcome, pushed, reached, elsewhere) {
+        let (caller_number, caller_name) = chan.caller();
+        running.wake.missed(
+            general,
+            &b.id,
+            MissedCall {
+                call_uuid: call_uuid.clone(),
+                endpoint: endpoint.clone(),
+                caller_number,
+                caller_name,
+                ending,
+            },
+        );
+    }
+    running.wake.device_ended(
+        &call_uuid,
+        DeviceReport {
+            label: b.id.clone(),
+            reason: Reason::of(&outcome, elsewhere, push_failure.as_ref()),
+            woken: registered,
+        },
+    );
     let woken = if registered { "WOKEN" } else { "ANSWERED" };
     match outcome {
         Outcome::Answered => chan.set_var("PUSHSTATUS", woken),
@@ -812,7 +1225,12 @@ pub fn push_device(running: &Running, chan: Chan, data: &str) -> i32 {
         }
         Outcome::Failed(why) => {
             tracing::info!("{}: giving up on device {}: {why}", b.aor, b.id);
-            event("PushWakeFailed", &b, &call_uuid, &[("Reason", why)]);
+            event(
+                "PushWakeFailed",
+                &b,
+                &call_uuid,
+                &[("Reason", why.to_string())],
+            );
             chan.set_var("PUSHSTATUS", "FAILED");
             chan.set_hangup_cause(CAUSE_SUBSCRIBER_ABSENT);
         }
@@ -864,6 +1282,7 @@ pub fn push_wake(running: &Running, chan: Chan, data: &str) -> i32 {
     if devices.is_empty() {
         chan.set_var("PUSHSTATUS", "NOBINDING");
         chan.set_var("PUSH_CONTACTS", &plain.join("&"));
+        chan.set_var("PUSH_REASONS", &no_binding(&endpoint));
         return 0;
     }
     let dest = |uri: &str| format!("PJSIP/{endpoint}/{}", dial_uri(uri));
@@ -876,16 +1295,24 @@ pub fn push_wake(running: &Running, chan: Chan, data: &str) -> i32 {
         Vec::new()
     };
     let skip = general.push_skip_recent.as_secs();
-    let recent: Vec<&ContactRef> = live
+    let recent: Vec<&(Binding, ContactRef)> = live
         .iter()
         .filter(|(b, _)| skip > 0 && now().saturating_sub(b.last_register) < skip)
-        .map(|(_, c)| c)
         .collect();
     if !recent.is_empty() {
         let mut c = plain;
-        c.extend(recent.iter().map(|r| dest(&r.uri)));
+        c.extend(recent.iter().map(|(_, r)| dest(&r.uri)));
+        let reports: Vec<DeviceReport> = recent
+            .iter()
+            .map(|(b, _)| DeviceReport {
+                label: b.id.clone(),
+                reason: Reason::Woken,
+                woken: true,
+            })
+            .collect();
         chan.set_var("PUSHSTATUS", "WOKEN");
         chan.set_var("PUSH_CONTACTS", &c.join("&"));
+        chan.set_var("PUSH_REASONS", &reasons::reasons_var(&reports));
         return 0;
     }
     let call_uuid = chan.var("PUSH_CALL_UUID").unwrap_or_else(uuid_v4);
@@ -894,11 +1321,14 @@ pub fn push_wake(running: &Running, chan: Chan, data: &str) -> i32 {
         result: Mutex::new(None),
         chan: chan.handle(),
         pending_pushes: AtomicUsize::new(devices.len()),
+        failed: Mutex::new(HashMap::new()),
+        woken: Mutex::new(Vec::new()),
     });
     let ids: Vec<String> = devices.iter().map(|b| b.id.clone()).collect();
     let watcher = Watcher::Wake(waiter.clone());
     running.wake.watch(&ids, &watcher);
     let started = Instant::now();
+    let mut pushed = Vec::new();
     for b in &devices {
         event(
             "PushWakeStart",
@@ -908,9 +1338,10 @@ pub fn push_wake(running: &Running, chan: Chan, data: &str) -> i32 {
         );
         if running.wake.first_push(&call_uuid, &b.id) {
             let w = waiter.clone();
-            let report = Box::new(move |r: Result<(), String>| {
-                if let Err(why) = r {
-                    w.push_failed(why);
+            let id = b.id.clone();
+            let report = Box::new(move |r: Result<(), PushError>| {
+                if let Err(e) = r {
+                    w.push_failed(&id, e);
                 }
             });
             push(
@@ -921,8 +1352,9 @@ pub fn push_wake(running: &Running, chan: Chan, data: &str) -> i32 {
                 timeout,
                 Some(report),
             );
+            pushed.push(b.id.clone());
         } else {
-            waiter.push_failed("already pushed for this call".into());
+            waiter.push_failed(&b.id, "already pushed for this call".into());
         }
     }
     if !a.get(2).is_some_and(|o| o.contains('n')) {
@@ -948,8 +1380,44 @@ pub fn push_wake(running: &Running, chan: Chan, data: &str) -> i32 {
     if status != "WOKEN" {
         contacts.extend(live.iter().map(|(_, c)| dest(&c.uri)));
     }
+    // Nobody woke in time (or the caller left): the pushed devices will get no INVITE for
+    // this call; one that registers soon gets a late INVITE + CANCEL to close it.
+    if matches!(status, "TIMEOUT" | "HANGUP") {
+        let (caller_number, caller_name) = chan.caller();
+        for id in &pushed {
+            running.wake.missed(
+                general,
+                id,
+                MissedCall {
+                    call_uuid: call_uuid.clone(),
+                    endpoint: endpoint.clone(),
+                    caller_number: caller_number.clone(),
+                    caller_name: caller_name.clone(),
+                    ending: Ending::Terminated,
+                },
+            );
+        }
+    }
     chan.set_var("PUSHSTATUS", status);
     chan.set_var("PUSH_CONTACTS", &contacts.join("&"));
+    let (woken, failed) = (lock(&waiter.woken).clone(), lock(&waiter.failed).clone());
+    let reports: Vec<DeviceReport> = devices
+        .iter()
+        .map(|b| DeviceReport {
+            label: b.id.clone(),
+            reason: if woken.contains(&b.id) {
+                Reason::Woken
+            } else if let Some(class) = failed.get(&b.id) {
+                Reason::PushFailed(*class)
+            } else if status == "HANGUP" {
+                Reason::Hangup
+            } else {
+                Reason::Timeout
+            },
+            woken: woken.contains(&b.id),
+        })
+        .collect();
+    chan.set_var("PUSH_REASONS", &reasons::reasons_var(&reports));
     if status == "HANGUP" { -1 } else { 0 }
 }
 

@@ -18,6 +18,7 @@ use std::{
 use reqwest::Url;
 use res_push_proto::{
     AppConfig, Environment, FailureClass, Outcome, Provider, PushKind, PushRequest, PushTarget,
+    VoicemailPush,
 };
 use rustls_pki_types::PrivateKeyDer;
 use serde_json::Value;
@@ -43,6 +44,7 @@ pub const COMMON_OPTIONS: &[&str] = &[
     "template_missed",
     "template_refresh",
     "template_message",
+    "template_voicemail",
 ];
 /// Options of APNs apps only.
 pub const APNS_OPTIONS: &[&str] = &[
@@ -68,6 +70,7 @@ const FILE_OPTIONS: &[&str] = &[
     "template_missed",
     "template_refresh",
     "template_message",
+    "template_voicemail",
 ];
 /// Options the module may pass through that mean nothing here.
 const IGNORED_OPTIONS: &[&str] = &["type"];
@@ -292,6 +295,81 @@ impl App {
         }
     }
 
+    /// Turns a voicemail push into a provider request. APNs: an `alert` push (or, with
+    /// `background`, a `background` push with `content-available`) with the mailbox's
+    /// `apns-collapse-id`; FCM: a high-priority data message with its `collapse_key`.
+    pub(crate) fn prepare_voicemail(
+        &self,
+        route: &Route,
+        vm: &VoicemailPush,
+        ttl: u64,
+        now_unix: u64,
+    ) -> Result<Prepared, Outcome> {
+        let payload_error = |reason: String| Outcome::Failed {
+            class: FailureClass::Payload,
+            reason,
+        };
+        let token = vm.target.token.trim();
+        let values = Values::voicemail(&self.name, vm, ttl, now_unix);
+        let collapse_id = Some(vm.collapse_id.clone())
+            .filter(|id| !id.is_empty() && id.len() <= COLLAPSE_ID_LIMIT);
+        match &self.client {
+            Client::Apns(_) => {
+                if token.is_empty()
+                    || token.len() > 200
+                    || !token.bytes().all(|b| b.is_ascii_alphanumeric())
+                {
+                    return Err(Outcome::InvalidToken {
+                        reason: "malformed device token".to_owned(),
+                    });
+                }
+                let payload = self
+                    .templates
+                    .apns_voicemail(&values, vm.background)
+                    .map_err(|e| payload_error(format!("payload for voicemail: {e}")))?;
+                if payload.len() > PAYLOAD_LIMIT {
+                    return Err(payload_error(format!(
+                        "payload of {} bytes exceeds APNs' {PAYLOAD_LIMIT}-byte limit",
+                        payload.len()
+                    )));
+                }
+                let (push_type, priority) = if vm.background {
+                    ("background", 5)
+                } else {
+                    ("alert", 10)
+                };
+                Ok(Prepared::Apns(apns::Request {
+                    device_token: token.to_owned(),
+                    environment: route.environment,
+                    topic: route.bundle.clone().unwrap_or_default(),
+                    push_type,
+                    priority,
+                    expiration: None,
+                    collapse_id,
+                    payload: payload.into(),
+                }))
+            }
+            Client::Fcm(_) => {
+                if token.is_empty() {
+                    return Err(Outcome::InvalidToken {
+                        reason: "empty registration token".to_owned(),
+                    });
+                }
+                let message = self
+                    .templates
+                    .fcm_voicemail(&values, token, collapse_id.as_deref().unwrap_or_default())
+                    .map_err(|e| payload_error(format!("message for voicemail: {e}")))?;
+                let data_len = message.get("data").map_or(0, |d| d.to_string().len());
+                if data_len > PAYLOAD_LIMIT {
+                    return Err(payload_error(format!(
+                        "data of {data_len} bytes exceeds FCM's {PAYLOAD_LIMIT}-byte limit"
+                    )));
+                }
+                Ok(Prepared::Fcm(message))
+            }
+        }
+    }
+
     /// Mints the app's credential and opens the connections its pushes will use, so that the
     /// first push costs no more than the others. Returns what was done, for the log.
     pub(crate) async fn prewarm(&self) -> Result<String, String> {
@@ -494,10 +572,9 @@ fn check_identifier(option: &str, value: &str) -> Result<String, String> {
 
 fn templates(loaded: &Loaded) -> Result<Templates, String> {
     let mut templates = Templates::default();
-    for kind in KINDS {
-        let option = format!("template_{}", kind_name(kind));
-        let Some((path, data)) = loaded.file(&option) else {
-            continue;
+    let read = |option: &str| -> Result<Option<Template>, String> {
+        let Some((path, data)) = loaded.file(option) else {
+            return Ok(None);
         };
         let text =
             std::str::from_utf8(data).map_err(|_| format!("{option} {path}: not UTF-8 text"))?;
@@ -505,7 +582,15 @@ fn templates(loaded: &Loaded) -> Result<Templates, String> {
         template
             .validate(loaded.config.provider)
             .map_err(|e| format!("{option} {path}: {e}"))?;
-        templates.set(kind, template);
+        Ok(Some(template))
+    };
+    for kind in KINDS {
+        if let Some(template) = read(&format!("template_{}", kind_name(kind)))? {
+            templates.set(kind, template);
+        }
+    }
+    if let Some(template) = read("template_voicemail")? {
+        templates.set_voicemail(template);
     }
     Ok(templates)
 }
@@ -1123,5 +1208,56 @@ mod tests {
             route.app.prepare(&route, &bad, 20, 0),
             Err(Outcome::InvalidToken { .. })
         ));
+    }
+    #[tokio::test]
+    async fn voicemail_requests_are_alerts_or_background_collapsed_per_mailbox() {
+        let files = Files::new();
+        let key = files.p8("k.p8");
+        let (set, _) = Registry::default()
+            .configure(vec![apns_app("ios", &key, &[])], &ctx())
+            .await;
+        let route = set
+            .route(&target("TEAM123456.com.example.phone.voip", None))
+            .unwrap();
+        let vm = |background| VoicemailPush {
+            target: target("TEAM123456.com.example.phone.voip", None),
+            mailbox: "1000@default".into(),
+            new_messages: 2,
+            old_messages: 1,
+            urgent_messages: 0,
+            endpoint: Some("alice".into()),
+            collapse_id: "mwi-1000@default".into(),
+            background,
+        };
+        let apns = |background| match route.app.prepare_voicemail(&route, &vm(background), 20, 0) {
+            Ok(Prepared::Apns(r)) => r,
+            other => panic!("{other:?}"),
+        };
+        let alert = apns(false);
+        assert_eq!(
+            (
+                alert.push_type,
+                alert.topic.as_str(),
+                alert.priority,
+                alert.collapse_id.as_deref()
+            ),
+            ("alert", "com.example.phone", 10, Some("mwi-1000@default")),
+            "never a VoIP push: iOS kills apps that get one without a call"
+        );
+        let body: Value = serde_json::from_slice(&alert.payload).unwrap();
+        assert_eq!(body["aps"]["alert"]["body"], "2 new voicemail messages");
+        assert_eq!(body["new_messages"], "2");
+        assert_eq!(body["mailbox"], "1000@default");
+        let background = apns(true);
+        assert_eq!(
+            (
+                background.push_type,
+                background.priority,
+                background.collapse_id.as_deref()
+            ),
+            ("background", 5, Some("mwi-1000@default"))
+        );
+        let body: Value = serde_json::from_slice(&background.payload).unwrap();
+        assert_eq!(body["aps"], serde_json::json!({"content-available": 1}));
     }
 }

@@ -5,7 +5,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use res_push_proto::{FailureClass, Job, Outcome, PushRequest, redact};
+use res_push_proto::{FailureClass, Job, Outcome, PushRequest, PushTarget, VoicemailPush, redact};
 use tokio::{
     sync::{OwnedRwLockWriteGuard, OwnedSemaphorePermit, RwLock, Semaphore},
     time::Instant,
@@ -14,7 +14,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     Config,
-    apps::{self, App, AppSet, BuildContext, Registry, Route},
+    apps::{self, App, AppSet, BuildContext, Prepared, Registry, Route},
     classify::Verdict,
     metrics::{GaugeGuard, Metrics, provider_label},
     retry::{RetryPolicy, jitter},
@@ -128,7 +128,8 @@ impl Dispatcher {
                     errors,
                 }
             }
-            Job::Push(req) => self.push(session, req, deadline).await,
+            Job::Push(req) => self.push(session, Send::Push(&req), deadline).await,
+            Job::Voicemail(vm) => self.push(session, Send::Voicemail(&vm), deadline).await,
             Job::Unknown => Outcome::Unsupported {
                 detail: format!(
                     "job kind not supported by res-push-sidecar {}",
@@ -138,9 +139,9 @@ impl Dispatcher {
         }
     }
 
-    async fn push(&self, session: &Session, req: PushRequest, deadline: Instant) -> Outcome {
+    async fn push(&self, session: &Session, req: Send<'_>, deadline: Instant) -> Outcome {
         let metrics = &self.ctx.metrics;
-        let provider = provider_label(req.target.provider);
+        let provider = provider_label(req.target().provider);
         // Waits only while a Configure admitted before this push is being applied. The lock is
         // released at once: holding it through delivery would hold up the next Configure.
         let apps = match tokio::time::timeout_at(deadline, session.apps.read()).await {
@@ -150,37 +151,38 @@ impl Dispatcher {
                 return Outcome::Expired;
             }
         };
-        let Some(route) = apps.route(&req.target) else {
-            let outcome = apps::no_app(&req.target, !apps.is_empty());
+        let Some(route) = apps.route(req.target()) else {
+            let outcome = apps::no_app(req.target(), !apps.is_empty());
             metrics.push_finished(provider, "", "failed_no_app", "");
             if let Outcome::Failed { reason, .. } = &outcome {
-                info!(token = %redact(&req.target.token), "{reason}");
+                info!(token = %redact(&req.target().token), "{reason}");
             }
             return outcome;
         };
         let app = &route.app;
         let (outcome, code) = self.deliver(&route, &req, deadline).await;
-        let token = redact(&req.target.token);
+        let token = redact(&req.target().token);
+        let kind = req.kind();
         let (result, reason) = match &outcome {
             Outcome::Sent {
                 attempts,
                 provider_id,
             } => {
-                debug!(app = %app.name, kind = ?req.kind, %token, attempts, ?provider_id, "sent");
+                debug!(app = %app.name, %kind, %token, attempts, ?provider_id, "sent");
                 ("sent".to_owned(), String::new())
             }
             Outcome::InvalidToken { reason } => {
-                info!(app = %app.name, kind = ?req.kind, %token, %reason, "device token is dead");
+                info!(app = %app.name, %kind, %token, %reason, "device token is dead");
                 ("invalid_token".to_owned(), code)
             }
             Outcome::Expired => {
-                info!(app = %app.name, kind = ?req.kind, %token, "deadline passed before a sending slot was free; not sent");
+                info!(app = %app.name, %kind, %token, "deadline passed before a sending slot was free; not sent");
                 ("expired".to_owned(), String::new())
             }
             Outcome::Failed { class, reason } => {
                 // Config problems are logged once by the app itself.
                 if *class != FailureClass::Config {
-                    warn!(app = %app.name, kind = ?req.kind, %token, ?class, %reason, "push failed");
+                    warn!(app = %app.name, %kind, %token, ?class, %reason, "push failed");
                 }
                 (format!("failed_{}", class_label(*class)), code)
             }
@@ -192,16 +194,11 @@ impl Dispatcher {
 
     /// Sends a matched push, retrying passing failures until it succeeds, fails for good, or
     /// the deadline comes. Returns the outcome and the provider's reason code, for metrics.
-    async fn deliver(
-        &self,
-        route: &Route,
-        req: &PushRequest,
-        deadline: Instant,
-    ) -> (Outcome, String) {
+    async fn deliver(&self, route: &Route, req: &Send<'_>, deadline: Instant) -> (Outcome, String) {
         let app = &route.app;
         let metrics = &self.ctx.metrics;
         let ttl = deadline.saturating_duration_since(Instant::now()).as_secs();
-        let prepared = match app.prepare(route, req, ttl, self.ctx.clock.unix_seconds()) {
+        let prepared = match req.prepare(route, ttl, self.ctx.clock.unix_seconds()) {
             Ok(prepared) => prepared,
             Err(outcome) => return (outcome, "RejectedBeforeSending".to_owned()),
         };
@@ -301,6 +298,38 @@ impl Dispatcher {
             .ok()
             .flatten()?;
         (Instant::now() < deadline).then_some(permits)
+    }
+}
+
+/// A job that ends in one provider request.
+#[derive(Debug, Clone, Copy)]
+enum Send<'a> {
+    Push(&'a PushRequest),
+    Voicemail(&'a VoicemailPush),
+}
+
+impl Send<'_> {
+    fn target(&self) -> &PushTarget {
+        match self {
+            Send::Push(req) => &req.target,
+            Send::Voicemail(vm) => &vm.target,
+        }
+    }
+
+    /// For logs.
+    fn kind(&self) -> &'static str {
+        match self {
+            Send::Push(req) => crate::payload::kind_name(req.kind),
+            Send::Voicemail(vm) if vm.background => "voicemail (background)",
+            Send::Voicemail(_) => crate::payload::VOICEMAIL,
+        }
+    }
+
+    fn prepare(&self, route: &Route, ttl: u64, now_unix: u64) -> Result<Prepared, Outcome> {
+        match self {
+            Send::Push(req) => route.app.prepare(route, req, ttl, now_unix),
+            Send::Voicemail(vm) => route.app.prepare_voicemail(route, vm, ttl, now_unix),
+        }
     }
 }
 

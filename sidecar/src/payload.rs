@@ -10,7 +10,7 @@
 
 use std::{borrow::Cow, fmt::Write as _};
 
-use res_push_proto::{Provider, PushData, PushKind};
+use res_push_proto::{Provider, PushData, PushKind, VoicemailPush};
 use serde_json::{Map, Value, json};
 
 /// Placeholders a template may use, each `{{name}}`.
@@ -28,10 +28,23 @@ pub const PLACEHOLDERS: &[&str] = &[
     "app",
     "timestamp",
     "ttl",
+    "mailbox",
+    "new_messages",
+    "old_messages",
+    "urgent_messages",
 ];
 
 /// Placeholders that always expand to digits and so may stand outside a JSON string.
-const NUMERIC: &[&str] = &["timestamp", "ttl"];
+const NUMERIC: &[&str] = &[
+    "timestamp",
+    "ttl",
+    "new_messages",
+    "old_messages",
+    "urgent_messages",
+];
+
+/// The kind name of voicemail pushes (a job of its own, not a [`PushKind`]).
+pub const VOICEMAIL: &str = "voicemail";
 
 /// The protocol name of a kind (`call`, `cancel`, ...), as used in payloads and option names.
 pub fn kind_name(kind: PushKind) -> &'static str {
@@ -69,9 +82,44 @@ pub struct Values {
     app: String,
     timestamp: u64,
     ttl: u64,
+    /// Voicemail pushes only; other kinds see an empty mailbox and zero counts.
+    mailbox: Option<String>,
+    new_messages: u32,
+    old_messages: u32,
+    urgent_messages: u32,
+}
+
+/// What a voicemail notification says (`title`, `body`).
+pub fn voicemail_text(new_messages: u32) -> (String, String) {
+    let body = match new_messages {
+        0 => "No new voicemail messages".to_owned(),
+        1 => "1 new voicemail message".to_owned(),
+        n => format!("{n} new voicemail messages"),
+    };
+    ("Voicemail".to_owned(), body)
 }
 
 impl Values {
+    /// Values for a voicemail push by `app`.
+    pub fn voicemail(app: &str, vm: &VoicemailPush, ttl: u64, now_unix: u64) -> Self {
+        let (title, body) = voicemail_text(vm.new_messages);
+        Self {
+            kind: VOICEMAIL,
+            caller: String::new(),
+            endpoint: vm.endpoint.clone().filter(|s| !s.is_empty()),
+            title,
+            body,
+            app: app.to_owned(),
+            timestamp: now_unix,
+            ttl,
+            mailbox: Some(vm.mailbox.clone()),
+            new_messages: vm.new_messages,
+            old_messages: vm.old_messages,
+            urgent_messages: vm.urgent_messages,
+            ..Default::default()
+        }
+    }
+
     /// Values for a push of `kind` by `app`, with `ttl` seconds left before its deadline and the
     /// wall clock at `now_unix`.
     pub fn new(app: &str, kind: PushKind, data: &PushData, ttl: u64, now_unix: u64) -> Self {
@@ -111,6 +159,7 @@ impl Values {
             app: app.to_owned(),
             timestamp: now_unix,
             ttl,
+            ..Default::default()
         }
     }
 
@@ -135,6 +184,10 @@ impl Values {
             "app" => Cow::Borrowed(&self.app),
             "timestamp" => Cow::Owned(self.timestamp.to_string()),
             "ttl" => Cow::Owned(self.ttl.to_string()),
+            "mailbox" => opt(&self.mailbox),
+            "new_messages" => Cow::Owned(self.new_messages.to_string()),
+            "old_messages" => Cow::Owned(self.old_messages.to_string()),
+            "urgent_messages" => Cow::Owned(self.urgent_messages.to_string()),
             // Unreachable: templates are checked against PLACEHOLDERS when parsed.
             _ => Cow::Borrowed(""),
         }
@@ -154,6 +207,18 @@ impl Values {
         ] {
             if let Some(value) = value {
                 map.insert(key.into(), value.clone().into());
+            }
+        }
+        if let Some(mailbox) = &self.mailbox {
+            // Strings, as FCM data values must be, and the same on APNs so that one app
+            // reads both alike.
+            map.insert("mailbox".into(), mailbox.clone().into());
+            for (key, n) in [
+                ("new_messages", self.new_messages),
+                ("old_messages", self.old_messages),
+                ("urgent_messages", self.urgent_messages),
+            ] {
+                map.insert(key.into(), n.to_string().into());
             }
         }
         map
@@ -297,6 +362,7 @@ fn fcm_message_object(mut top: Map<String, Value>) -> Result<Map<String, Value>,
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Templates {
     by_kind: [Option<Template>; 5],
+    voicemail: Option<Template>,
 }
 
 impl Templates {
@@ -312,6 +378,69 @@ impl Templates {
     /// The template for `kind`, if the app has one.
     pub fn get(&self, kind: PushKind) -> Option<&Template> {
         self.by_kind[Self::index(kind)].as_ref()
+    }
+
+    /// Sets the template of voicemail pushes (`template_voicemail`).
+    pub fn set_voicemail(&mut self, template: Template) {
+        self.voicemail = Some(template);
+    }
+
+    /// The APNs payload of a voicemail push: an alert, or with `background` a background push
+    /// (whose `content-available` a template cannot drop, as for refresh pushes).
+    pub fn apns_voicemail(&self, values: &Values, background: bool) -> Result<Vec<u8>, String> {
+        let mut payload = match &self.voicemail {
+            Some(t) => t.render_object(values)?,
+            None => {
+                let aps = if background {
+                    json!({})
+                } else {
+                    json!({
+                        "alert": {"title": values.title, "body": values.body},
+                        "sound": "default",
+                    })
+                };
+                let mut payload = values.custom_keys();
+                payload.insert("aps".into(), aps);
+                payload
+            }
+        };
+        if background {
+            let aps = payload
+                .entry("aps")
+                .or_insert_with(|| Value::Object(Map::new()));
+            if let Value::Object(aps) = aps {
+                aps.insert("content-available".into(), 1.into());
+            }
+        }
+        serde_json::to_vec(&payload).map_err(|e| e.to_string())
+    }
+
+    /// The FCM `message` of a voicemail push to `token`: a high-priority data message whose
+    /// `android.collapse_key` is `collapse_id` (unless a template set its own), so a phone that
+    /// was offline gets only the latest counts of a mailbox.
+    pub fn fcm_voicemail(
+        &self,
+        values: &Values,
+        token: &str,
+        collapse_id: &str,
+    ) -> Result<Value, String> {
+        let mut message = match &self.voicemail {
+            Some(t) => fcm_message_object(t.render_object(values)?)?,
+            None => default_fcm(PushKind::Message, values),
+        };
+        let android = message
+            .entry("android")
+            .or_insert_with(|| Value::Object(Map::new()));
+        let Value::Object(android) = android else {
+            return Err("\"android\" must be a JSON object".to_owned());
+        };
+        if !collapse_id.is_empty() {
+            android
+                .entry("collapse_key")
+                .or_insert_with(|| collapse_id.into());
+        }
+        message.insert("token".into(), token.into());
+        Ok(Value::Object(message))
     }
 
     /// The APNs payload for a push of `kind`.
@@ -597,5 +726,52 @@ mod tests {
         assert_eq!(v(Some("1"), Some("1")), "1");
         assert_eq!(v(None, Some("1")), "1");
         assert_eq!(v(Some(""), None), "Unknown caller");
+    }
+    #[test]
+    fn voicemail_payloads() {
+        let vm = VoicemailPush {
+            target: res_push_proto::PushTarget {
+                provider: Provider::Fcm,
+                app_id: "p".into(),
+                token: "t".into(),
+                environment: None,
+            },
+            mailbox: "1000@default".into(),
+            new_messages: 1,
+            old_messages: 3,
+            urgent_messages: 0,
+            endpoint: Some("alice".into()),
+            collapse_id: "mwi-1000@default".into(),
+            background: false,
+        };
+        let v = Values::voicemail("android", &vm, 30, 0);
+        let t = Templates::default();
+        let m = t.fcm_voicemail(&v, "tok", "mwi-1000@default").unwrap();
+        assert_eq!(m["token"], "tok");
+        assert_eq!(m["android"]["collapse_key"], "mwi-1000@default");
+        assert_eq!(m["android"]["priority"], "high");
+        assert_eq!(m["data"]["kind"], "voicemail");
+        assert_eq!(m["data"]["body"], "1 new voicemail message");
+        assert_eq!(m["data"]["old_messages"], "3");
+        assert!(
+            m["data"]
+                .as_object()
+                .unwrap()
+                .values()
+                .all(Value::is_string)
+        );
+        let mut custom = Templates::default();
+        let tpl = Template::parse(
+            r#"{"aps":{"badge":{{new_messages}}},"box":"{{mailbox}}","n":{{new_messages}}}"#,
+        )
+        .unwrap();
+        tpl.validate(Provider::Apns).unwrap();
+        custom.set_voicemail(tpl);
+        let p = parse(&custom.apns_voicemail(&v, true).unwrap());
+        assert_eq!(p["aps"]["badge"], 1);
+        assert_eq!(p["aps"]["content-available"], 1, "background keeps it");
+        assert_eq!(p["box"], "1000@default");
+        assert_eq!(voicemail_text(0).1, "No new voicemail messages");
+        assert_eq!(voicemail_text(5).1, "5 new voicemail messages");
     }
 }

@@ -38,6 +38,7 @@ const CONFIG_TEMPLATES: &[&str] = &[
     "manager.conf",
     "queues.conf",
     "push.conf",
+    "voicemail.conf",
 ];
 /// Where Debian's package installs modules, as seen inside the chroot.
 const SYSTEM_MODULES: &str = "/usr/lib/x86_64-linux-gnu/asterisk/modules";
@@ -142,14 +143,14 @@ pub struct Options {
     pub push_conf: Option<String>,
     /// Appended to pjsip.conf (more endpoints, for benchmarks).
     pub pjsip_append: String,
+    /// Appended to modules.conf's `[modules]` (e.g. `load = app_voicemail.so`).
+    pub modules_append: String,
     /// RTP ports of its own. A call INVITEd to a dead contact keeps its RTP ports until the
     /// INVITE transaction times out (32 s), so back-to-back calls (benchmarks) need more.
     pub rtp_ports: u32,
     /// `systemname` in asterisk.conf (default `res-push-test`): nodes sharing a store need
     /// names of their own.
     pub system_name: Option<String>,
-    /// Appended to modules.conf (e.g. `load = res_config_pgsql.so`).
-    pub modules_append: String,
     /// More files for the etc directory (`sorcery.conf`, `extconfig.conf`...), `@DIR@`
     /// replaced as in the templates.
     pub extra_conf: Vec<(String, String)>,
@@ -163,9 +164,9 @@ impl Default for Options {
             load_res_push: true,
             push_conf: None,
             pjsip_append: String::new(),
+            modules_append: String::new(),
             rtp_ports: 20,
             system_name: None,
-            modules_append: String::new(),
             extra_conf: Vec::new(),
             env: Vec::new(),
         }
@@ -234,6 +235,7 @@ impl Asterisk {
                 text.push_str(&opts.pjsip_append);
             }
             if *file == "modules.conf" {
+                text.push('\n');
                 text.push_str(&opts.modules_append);
             }
             if let (true, Some(name)) = (*file == "asterisk.conf", &opts.system_name) {

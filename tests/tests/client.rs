@@ -300,3 +300,107 @@ fn linphone_over_tcp_registers_gets_feature_caps_and_unregisters() {
         a.cli("push show bindings alice")
     );
 }
+
+#[test]
+fn awake_linphone_gets_a_message_sent_to_push() {
+    let (_mocks, a, _sidecar) = setup("client-message", "");
+    let phone = registered_linphone("client-message", &a);
+    let mut ami = a.ami();
+    let r = ami.action(
+        "MessageSend",
+        &[
+            ("Destination", "push:alice"),
+            ("From", "\"Bob\" <sip:bob@127.0.0.1>"),
+            ("Body", "hello Linphone"),
+        ],
+    );
+    assert_eq!(
+        res_push_itests::field(&r[0], "Response"),
+        Some("Success"),
+        "{r:?}"
+    );
+    let message = wait_for(WAIT, || {
+        phone
+            .received()
+            .into_iter()
+            .find(|m| m.starts_with("MESSAGE "))
+    })
+    .unwrap_or_else(|| panic!("no MESSAGE reached Linphone\n{}", a.log()));
+    assert!(message.contains("hello Linphone"), "{message}");
+    assert!(
+        header(&message, "From").is_some_and(|f| f.contains("sip:bob@127.0.0.1")),
+        "{message}"
+    );
+    // The Request-URI carries no push parameters (strip_pn_params).
+    let ruri = message.lines().next().unwrap_or_default();
+    assert!(!ruri.contains("pn-prid"), "{ruri}");
+    // Linphone accepted it.
+    wait_for(WAIT, || {
+        phone
+            .sent()
+            .into_iter()
+            .any(|m| {
+                m.starts_with("SIP/2.0 200")
+                    && header(&m, "CSeq").is_some_and(|c| c.ends_with("MESSAGE"))
+            })
+            .then_some(())
+    })
+    .unwrap_or_else(|| panic!("Linphone did not accept the MESSAGE\n{}", phone.log()));
+}
+
+#[test]
+fn linphone_gets_a_queued_message_with_its_next_register() {
+    // message_live_contact = no: a registered push device gets messages only with its next
+    // REGISTER (what the alert push brings about); Linphone refreshes every few seconds here.
+    let (mocks, a, _sidecar) = setup("client-queued", "message_live_contact = no");
+    let mut options = LinphoneOptions::new("alice", a.sip_port, PN);
+    options.expires = 6;
+    let mut phone = Linphone::start("client-queued", options);
+    assert!(
+        phone.wait_registered(WAIT),
+        "{}",
+        a.cli("pjsip show contacts")
+    );
+    wait_for(WAIT, || {
+        a.cli("push show bindings alice")
+            .contains("…1de8f0")
+            .then_some(())
+    })
+    .expect("binding");
+    let mut ami = a.ami();
+    let r = ami.action(
+        "MessageSend",
+        &[
+            ("Destination", "push:alice"),
+            ("From", "sip:bob@127.0.0.1"),
+            ("Body", "waiting for you"),
+        ],
+    );
+    assert_eq!(
+        res_push_itests::field(&r[0], "Response"),
+        Some("Success"),
+        "{r:?}"
+    );
+    mocks
+        .wait_apns(WAIT, |r| r.header("apns-push-type") == Some("alert"))
+        .expect("alert push");
+    let registers_before = phone.registrations();
+    let message = wait_for(Duration::from_secs(30), || {
+        phone
+            .received()
+            .into_iter()
+            .find(|m| m.starts_with("MESSAGE "))
+    })
+    .unwrap_or_else(|| panic!("no MESSAGE reached Linphone\n{}", a.log()));
+    assert!(message.contains("waiting for you"), "{message}");
+    assert!(
+        phone.registrations() > registers_before,
+        "delivered only after a new REGISTER"
+    );
+    assert!(
+        a.cli("push show messages alice")
+            .contains("0 queued message(s)"),
+        "{}",
+        a.cli("push show messages alice")
+    );
+}

@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 
-use res_push_proto::{Environment, Provider};
+use res_push_proto::{Environment, FailureClass, Outcome, Provider};
 use serde::{Deserialize, Serialize};
 
 use crate::pn::{Form, PushParams, Unbind};
@@ -140,6 +140,12 @@ pub enum RemoveReason {
     Replaced,
     /// An operator or provisioning system removed it (CLI, AMI).
     Operator,
+    /// Its pushes kept failing (`binding_max_failures`).
+    MaxFailures,
+    /// A newer device of the AOR took its place (`max_push_devices`).
+    MaxDevices,
+    /// Its token was registered to another AOR (`token_exclusive`): the app switched account.
+    TokenMoved,
 }
 
 impl RemoveReason {
@@ -151,7 +157,59 @@ impl RemoveReason {
             RemoveReason::MaxAge => "max-age",
             RemoveReason::Replaced => "replaced",
             RemoveReason::Operator => "operator",
+            RemoveReason::MaxFailures => "max-failures",
+            RemoveReason::MaxDevices => "max-devices",
+            RemoveReason::TokenMoved => "token-moved",
         }
+    }
+
+    /// Whether the device's SIP contact in the AOR goes with the binding: a device replaced by
+    /// a newer one (`max_push_devices`) or gone to another account (`token_exclusive`) must not
+    /// be rung there either.
+    pub fn takes_contact(self) -> bool {
+        matches!(self, RemoveReason::MaxDevices | RemoveReason::TokenMoved)
+    }
+}
+
+/// Binding hygiene options of `[general]` (all off by default).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Policy {
+    /// At most this many push bindings per AOR: a new device replaces the least recently
+    /// registered one (NethVoice's app rings only the device that logged in last).
+    pub max_push_devices: Option<usize>,
+    /// A token registering to an AOR leaves every other AOR (an app that switched account).
+    /// Off by default: a multi-account app (Linphone) registers several AORs with one token.
+    pub token_exclusive: bool,
+    /// A binding whose pushes failed this many times in a row is dropped.
+    pub max_failures: Option<u32>,
+}
+
+/// What a push's result says about the binding it went to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushVerdict {
+    /// The provider took it: the token works, the failure count starts over.
+    Delivered,
+    /// The provider refused this push for this device, for no reason of ours: counted.
+    Failed,
+    /// Nothing about the binding: our side (sidecar not connected, queue full, deadline,
+    /// credentials, templates, no app configured) or the provider's (outage, throttling), or
+    /// a dead token, which removes the binding by itself.
+    Neutral,
+}
+
+/// Judges a push's result; `None` is a push that got no outcome from the sidecar (link down,
+/// queue full, lost, timed out, unloading). Only `failed: other` counts against the binding:
+/// `config` covers our credentials as well as topics (counting it would let one expired key
+/// drop every binding of an app), `provider` is an outage or throttling after retries,
+/// `payload` and `no_app` are our configuration, `expired` is our capacity.
+pub fn verdict(outcome: Option<&Outcome>) -> PushVerdict {
+    match outcome {
+        Some(Outcome::Sent { .. }) => PushVerdict::Delivered,
+        Some(Outcome::Failed {
+            class: FailureClass::Other,
+            ..
+        }) => PushVerdict::Failed,
+        _ => PushVerdict::Neutral,
     }
 }
 
@@ -174,7 +232,7 @@ fn looks_after(node: &str, b: &Binding) -> bool {
 
 /// FNV-1a: a stable hash for ids (std's hasher may change between Rust releases, and ids are
 /// persisted and typed by operators).
-fn fnv1a(parts: &[&str]) -> u64 {
+pub(crate) fn fnv1a(parts: &[&str]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for p in parts {
         for b in p.bytes().chain(std::iter::once(0)) {
@@ -314,8 +372,13 @@ impl Store {
             .find(|b| b.provider == provider && b.app_id == app_id && b.token == token)
     }
 
-    /// Records a REGISTER that carries push parameters.
+    /// Records a REGISTER that carries push parameters, with no hygiene policy.
     pub fn register(&mut self, r: Registration, now: u64) -> Vec<Change> {
+        self.register_with(r, now, &Policy::default())
+    }
+
+    /// Records a REGISTER that carries push parameters under `policy`.
+    pub fn register_with(&mut self, r: Registration, now: u64, policy: &Policy) -> Vec<Change> {
         let mut changes = Vec::new();
         let Registration {
             aor,
@@ -357,16 +420,16 @@ impl Store {
                     || b.user_agent != user_agent
                     || b.instance != instance
                     || b.ua_pnsreg != ua_pnsreg
-                    || b.environment != environment
-                    || b.failures != 0;
+                    || b.environment != environment;
                 b.user_agent = user_agent;
                 b.instance = instance;
                 b.ua_pnsreg = ua_pnsreg;
                 b.environment = environment;
                 b.last_register = now;
                 b.expires_at = expires_at;
-                b.failures = 0;
                 b.reg_server.clone_from(&self.node);
+                // Failures stay: a REGISTER proves the device is alive, not that its token
+                // works; only a delivered push resets them.
                 let persist = changed || now.saturating_sub(b.persisted_register) >= PERSIST_EVERY;
                 if persist {
                     b.persisted_register = now;
@@ -379,6 +442,40 @@ impl Store {
                 });
             }
             None => {
+                if policy.token_exclusive {
+                    // The same device token in other AORs: the app left those accounts.
+                    let moved: Vec<Key> = self
+                        .bindings
+                        .iter()
+                        .filter(|(k, b)| k.0 != key.0 && b.provider == key.1 && b.token == key.3)
+                        .map(|(k, _)| k.clone())
+                        .collect();
+                    for k in moved {
+                        if let Some(binding) = self.bindings.remove(&k) {
+                            changes.push(Change::Removed {
+                                binding,
+                                reason: RemoveReason::TokenMoved,
+                            });
+                        }
+                    }
+                }
+                if let Some(max) = policy.max_push_devices {
+                    // Room for the new device: the least recently registered go.
+                    let mut others: Vec<(u64, u64, Key)> = self
+                        .aor_entries(&key.0)
+                        .map(|(k, b)| (b.last_register, b.created, k.clone()))
+                        .collect();
+                    others.sort();
+                    let excess = (others.len() + 1).saturating_sub(max.max(1));
+                    for (_, _, k) in others.into_iter().take(excess) {
+                        if let Some(binding) = self.bindings.remove(&k) {
+                            changes.push(Change::Removed {
+                                binding,
+                                reason: RemoveReason::MaxDevices,
+                            });
+                        }
+                    }
+                }
                 let id = binding_id(&key.0, key.1, &key.2, &key.3);
                 let b = Binding {
                     id,
@@ -545,14 +642,68 @@ impl Store {
         due
     }
 
-    /// Counts a failed push for a binding.
-    pub fn push_failed(&mut self, aor: &str, id: &str) -> Option<Binding> {
-        let b = self
-            .bindings
-            .values_mut()
-            .find(|b| b.aor == aor && b.id == id)?;
-        b.failures += 1;
-        Some(b.clone())
+    /// Whether a binding of `aor` still has this contact URI (then the contact stays when
+    /// another binding goes).
+    pub fn contact_in_use(&self, aor: &str, contact_uri: &str) -> bool {
+        self.of_aor(aor).any(|b| b.contact_uri == contact_uri)
+    }
+
+    fn key_of(&self, aor: &str, id: &str) -> Option<Key> {
+        self.aor_entries(aor)
+            .find(|(_, b)| b.id == id)
+            .map(|(k, _)| k.clone())
+    }
+
+    /// Counts a failed push for a binding; at `max_failures` in a row the binding goes.
+    pub fn push_failed(&mut self, aor: &str, id: &str, max_failures: Option<u32>) -> Vec<Change> {
+        let Some(key) = self.key_of(aor, id) else {
+            return Vec::new();
+        };
+        let Some(b) = self.bindings.get_mut(&key) else {
+            return Vec::new();
+        };
+        b.failures = b.failures.saturating_add(1);
+        if max_failures.is_some_and(|max| b.failures >= max) {
+            return self
+                .bindings
+                .remove(&key)
+                .map(|binding| Change::Removed {
+                    binding,
+                    reason: RemoveReason::MaxFailures,
+                })
+                .into_iter()
+                .collect();
+        }
+        vec![Change::Updated {
+            binding: b.clone(),
+            stale_contact: None,
+            changed: true,
+            persist: true,
+        }]
+    }
+
+    /// A push was delivered: the failure count starts over (a change only when it was not 0).
+    pub fn push_delivered(&mut self, aor: &str, id: &str) -> Vec<Change> {
+        let Some(key) = self.key_of(aor, id) else {
+            return Vec::new();
+        };
+        match self.bindings.get_mut(&key) {
+            Some(b) if b.failures != 0 => {
+                b.failures = 0;
+                vec![Change::Updated {
+                    binding: b.clone(),
+                    stale_contact: None,
+                    changed: true,
+                    persist: true,
+                }]
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// Whether a binding has failures to reset (checked before queueing work for a success).
+    pub fn has_failures(&self, aor: &str, id: &str) -> bool {
+        self.get(aor, id).is_some_and(|b| b.failures != 0)
     }
 }
 
@@ -768,6 +919,156 @@ mod tests {
             1,
             "new expiry, new refresh"
         );
+    }
+
+    #[test]
+    fn failures_count_reset_on_delivery_and_drop_at_the_limit() {
+        let mut s = Store::new();
+        s.register(reg("alice", "aa11", "sip:x"), 1);
+        let id = s.all().next().unwrap().id.clone();
+        let c = s.push_failed("alice", &id, None);
+        assert!(
+            matches!(&c[..], [Change::Updated { binding, persist: true, .. }] if binding.failures == 1)
+        );
+        s.push_failed("alice", &id, None);
+        assert_eq!(s.get("alice", &id).unwrap().failures, 2);
+        // A REGISTER does not reset: only a delivered push proves the token.
+        s.register(reg("alice", "aa11", "sip:x"), 2);
+        assert_eq!(s.get("alice", &id).unwrap().failures, 2);
+        assert!(s.has_failures("alice", &id));
+        assert_eq!(s.push_delivered("alice", &id).len(), 1);
+        assert_eq!(s.get("alice", &id).unwrap().failures, 0);
+        assert!(
+            s.push_delivered("alice", &id).is_empty(),
+            "nothing to reset"
+        );
+        for _ in 0..2 {
+            assert!(matches!(
+                &s.push_failed("alice", &id, Some(3))[..],
+                [Change::Updated { .. }]
+            ));
+        }
+        assert!(matches!(
+            &s.push_failed("alice", &id, Some(3))[..],
+            [Change::Removed {
+                reason: RemoveReason::MaxFailures,
+                ..
+            }]
+        ));
+        assert!(s.is_empty());
+        assert!(s.push_failed("alice", &id, Some(3)).is_empty(), "gone");
+    }
+
+    #[test]
+    fn which_outcomes_count() {
+        let failed = |class| Outcome::Failed {
+            class,
+            reason: "x".into(),
+        };
+        assert_eq!(
+            verdict(Some(&Outcome::Sent {
+                provider_id: None,
+                attempts: 1
+            })),
+            PushVerdict::Delivered
+        );
+        assert_eq!(
+            verdict(Some(&failed(FailureClass::Other))),
+            PushVerdict::Failed
+        );
+        for class in [
+            FailureClass::Config,
+            FailureClass::NoApp,
+            FailureClass::Provider,
+            FailureClass::Payload,
+        ] {
+            assert_eq!(
+                verdict(Some(&failed(class))),
+                PushVerdict::Neutral,
+                "{class:?}"
+            );
+        }
+        assert_eq!(verdict(Some(&Outcome::Expired)), PushVerdict::Neutral);
+        assert_eq!(
+            verdict(Some(&Outcome::InvalidToken { reason: "x".into() })),
+            PushVerdict::Neutral,
+            "dead tokens are removed by their own path"
+        );
+        assert_eq!(verdict(None), PushVerdict::Neutral, "link errors are ours");
+    }
+
+    #[test]
+    fn max_push_devices_replaces_the_least_recent() {
+        let policy = Policy {
+            max_push_devices: Some(1),
+            ..Policy::default()
+        };
+        let mut s = Store::new();
+        s.register_with(reg("alice", "aa11", "sip:a@1"), 1, &policy);
+        // The same device refreshing is no new device.
+        assert_eq!(
+            s.register_with(reg("alice", "aa11", "sip:a@1"), 2, &policy)
+                .len(),
+            1
+        );
+        s.register_with(reg("bob", "cc33", "sip:b@1"), 2, &policy);
+        let c = s.register_with(reg("alice", "bb22", "sip:a@2"), 3, &policy);
+        assert!(
+            matches!(&c[0], Change::Removed { reason: RemoveReason::MaxDevices, binding } if binding.token == "aa11")
+        );
+        assert!(matches!(&c[1], Change::Added(b) if b.token == "bb22"));
+        assert_eq!(s.of_aor("alice").count(), 1);
+        assert_eq!(s.of_aor("bob").count(), 1, "other AORs untouched");
+        assert!(!s.contact_in_use("alice", "sip:a@1"));
+        assert!(RemoveReason::MaxDevices.takes_contact());
+
+        let two = Policy {
+            max_push_devices: Some(2),
+            ..Policy::default()
+        };
+        let mut s = Store::new();
+        s.register_with(reg("alice", "t1", "sip:1"), 1, &two);
+        s.register_with(reg("alice", "t2", "sip:2"), 2, &two);
+        s.register_with(reg("alice", "t1", "sip:1"), 3, &two); // t1 refreshed: t2 is older
+        let c = s.register_with(reg("alice", "t3", "sip:3"), 4, &two);
+        assert!(
+            matches!(&c[0], Change::Removed { binding, .. } if binding.token == "t2"),
+            "{c:?}"
+        );
+        assert_eq!(s.of_aor("alice").count(), 2);
+        // Off: any number.
+        let mut s = Store::new();
+        for t in ["t1", "t2", "t3"] {
+            s.register(reg("alice", t, "sip:x"), 1);
+        }
+        assert_eq!(s.len(), 3);
+    }
+
+    #[test]
+    fn token_exclusive_moves_a_token_between_aors() {
+        let on = Policy {
+            token_exclusive: true,
+            ..Policy::default()
+        };
+        let mut s = Store::new();
+        s.register_with(reg("alice", "aa11", "sip:alice@p"), 1, &on);
+        let c = s.register_with(reg("bob", "aa11", "sip:bob@p"), 2, &on);
+        assert!(
+            matches!(&c[0], Change::Removed { reason: RemoveReason::TokenMoved, binding } if binding.aor == "alice")
+        );
+        assert_eq!(s.of_aor("alice").count(), 0);
+        assert_eq!(s.of_aor("bob").count(), 1);
+        // bob's refresh leaves nothing to move.
+        assert_eq!(
+            s.register_with(reg("bob", "aa11", "sip:bob@p"), 3, &on)
+                .len(),
+            1
+        );
+        // Off (default): a multi-account app keeps both.
+        let mut s = Store::new();
+        s.register(reg("alice", "aa11", "sip:alice@p"), 1);
+        s.register(reg("bob", "aa11", "sip:bob@p"), 2);
+        assert_eq!(s.len(), 2);
     }
 
     #[test]

@@ -41,6 +41,8 @@ pub struct General {
     pub policy: Policy,
     /// Bindings without a REGISTER for this long are forgotten.
     pub binding_max_age: Duration,
+    /// Binding hygiene: `max_push_devices`, `token_exclusive`, `binding_max_failures`.
+    pub binding_policy: crate::binding::Policy,
     /// Refresh pushes this long before a registration expires; zero disables them.
     pub refresh_before: Duration,
     /// How long a call waits for a pushed device to register.
@@ -70,6 +72,29 @@ pub struct General {
     /// With a shared binding store: how long a call's wake-up leg waits for that read before
     /// it goes on with what the node has in memory.
     pub binding_lookup_timeout: Duration,
+    /// Voicemail: an alert push to an endpoint's devices when a mailbox in its (or its AOR's)
+    /// `mailboxes` gets new messages.
+    pub mwi_push: bool,
+    /// Voicemail: also a background push (APNs `content-available`) to iOS devices on every
+    /// change of the counts, heard messages included, for apps that keep a badge.
+    pub mwi_background_push: bool,
+    /// How long after its call push a pushed device that never got the call is remembered
+    /// (counted from the push, which is what made the app report a call to CallKit):
+    /// when it registers within this window it gets an INVITE from the same caller followed
+    /// at once by a CANCEL whose Reason says how the call ended (what Flexisip does), so an
+    /// app that reported the push to CallKit can close that call. Zero disables.
+    pub late_wake_window: Duration,
+    /// Queued messages kept per AOR for sleeping devices (`MessageSend(push:...)`); a message
+    /// beyond it is refused, never an older one dropped.
+    pub message_queue_max: usize,
+    /// Queued messages older than this are dropped undelivered.
+    pub message_max_age: Duration,
+    /// Show the start of the message in its alert push (off: only who sent it).
+    pub push_message_preview: bool,
+    /// A push device's registered, unexpired contact takes messages at once (off: only when
+    /// it registered within `push_skip_recent`; otherwise the message waits for the REGISTER
+    /// its alert push brings, for apps whose registered contact is dead while they sleep).
+    pub message_live_contact: bool,
 }
 
 /// What the caller hears while devices wake up (XiVO's `XIVO_MAPP_WAIT_WITH_MUSIC`).
@@ -94,6 +119,7 @@ impl Default for General {
             job_deadline: Duration::from_secs(10),
             policy: Policy::default(),
             binding_max_age: Duration::from_secs(30 * 86400),
+            binding_policy: crate::binding::Policy::default(),
             refresh_before: Duration::from_secs(60),
             wake_timeout: Duration::from_secs(30),
             wait_audio: WaitAudio::Ringing,
@@ -105,6 +131,13 @@ impl Default for General {
             push_caller_id: true,
             binding_cache: Duration::from_secs(1),
             binding_lookup_timeout: Duration::from_millis(500),
+            mwi_push: true,
+            mwi_background_push: false,
+            late_wake_window: Duration::from_secs(30),
+            message_queue_max: 100,
+            message_max_age: Duration::from_secs(7 * 86400),
+            push_message_preview: true,
+            message_live_contact: true,
         }
     }
 }
@@ -254,6 +287,18 @@ fn parse_general(
                 g.binding_max_age = d;
             }
             "refresh_before" => g.refresh_before = parse_duration(v).map_err(|r| err(&r))?,
+            "max_push_devices" => {
+                let n = parse_off_or_range(v, 1, 100).map_err(|r| err(&r))?;
+                g.binding_policy.max_push_devices = n.map(|n| n as usize);
+            }
+            "token_exclusive" => {
+                g.binding_policy.token_exclusive =
+                    parse_bool(v).ok_or_else(|| err("must be yes or no"))?
+            }
+            "binding_max_failures" => {
+                let n = parse_off_or_range(v, 1, 1000).map_err(|r| err(&r))?;
+                g.binding_policy.max_failures = n.map(|n| n as u32);
+            }
             "wake_timeout" => {
                 let d = parse_duration(v).map_err(|r| err(&r))?;
                 if d.is_zero() || d > Duration::from_secs(600) {
@@ -285,6 +330,33 @@ fn parse_general(
             "push_caller_id" => {
                 g.push_caller_id = parse_bool(v).ok_or_else(|| err("must be yes or no"))?
             }
+            "late_wake_window" => {
+                let d = parse_duration(v).map_err(|r| err(&r))?;
+                if d > Duration::from_secs(3600) {
+                    return Err(err("must be at most 1h"));
+                }
+                g.late_wake_window = d;
+            }
+            "message_queue_max" => {
+                g.message_queue_max = v
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=10_000).contains(n))
+                    .ok_or_else(|| err("must be a number from 1 to 10000"))?
+            }
+            "message_max_age" => {
+                let d = parse_duration(v).map_err(|r| err(&r))?;
+                if d.is_zero() {
+                    return Err(err("must be at least 1 second"));
+                }
+                g.message_max_age = d;
+            }
+            "message_live_contact" => {
+                g.message_live_contact = parse_bool(v).ok_or_else(|| err("must be yes or no"))?
+            }
+            "push_message_preview" => {
+                g.push_message_preview = parse_bool(v).ok_or_else(|| err("must be yes or no"))?
+            }
             "strip_pn_params" => {
                 g.strip_pn_params = parse_bool(v).ok_or_else(|| err("must be yes or no"))?
             }
@@ -298,6 +370,10 @@ fn parse_general(
             "binding_lookup_timeout_ms" => {
                 g.binding_lookup_timeout =
                     Duration::from_millis(parse_range(v, 10, 10_000).map_err(|r| err(&r))?)
+            }
+            "mwi_push" => g.mwi_push = parse_bool(v).ok_or_else(|| err("must be yes or no"))?,
+            "mwi_background_push" => {
+                g.mwi_background_push = parse_bool(v).ok_or_else(|| err("must be yes or no"))?
             }
             "missed_call_push" => {
                 g.missed_call_push = parse_bool(v).ok_or_else(|| err("must be yes or no"))?
@@ -403,6 +479,16 @@ fn parse_duration(v: &str) -> Result<Duration, String> {
         .filter(|s| *s <= 10 * 365 * 86400)
         .map(Duration::from_secs)
         .ok_or_else(|| "too large".to_string())
+}
+
+/// `0` or `off` (the default), or a number in range.
+fn parse_off_or_range(v: &str, min: u64, max: u64) -> Result<Option<u64>, String> {
+    if v.eq_ignore_ascii_case("off") || v == "0" {
+        return Ok(None);
+    }
+    parse_range(v, min, max)
+        .map(Some)
+        .map_err(|e| format!("{e}, or 0/off"))
 }
 
 fn parse_range(v: &str, min: u64, max: u64) -> Result<u64, String> {
@@ -519,6 +605,64 @@ mod tests {
     }
 
     #[test]
+    fn binding_hygiene_options() {
+        let g = PushConfig::from_sections(&[]).unwrap().config.general;
+        assert_eq!(
+            g.binding_policy,
+            crate::binding::Policy::default(),
+            "all off by default"
+        );
+        let g = PushConfig::from_sections(&general(&[
+            ("max_push_devices", "1"),
+            ("token_exclusive", "yes"),
+            ("binding_max_failures", "3"),
+        ]))
+        .unwrap()
+        .config
+        .general;
+        assert_eq!(g.binding_policy.max_push_devices, Some(1));
+        assert!(g.binding_policy.token_exclusive);
+        assert_eq!(g.binding_policy.max_failures, Some(3));
+        let g = PushConfig::from_sections(&general(&[
+            ("max_push_devices", "off"),
+            ("binding_max_failures", "0"),
+        ]))
+        .unwrap()
+        .config
+        .general;
+        assert_eq!(g.binding_policy.max_push_devices, None);
+        assert_eq!(g.binding_policy.max_failures, None);
+        for (k, v) in [
+            ("max_push_devices", "101"),
+            ("max_push_devices", "many"),
+            ("binding_max_failures", "-1"),
+            ("token_exclusive", "perhaps"),
+        ] {
+            let e = PushConfig::from_sections(&general(&[(k, v)])).unwrap_err();
+            assert_eq!(e.option, k, "{e}");
+        }
+    }
+
+    #[test]
+    fn voicemail_options() {
+        let g = PushConfig::from_sections(&[]).unwrap().config.general;
+        assert!(
+            g.mwi_push && !g.mwi_background_push,
+            "alerts on, background off"
+        );
+        let g = PushConfig::from_sections(&general(&[
+            ("mwi_push", "no"),
+            ("mwi_background_push", "yes"),
+        ]))
+        .unwrap()
+        .config
+        .general;
+        assert!(!g.mwi_push && g.mwi_background_push);
+        let e = PushConfig::from_sections(&general(&[("mwi_push", "sometimes")])).unwrap_err();
+        assert_eq!(e.option, "mwi_push");
+    }
+
+    #[test]
     fn app_sections_pass_through() {
         let sections = vec![Section {
             name: "ios".into(),
@@ -567,5 +711,60 @@ mod tests {
         let p = PushConfig::from_sections(&s).unwrap();
         assert_eq!(p.warnings.len(), 2, "{:?}", p.warnings);
         assert!(p.warnings[0].contains("colour"));
+    }
+
+    #[test]
+    fn late_wake_window_defaults_to_30s_and_0_turns_it_off() {
+        assert_eq!(
+            PushConfig::from_sections(&[])
+                .unwrap()
+                .config
+                .general
+                .late_wake_window,
+            Duration::from_secs(30)
+        );
+        let g = |v: &str| {
+            PushConfig::from_sections(&general(&[("late_wake_window", v)]))
+                .map(|p| p.config.general.late_wake_window)
+        };
+        assert_eq!(g("0"), Ok(Duration::ZERO));
+        assert_eq!(g("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(g("2h").unwrap_err().option, "late_wake_window");
+        assert!(g("soon").is_err());
+    }
+
+    #[test]
+    fn message_options() {
+        let g = PushConfig::from_sections(&general(&[
+            ("message_queue_max", "3"),
+            ("message_max_age", "2"),
+            ("push_message_preview", "no"),
+            ("message_live_contact", "no"),
+        ]))
+        .unwrap()
+        .config
+        .general;
+        assert_eq!(g.message_queue_max, 3);
+        assert_eq!(g.message_max_age, Duration::from_secs(2));
+        assert!(!g.push_message_preview);
+        assert!(!g.message_live_contact);
+        let d = General::default();
+        assert_eq!(d.message_queue_max, 100);
+        assert_eq!(d.message_max_age, Duration::from_secs(7 * 86400));
+        assert!(d.push_message_preview);
+        assert!(d.message_live_contact);
+        for (k, v) in [
+            ("message_queue_max", "0"),
+            ("message_queue_max", "many"),
+            ("message_max_age", "0"),
+            ("push_message_preview", "maybe"),
+        ] {
+            assert_eq!(
+                PushConfig::from_sections(&general(&[(k, v)]))
+                    .unwrap_err()
+                    .option,
+                k
+            );
+        }
     }
 }

@@ -13,6 +13,8 @@
 
 use std::time::Duration;
 
+use crate::reasons::PushError;
+
 /// A contact as far as "is it the same phone at the same place" goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContactRef {
@@ -115,7 +117,7 @@ pub enum Event {
     /// The provider accepted the push.
     PushSent,
     /// The push could not be delivered.
-    PushFailed(String),
+    PushFailed(PushError),
     /// The registrar accepted a REGISTER of this device.
     Registered(ContactRef),
     /// The current leg's Dial returned.
@@ -138,7 +140,7 @@ pub enum Outcome {
     /// The caller left or another device answered.
     Hangup,
     /// The push failed and no contact of the device could be rung.
-    Failed(String),
+    Failed(PushError),
 }
 
 /// What the device leg's thread does next.
@@ -178,7 +180,7 @@ enum Push {
     /// Sent, no outcome yet.
     InFlight,
     Sent,
-    Failed(String),
+    Failed(PushError),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -228,6 +230,14 @@ impl Device {
     /// Whether a call push went out (so a cancel push is due if the device does not answer).
     pub fn pushed(&self) -> bool {
         matches!(self.push, Push::InFlight | Push::Sent)
+    }
+
+    /// Why its push failed, if it did.
+    pub fn push_failure(&self) -> Option<&PushError> {
+        match &self.push {
+            Push::Failed(e) => Some(e),
+            _ => None,
+        }
     }
 
     /// Whether the device registered during the call.
@@ -562,6 +572,18 @@ mod tests {
         d.on(Event::LegEnded(LegEnd::NoAnswer));
         assert_eq!(d.next(S), Step::Finish(Outcome::NotAnswered));
         assert!(d.pushed());
+    }
+
+    #[test]
+    fn a_failed_push_is_remembered_while_the_live_leg_rings_on() {
+        let mut d = live(true);
+        d.next(Duration::ZERO);
+        d.next(Duration::ZERO);
+        assert_eq!(d.push_failure(), None);
+        d.on(Event::PushFailed("no app".into()));
+        d.on(Event::LegEnded(LegEnd::NoAnswer));
+        assert_eq!(d.next(T), Step::Finish(Outcome::TimedOut));
+        assert_eq!(d.push_failure(), Some(&"no app".into()));
     }
 
     #[test]

@@ -71,6 +71,10 @@ pub enum Job {
     /// Send one push. Answered with [`Outcome::Sent`], [`Outcome::InvalidToken`],
     /// [`Outcome::Failed`] or [`Outcome::Expired`].
     Push(PushRequest),
+    /// Tell a device its voicemail counts changed (Asterisk's MWI). A job of its own rather
+    /// than a [`PushKind`], so that a sidecar too old to know it answers
+    /// [`Outcome::Unsupported`] instead of failing to parse the frame. Answered like `Push`.
+    Voicemail(VoicemailPush),
     /// A job kind this side does not know (sent by a newer peer); answered with
     /// [`Outcome::Unsupported`] instead of tearing the connection down.
     #[serde(other)]
@@ -176,6 +180,32 @@ pub struct PushRequest {
     /// Payload data.
     #[serde(default)]
     pub data: PushData,
+}
+
+/// A voicemail notification to one device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VoicemailPush {
+    /// The device.
+    pub target: PushTarget,
+    /// The mailbox as Asterisk names it (`mailbox@context`).
+    pub mailbox: String,
+    /// New (unheard) messages.
+    pub new_messages: u32,
+    /// Old (heard, kept) messages.
+    pub old_messages: u32,
+    /// Urgent messages among the new ones.
+    #[serde(default)]
+    pub urgent_messages: u32,
+    /// The AOR the device is bound to.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// Pushes with the same collapse id replace each other on the device (APNs
+    /// `apns-collapse-id`, FCM `collapse_key`): one per mailbox, so only the latest counts show.
+    pub collapse_id: String,
+    /// APNs only: a background push (`content-available`, no alert) for the app to update
+    /// itself, instead of an alert for the user.
+    #[serde(default)]
+    pub background: bool,
 }
 
 /// Why a push failed, by what the module should do about it.
@@ -513,6 +543,25 @@ mod tests {
                     caller_number: Some("1000".into()),
                     ..Default::default()
                 },
+            }),
+        });
+        roundtrip(ClientFrame::Submit {
+            id: 10,
+            deadline_ms: 5000,
+            job: Job::Voicemail(VoicemailPush {
+                target: PushTarget {
+                    provider: Provider::Fcm,
+                    app_id: "proj".into(),
+                    token: "tok".into(),
+                    environment: None,
+                },
+                mailbox: "1000@default".into(),
+                new_messages: 2,
+                old_messages: 1,
+                urgent_messages: 0,
+                endpoint: Some("alice".into()),
+                collapse_id: "mwi-1000@default".into(),
+                background: false,
             }),
         });
         roundtrip(ClientFrame::Submit {

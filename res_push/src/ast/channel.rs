@@ -32,6 +32,18 @@ impl ChanRef {
         unsafe { ffi::rp_shim_channel_wake(self.0) };
     }
 
+    /// Whether this is a reference to `chan`.
+    pub fn is(&self, chan: Chan) -> bool {
+        std::ptr::eq(self.0, chan.ptr())
+    }
+
+    /// Sets a channel variable from another thread (Asterisk locks the channel).
+    pub fn set_var(&self, name: &str, value: &str) {
+        let (n, v) = (c_string(name), c_string(value));
+        // SAFETY: we hold a reference, so the channel is alive; Asterisk copies both strings.
+        unsafe { ffi::rp_shim_setvar(self.0, n.as_ptr(), v.as_ptr()) };
+    }
+
     /// Hangs the channel up from another thread; its own thread (e.g. the Dial ringing it)
     /// sees the hangup at once.
     pub fn soft_hangup(&self) {
@@ -198,6 +210,118 @@ impl Chan<'_> {
         // SAFETY: live channel.
         unsafe { ffi::rp_shim_check_hangup(self.ptr()) != 0 }
     }
+
+    /// The hangup cause it has now (Q.850; e.g. 26 when a Dial hung it up because another
+    /// destination answered).
+    pub fn hangup_cause(&self) -> i32 {
+        // SAFETY: live channel.
+        unsafe { ffi::rp_shim_hangup_cause(self.ptr()) }
+    }
+}
+
+/// What [`Outgoing::read_control`] saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    /// A provisional response (ringing, progress, proceeding).
+    Provisional,
+    /// The callee answered.
+    Answered,
+    /// Nothing of note (time ran out, a woken wait, another frame).
+    Nothing,
+    /// The channel hung up (the callee refused, the transport failed).
+    Gone,
+}
+
+/// An outgoing channel this module created and no PBX runs: ours to read and to hang up (on
+/// drop at the latest). Used from the module's own threads only.
+#[derive(Debug)]
+pub struct Outgoing {
+    ptr: NonNull<ffi::ast_channel>,
+    cause: i32,
+}
+
+// SAFETY: the channel is reference counted by Asterisk; this handle is the one reference that
+// ends it, moved between threads but used by one at a time.
+unsafe impl Send for Outgoing {}
+
+impl Outgoing {
+    /// A new channel of `tech` (e.g. `PJSIP`) to `dest` (`endpoint/uri`), not called yet; the
+    /// Q.850 cause on failure.
+    pub fn request(tech: &str, dest: &str) -> Result<Outgoing, i32> {
+        let (t, d) = (c_string(tech), c_string(dest));
+        let mut cause: c_int = 0;
+        // SAFETY: valid strings; the channel returned carries a reference that is now ours.
+        let p = unsafe { ffi::rp_shim_request(t.as_ptr(), d.as_ptr(), &mut cause) };
+        NonNull::new(p).map_or(Err(cause), |ptr| Ok(Outgoing { ptr, cause: 16 }))
+    }
+
+    /// The channel, borrowed for channel-variable and similar calls.
+    pub fn chan(&self) -> Chan<'_> {
+        Chan(self.ptr, PhantomData)
+    }
+
+    /// The calling party its INVITE shows (From) and its caller id.
+    pub fn set_calling_party(&self, number: Option<&str>, name: Option<&str>) {
+        let (n, m) = (number.map(c_string), name.map(c_string));
+        let ptr =
+            |s: &Option<std::ffi::CString>| s.as_ref().map_or(std::ptr::null(), |s| s.as_ptr());
+        // SAFETY: live channel; Asterisk copies the strings.
+        unsafe { ffi::rp_shim_set_calling_party(self.ptr.as_ptr(), ptr(&n), ptr(&m)) };
+    }
+
+    /// Places the call (the INVITE goes out). False when the channel driver refused.
+    pub fn call(&self, dest: &str) -> bool {
+        let d = c_string(dest);
+        // SAFETY: live channel, valid string.
+        unsafe { ffi::rp_shim_call(self.ptr.as_ptr(), d.as_ptr()) == 0 }
+    }
+
+    /// Waits up to `timeout` for the next frame; another thread ends the wait early with
+    /// [`ChanRef::wake`] (a handle from `chan().handle()`).
+    pub fn read_control(&self, timeout: Duration) -> Progress {
+        let ms = timeout.as_millis().clamp(1, i32::MAX as u128) as c_int;
+        // SAFETY: live channel, read only by the thread holding this handle.
+        let c = unsafe { ffi::rp_shim_read_control(self.ptr.as_ptr(), ms) };
+        use ffi::ast_control_frame_type as f;
+        match c {
+            c if c < 0 => Progress::Gone,
+            c if c == f::AST_CONTROL_RINGING as c_int
+                || c == f::AST_CONTROL_PROGRESS as c_int
+                || c == f::AST_CONTROL_PROCEEDING as c_int =>
+            {
+                Progress::Provisional
+            }
+            c if c == f::AST_CONTROL_ANSWER as c_int => Progress::Answered,
+            c if c == f::AST_CONTROL_HANGUP as c_int
+                || c == f::AST_CONTROL_BUSY as c_int
+                || c == f::AST_CONTROL_CONGESTION as c_int =>
+            {
+                Progress::Gone
+            }
+            _ => Progress::Nothing,
+        }
+    }
+
+    /// Hangs up with this Q.850 cause (a CANCEL while unanswered; res_pjsip_rfc3326 adds its
+    /// Reason from the cause).
+    pub fn hangup(mut self, cause: i32) {
+        self.cause = cause;
+        drop(self);
+    }
+}
+
+impl Drop for Outgoing {
+    fn drop(&mut self) {
+        // SAFETY: our reference from `request`, released exactly once here.
+        unsafe { ffi::rp_shim_hangup(self.ptr.as_ptr(), self.cause) };
+    }
+}
+
+/// Whether an Asterisk module (e.g. `res_pjsip_rfc3326.so`) is loaded.
+pub fn module_running(name: &str) -> bool {
+    let n = c_string(name);
+    // SAFETY: valid string.
+    unsafe { ffi::rp_shim_module_running(n.as_ptr()) != 0 }
 }
 
 /// The `aors` setting of a PJSIP endpoint, `None` when there is no such endpoint.

@@ -11,6 +11,8 @@ pub mod guard;
 pub mod identity;
 pub mod log;
 pub mod manager;
+pub mod message;
+pub mod mwi;
 pub mod pjsip;
 pub mod sorcery;
 pub mod sync;

@@ -572,6 +572,18 @@ const MESSAGE_FIELDS: &[&str] = &[
     "condition",
 ];
 
+/// Fields of `AndroidConfig` (FCM HTTP v1).
+const ANDROID_FIELDS: &[&str] = &[
+    "collapse_key",
+    "priority",
+    "ttl",
+    "restricted_package_name",
+    "data",
+    "notification",
+    "fcm_options",
+    "direct_boot_ok",
+];
+
 impl FcmState {
     fn authorize(&self, req: &IncomingRequest) -> Result<(), Reject> {
         let auth = req
@@ -728,6 +740,19 @@ impl FcmState {
                     "Invalid value at 'message.android' (type.googleapis.com/google.firebase.fcm.v1.AndroidConfig)",
                 ));
             };
+            if let Some(reject) = unknown_field(android, ANDROID_FIELDS, "message.android") {
+                return Err(reject);
+            }
+            if let Some(key) = android.get("collapse_key") {
+                if !key.is_string() {
+                    return Err(Reject::field(
+                        "message.android.collapse_key",
+                        &format!(
+                            "Invalid value at 'message.android.collapse_key' (TYPE_STRING), {key}"
+                        ),
+                    ));
+                }
+            }
             if let Some(p) = android.get("priority") {
                 let ok = match p {
                     Value::String(s) => {

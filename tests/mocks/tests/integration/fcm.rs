@@ -510,6 +510,14 @@ async fn send_validation_matches_google() {
             "android data not strings",
             json!({"message": {"token": DEVICE, "android": {"data": {"n": 1}}}}),
         ),
+        (
+            "collapse key not a string",
+            json!({"message": {"token": DEVICE, "android": {"collapse_key": 5}}}),
+        ),
+        (
+            "unknown android field",
+            json!({"message": {"token": DEVICE, "android": {"collapse_id": "mwi-1"}}}),
+        ),
     ];
     for (what, body) in cases {
         let (status, e) = send(&c, &url, &token, &body).await;
@@ -517,6 +525,11 @@ async fn send_validation_matches_google() {
         assert_eq!(e["error"]["status"], "INVALID_ARGUMENT", "{what}");
         assert!(e["error"]["details"][0]["@type"].is_string(), "{what}");
     }
+
+    // A collapse key (voicemail pushes: one per mailbox) is a plain AndroidConfig string.
+    let collapsed = json!({"message": {"token": DEVICE, "data": {"kind": "voicemail"},
+        "android": {"priority": "high", "collapse_key": "mwi-1000@default"}}});
+    assert_eq!(send(&c, &url, &token, &collapsed).await.0, 200);
 
     // Another project: the service account has no permission there.
     let other = format!("{}/v1/projects/someone-else/messages:send", m.url());
