@@ -571,18 +571,31 @@ impl Wake {
 
     /// The outcome of an early push: to its leg if one waits, else kept for it.
     fn early_done(&self, call: &str, id: &str, r: Result<(), PushError>) {
-        let mut pushed = lock(&self.pushed);
-        let Some((_, state)) = pushed.get_mut(&(call.to_string(), id.to_string())) else {
-            return;
-        };
-        match std::mem::replace(state, Early::Done(r.clone())) {
-            Early::Leg(leg) => {
-                drop(pushed);
-                if let Some(leg) = leg.upgrade() {
-                    leg.feed(r.map_or_else(Event::PushFailed, |()| Event::PushSent));
-                }
+        let leg = {
+            let mut pushed = lock(&self.pushed);
+            let Some((_, state)) = pushed.get_mut(&(call.to_string(), id.to_string())) else {
+                return;
+            };
+            match std::mem::replace(state, Early::Done(r.clone())) {
+                Early::Leg(leg) => leg.upgrade(),
+                Early::InFlight | Early::Done(_) => None,
             }
-            Early::InFlight | Early::Done(_) => {}
+        };
+        // The caller learns of a failed push now: a dead token removes the binding at once, so
+        // PushDial may find no binding left to give a leg, and the device's reason would be
+        // lost. A leg that still rings a live contact overwrites it when it ends.
+        if let Err(e) = &r {
+            self.device_ended(
+                call,
+                DeviceReport {
+                    label: id.to_string(),
+                    reason: Reason::PushFailed(e.class),
+                    woken: false,
+                },
+            );
+        }
+        if let Some(leg) = leg {
+            leg.feed(r.map_or_else(Event::PushFailed, |()| Event::PushSent));
         }
     }
 
