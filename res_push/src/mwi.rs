@@ -140,12 +140,14 @@ fn notify(r: &Arc<Running>, s: &State, decision: Decision) {
             aors.iter().cloned().collect::<Vec<_>>().join(", ")
         }
     );
+    // The background push first and never collapsed with the alert: APNs keeps one pending
+    // notification per app for an offline phone, and the alert is the one the user must see.
     for b in devices {
-        if decision.alert {
-            submit(r, &b, s, false);
-        }
         if mwi::wants_background(b.provider, background, decision) {
             submit(r, &b, s, true);
+        }
+        if decision.alert {
+            submit(r, &b, s, false);
         }
     }
 }
@@ -158,7 +160,11 @@ fn submit(r: &Running, b: &Binding, s: &State, background: bool) {
         old_messages: s.counts.old,
         urgent_messages: s.counts.urgent,
         endpoint: Some(b.aor.clone()),
-        collapse_id: mwi::collapse_id(&s.mailbox),
+        collapse_id: if background {
+            String::new()
+        } else {
+            mwi::collapse_id(&s.mailbox)
+        },
         background,
     });
     let what = if background {

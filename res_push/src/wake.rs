@@ -326,7 +326,20 @@ impl Wake {
         let ringing = !watchers.is_empty();
         for w in watchers {
             match w {
-                Watcher::Device(leg) => leg.feed(Event::Registered(contact.clone())),
+                Watcher::Device(leg) => {
+                    leg.feed(Event::Registered(contact.clone()));
+                    // The caller learns now that this device woke: its leg rings until the
+                    // caller's Dial gives up and then ends as a hangup, which tells nothing,
+                    // so a fallback dialplan would ring the mobile number of a phone that rang.
+                    self.device_ended(
+                        &leg.call_uuid,
+                        DeviceReport {
+                            label: leg.binding.id.clone(),
+                            reason: Reason::NotAnswered,
+                            woken: true,
+                        },
+                    );
+                }
                 Watcher::Wake(waiter) => {
                     lock(&waiter.woken).push(id.clone());
                     waiter.fill(Ok(contact.uri.clone()))
@@ -386,12 +399,16 @@ impl Wake {
             .flatten()
             .unwrap_or_else(|| contact.to_string());
         let dest = format!("{}/{}", call.endpoint, dial_uri(&target));
-        let reason = call.ending.reason_to_add(self.rfc3326_loaded());
         let (aor, id) = (aor.to_string(), id.to_string());
         let finished = Arc::new(AtomicBool::new(false));
         let flag = finished.clone();
         let state = late.clone();
         let spawned = thread::spawn(c"push-late", move || {
+            // Asked here, not on the PJSIP thread running the REGISTER hook: it takes the
+            // module list's lock, which a module load waiting on PJSIP may hold.
+            let reason = call
+                .ending
+                .reason_to_add(channel::module_running("res_pjsip_rfc3326.so"));
             run_late_invite(&state, &aor, &id, &dest, &call, reason);
             flag.store(true, Ordering::Release);
         });
@@ -760,7 +777,15 @@ pub fn local_destination(
     let call_uuid = requestor
         .and_then(|c| c.var("PUSH_CALL_UUID"))
         .filter(|u| is_uuid(u))
-        .unwrap_or_else(uuid_v4);
+        .unwrap_or_else(|| {
+            let u = uuid_v4();
+            // Kept on the caller: a retry of the same call (dialplan, Queue, PushWake then
+            // Dial) is the same call to the phone, so it gets no second VoIP push.
+            if let Some(c) = requestor {
+                c.set_var("PUSH_CALL_UUID", &u);
+            }
+            u
+        });
     if let Some(running) = running {
         // With a shared store whose copy is stale, the lookup starts now and the device legs
         // push once PushDial has waited for it (on its own channel, not this caller's thread).
@@ -1328,7 +1353,12 @@ pub fn push_wake(running: &Running, chan: Chan, data: &str) -> i32 {
         chan.set_var("PUSH_REASONS", &reasons::reasons_var(&reports));
         return 0;
     }
-    let call_uuid = chan.var("PUSH_CALL_UUID").unwrap_or_else(uuid_v4);
+    let call_uuid = chan.var("PUSH_CALL_UUID").unwrap_or_else(|| {
+        // As for Push/: a later Dial(Push/...) of this call pushes nobody twice.
+        let u = uuid_v4();
+        chan.set_var("PUSH_CALL_UUID", &u);
+        u
+    });
     let waiter = Arc::new(Waiter {
         done: AtomicBool::new(false),
         result: Mutex::new(None),
@@ -1393,11 +1423,13 @@ pub fn push_wake(running: &Running, chan: Chan, data: &str) -> i32 {
     if status != "WOKEN" {
         contacts.extend(live.iter().map(|(_, c)| dest(&c.uri)));
     }
-    // Nobody woke in time (or the caller left): the pushed devices will get no INVITE for
-    // this call; one that registers soon gets a late INVITE + CANCEL to close it.
-    if matches!(status, "TIMEOUT" | "HANGUP") {
+    // The pushed devices that did not wake (all of them unless one did: the dialplan rings
+    // only that one) will get no INVITE for this call; one that registers soon gets a late
+    // INVITE + CANCEL to close the call its app reported.
+    {
         let (caller_number, caller_name) = chan.caller();
-        for id in &pushed {
+        let woken = lock(&waiter.woken).clone();
+        for id in pushed.iter().filter(|id| !woken.contains(id)) {
             running.wake.missed(
                 general,
                 id,

@@ -254,3 +254,44 @@ fn failed_push_beside_a_stale_contact_reads_as_push_failed_and_falls_back() {
         "{line}"
     );
 }
+
+/// A phone that woke and rang but was not answered is no reason to ring the mobile number:
+/// the caller's dialplan reads `WOKEN` although the device's leg ended with the caller's Dial.
+#[test]
+fn woken_phone_that_rang_unanswered_does_not_fall_back() {
+    let (trunk_port, desk_port) = (free_udp_port(), free_udp_port());
+    let (mocks, a, _sidecar) = start(
+        "fallback-woken",
+        "ring_live_contact = no\nwake_timeout = 6",
+        trunk_port,
+        desk_port,
+    );
+    let id = bind(&a);
+    let desk = a.sipp("desk", DESK, desk_port, &[]);
+    let caller = a.sipp("caller", CALLER, free_udp_port(), &["-s", "desk-mobile"]);
+    wait_for(WAIT, || (!mocks.apns.requests().is_empty()).then_some(())).expect("the push");
+    // The woken phone registers at a new contact, rings there and is never answered.
+    let port = free_udp_port();
+    let phone = a.sipp("woken", DESK, port, &[]);
+    std::thread::sleep(Duration::from_millis(300));
+    let mut r = Register::new("alice", &pn(TOKEN));
+    r.contact_port = Some(port);
+    assert!(a.register(&r).ok);
+    let phone = phone.wait();
+    assert!(
+        phone.ok,
+        "the woken phone rang until the Dial gave up:\n{}",
+        phone.trace
+    );
+    let _ = (caller.wait(), desk.wait());
+    assert_eq!(
+        outcome(&a, "desk-mobile"),
+        format!("desk-mobile DIALSTATUS=NOANSWER PUSHSTATUS=WOKEN PUSH_REASONS={id}:not-answered")
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        !a.log().contains(&format!("PJSIP/{MOBILE}@trunk")),
+        "no fallback call:\n{}",
+        a.log()
+    );
+}

@@ -349,10 +349,13 @@ fn background_push_on_ios_when_configured_and_the_switch_off() {
     kinds.sort();
     assert_eq!(kinds, ["alert", "background"]);
     for p in &pushes {
-        assert_eq!(p.header("apns-collapse-id"), Some("mwi-1000@default"));
         assert_eq!(p.json.as_ref().unwrap()["new_messages"], "2");
     }
+    let alert = pushes.iter().find(|p| kind(p) == "alert").unwrap();
+    assert_eq!(alert.header("apns-collapse-id"), Some("mwi-1000@default"));
     let bg = pushes.iter().find(|p| kind(p) == "background").unwrap();
+    // Not collapsed with the alert: an offline phone would be left with the silent one.
+    assert_eq!(bg.header("apns-collapse-id"), None);
     assert_eq!(bg.header("apns-priority"), Some("5"));
     let aps = &bg.json.as_ref().unwrap()["aps"];
     assert_eq!(aps["content-available"], 1);
