@@ -189,26 +189,37 @@ pub struct Policy {
 pub enum PushVerdict {
     /// The provider took it: the token works, the failure count starts over.
     Delivered,
-    /// The provider refused this push for this device, for no reason of ours: counted.
+    /// The provider did not deliver this push to this device: counted.
     Failed,
     /// Nothing about the binding: our side (sidecar not connected, queue full, deadline,
-    /// credentials, templates, no app configured) or the provider's (outage, throttling), or
-    /// a dead token, which removes the binding by itself.
+    /// credentials, templates, no app configured), or a dead token, which removes the binding
+    /// by itself.
     Neutral,
 }
 
+/// Refusals classed as configuration that are about the device's token, not about our
+/// credentials: the token belongs to another topic or another Firebase project.
+const TOKEN_MISMATCH_REASONS: &[&str] = &["DeviceTokenNotForTopic", "SENDER_ID_MISMATCH"];
+
 /// Judges a push's result; `None` is a push that got no outcome from the sidecar (link down,
-/// queue full, lost, timed out, unloading). Only `failed: other` counts against the binding:
-/// `config` covers our credentials as well as topics (counting it would let one expired key
-/// drop every binding of an app), `provider` is an outage or throttling after retries,
-/// `payload` and `no_app` are our configuration, `expired` is our capacity.
+/// queue full, lost, timed out, unloading). Counted: a refusal for no reason of ours
+/// (`failed: other`), the provider failing after every retry (`failed: provider`: from the
+/// binding's side the push failed; an operator setting `binding_max_failures` sizes it
+/// above what a provider outage gives a device), and a token that belongs to another topic
+/// or project. Not counted: the rest of `config` (our credentials: counting it would let one
+/// expired key drop every binding of an app), `payload` and `no_app` (our configuration),
+/// `expired` (our capacity).
 pub fn verdict(outcome: Option<&Outcome>) -> PushVerdict {
     match outcome {
         Some(Outcome::Sent { .. }) => PushVerdict::Delivered,
         Some(Outcome::Failed {
-            class: FailureClass::Other,
+            class: FailureClass::Other | FailureClass::Provider,
             ..
         }) => PushVerdict::Failed,
+        Some(Outcome::Failed {
+            class: FailureClass::Config,
+            reason,
+        }) if TOKEN_MISMATCH_REASONS.iter().any(|r| reason.starts_with(r)) => PushVerdict::Failed,
         _ => PushVerdict::Neutral,
     }
 }
@@ -972,14 +983,23 @@ mod tests {
             })),
             PushVerdict::Delivered
         );
-        assert_eq!(
-            verdict(Some(&failed(FailureClass::Other))),
-            PushVerdict::Failed
-        );
+        for class in [FailureClass::Other, FailureClass::Provider] {
+            assert_eq!(
+                verdict(Some(&failed(class))),
+                PushVerdict::Failed,
+                "{class:?}"
+            );
+        }
+        for reason in ["DeviceTokenNotForTopic", "SENDER_ID_MISMATCH: sender id"] {
+            let o = Outcome::Failed {
+                class: FailureClass::Config,
+                reason: reason.into(),
+            };
+            assert_eq!(verdict(Some(&o)), PushVerdict::Failed, "{reason}");
+        }
         for class in [
             FailureClass::Config,
             FailureClass::NoApp,
-            FailureClass::Provider,
             FailureClass::Payload,
         ] {
             assert_eq!(
