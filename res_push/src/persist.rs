@@ -31,8 +31,16 @@ static FIELD_NAMES: LazyLock<Vec<CString>> = LazyLock::new(|| {
 const LEGACY_FAMILY: &str = "res_push";
 const LEGACY_TREE: &str = "binding";
 
-/// How often queued writes are retried while the store is unreachable.
+/// The first retry of queued writes once the store is unreachable; each further one waits
+/// twice as long, up to [`RETRY_MAX`] (every failed try costs the database driver an error
+/// line of its own).
 pub const RETRY: Duration = Duration::from_secs(2);
+/// See [`RETRY`].
+pub const RETRY_MAX: Duration = Duration::from_secs(10);
+/// A shared store is probed this often when nothing else reaches it, so `push show status`
+/// tells a database that went away (or came back) while the node was idle; while it is
+/// down, lookups are answered from memory at once, and one probe per period finds it back.
+const PROBE: Duration = Duration::from_secs(5);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -77,6 +85,8 @@ struct Queue {
     stop: bool,
     /// While the store is unreachable: when queued writes are tried again.
     retry_at: Option<Instant>,
+    /// The wait before that retry.
+    retry_delay: Duration,
 }
 
 /// The store and its queue.
@@ -177,12 +187,21 @@ impl Persist {
     /// The thread's body: writes first (so a lookup sees this node's own changes), then
     /// lookups, whose answers go to `synced`.
     pub fn run(&self, synced: &dyn Fn(&Lookup, Vec<Binding>)) {
+        let mut probed = Instant::now();
         loop {
             let (lookups, stop) = {
                 let mut q = lock(&self.queue);
                 loop {
                     if q.stop || !q.lookups.is_empty() {
                         break;
+                    }
+                    if self.shared && q.writes.is_empty() && probed.elapsed() >= PROBE {
+                        drop(q);
+                        probed = Instant::now();
+                        let up = self.reachable();
+                        self.mark(up);
+                        q = lock(&self.queue);
+                        continue;
                     }
                     let now = Instant::now();
                     let retry_in = q
@@ -191,10 +210,10 @@ impl Persist {
                     if !q.writes.is_empty() && retry_in.is_zero() {
                         break;
                     }
-                    let wait = if q.writes.is_empty() {
-                        Duration::from_secs(3600)
-                    } else {
-                        retry_in
+                    let wait = match (q.writes.is_empty(), self.shared) {
+                        (true, true) => PROBE.saturating_sub(probed.elapsed()),
+                        (true, false) => Duration::from_secs(3600),
+                        (false, _) => retry_in,
                     };
                     q = self
                         .wake
@@ -204,7 +223,10 @@ impl Persist {
                 }
                 (std::mem::take(&mut q.lookups), q.stop)
             };
-            self.flush();
+            // Unloading with the store down: a last try would only hold the unload up.
+            if !stop || self.health().up {
+                self.flush();
+            }
             if stop {
                 // Unloading: nobody waits for an answer long enough, and a store that hangs
                 // must not hold up the unload twice.
@@ -220,6 +242,21 @@ impl Persist {
                 return;
             }
             for (what, done) in lookups {
+                // Down: memory is all there is, at once, until a probe finds the store back
+                // (one per period, not one per call).
+                if self.shared && !self.health().up {
+                    if probed.elapsed() < PROBE {
+                        done(false);
+                        continue;
+                    }
+                    probed = Instant::now();
+                    let up = self.reachable();
+                    self.mark(up);
+                    if !up {
+                        done(false);
+                        continue;
+                    }
+                }
                 match self.read(&what) {
                     Some(rows) => {
                         synced(&what, rows);
@@ -233,6 +270,15 @@ impl Persist {
 
     /// Writes what is queued until the queue is empty or the store stops answering.
     fn flush(&self) {
+        // Down: one probe rather than a failing write per queued binding.
+        if self.shared && !self.health().up && !lock(&self.queue).writes.is_empty() {
+            let up = self.reachable();
+            self.mark(up);
+            if !up {
+                self.retry_later();
+                return;
+            }
+        }
         loop {
             let next = lock(&self.queue).writes.next();
             let Some((id, seq, w)) = next else { return };
@@ -242,7 +288,7 @@ impl Persist {
             };
             match r {
                 Err(Failure::Unreachable) => {
-                    lock(&self.queue).retry_at = Some(Instant::now() + RETRY);
+                    self.retry_later();
                     return;
                 }
                 Err(Failure::Refused) => {
@@ -254,8 +300,16 @@ impl Persist {
             }
             let mut q = lock(&self.queue);
             q.retry_at = None;
+            q.retry_delay = Duration::ZERO;
             q.writes.done(&id, seq);
         }
+    }
+
+    /// Queued writes wait for the next retry, each twice as long as the last.
+    fn retry_later(&self) {
+        let mut q = lock(&self.queue);
+        q.retry_delay = (q.retry_delay * 2).clamp(RETRY, RETRY_MAX);
+        q.retry_at = Some(Instant::now() + q.retry_delay);
     }
 
     fn mark(&self, up: bool) {
@@ -279,9 +333,10 @@ impl Persist {
             );
         } else {
             tracing::error!(
-                "push binding store ({}) unreachable: bindings are served from memory, writes are kept and retried every {}s (check the realtime mapping in extconfig.conf and the database connection)",
+                "push binding store ({}) unreachable: bindings are served from memory, writes are kept and retried ({}s, then up to every {}s) (check the realtime mapping in extconfig.conf and the database connection)",
                 self.wizards.join(","),
-                RETRY.as_secs()
+                RETRY.as_secs(),
+                RETRY_MAX.as_secs()
             );
         }
     }
