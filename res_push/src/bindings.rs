@@ -601,6 +601,28 @@ impl Bindings {
                 }
             }
         };
+        // A count is stored as an update only: the row may be gone because another node
+        // removed the binding, and a count must not bring it back.
+        let changes = changes
+            .into_iter()
+            .map(|c| match c {
+                Change::Updated {
+                    binding,
+                    stale_contact,
+                    changed,
+                    persist: true,
+                } => {
+                    self.persist.write(Write::Update(binding.clone()));
+                    Change::Updated {
+                        binding,
+                        stale_contact,
+                        changed,
+                        persist: false,
+                    }
+                }
+                other => other,
+            })
+            .collect();
         self.publish(changes);
     }
 

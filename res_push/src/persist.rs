@@ -51,6 +51,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub enum Write {
     /// Store this binding (create or replace).
     Upsert(Binding),
+    /// Store this binding only if the store still has it (a failure count: a row another
+    /// node deleted stays deleted).
+    Update(Binding),
     /// Remove this binding.
     Delete(Binding),
 }
@@ -166,9 +169,18 @@ impl Persist {
     /// Queues a write; never blocks on the store.
     pub fn write(&self, w: Write) {
         let id = match &w {
-            Write::Upsert(b) | Write::Delete(b) => b.id.clone(),
+            Write::Upsert(b) | Write::Update(b) | Write::Delete(b) => b.id.clone(),
         };
-        lock(&self.queue).writes.push(&id, w);
+        let mut q = lock(&self.queue);
+        // An update replacing a queued (or in-flight) upsert must still create the row.
+        let w = match w {
+            Write::Update(b) if matches!(q.writes.get(&id), Some(Write::Upsert(_))) => {
+                Write::Upsert(b)
+            }
+            w => w,
+        };
+        q.writes.push(&id, w);
+        drop(q);
         self.wake.notify_one();
     }
 
@@ -284,6 +296,7 @@ impl Persist {
             let Some((id, seq, w)) = next else { return };
             let r = match &w {
                 Write::Upsert(b) => self.upsert(b),
+                Write::Update(b) => self.update(b),
                 Write::Delete(b) => self.delete(b),
             };
             match r {
@@ -377,6 +390,24 @@ impl Persist {
             o.set(i, v);
         }
         Some(o)
+    }
+
+    /// Updates the row if it is there; no row (deleted elsewhere) is no error.
+    fn update(&self, b: &Binding) -> Result<(), Failure> {
+        let Some(o) = self.object(b) else {
+            return Err(Failure::Unreachable);
+        };
+        if self.sorcery.update(&o) {
+            self.mark(true);
+            return Ok(());
+        }
+        let up = self.reachable();
+        self.mark(up);
+        if up {
+            Ok(())
+        } else {
+            Err(Failure::Unreachable)
+        }
     }
 
     fn upsert(&self, b: &Binding) -> Result<(), Failure> {

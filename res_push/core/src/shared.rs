@@ -291,6 +291,11 @@ impl<T: Clone> Pending<T> {
         }
     }
 
+    /// The write queued for `id` (also while it is being stored).
+    pub fn get(&self, id: &str) -> Option<&T> {
+        self.writes.get(id).map(|(_, w)| w)
+    }
+
     /// Whether `id` has a write queued (its copy in memory is newer than the store's).
     pub fn contains(&self, id: &str) -> bool {
         self.writes.contains_key(id)
