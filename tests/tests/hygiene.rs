@@ -90,15 +90,16 @@ fn failed_pushes_are_counted_reset_on_success_and_drop_the_binding_at_the_limit(
     assert!(out.contains(": sent"), "{out}");
     wait_failures(&a, "alice", 0);
 
-    // Three in a row: the binding goes, and the log and AMI say why. The first is a token
-    // of another app's topic: classed as configuration, but about this device, so counted.
+    // Three in a row: the binding goes, and the log and AMI say why. The first is the
+    // provider failing for good (throttled, asking to come back after the push's deadline):
+    // from the binding's side the push failed, so it counts.
     for n in 1..=3u32 {
-        let reason = if n == 1 {
-            "DeviceTokenNotForTopic"
+        let behavior = if n == 1 {
+            Behavior::error_retry_after(429, "TooManyRequests", 3600)
         } else {
-            "SomethingOdd"
+            Behavior::error(400, "SomethingOdd")
         };
-        mocks.apns.script(TOKEN, vec![Behavior::error(400, reason)]);
+        mocks.apns.script(TOKEN, vec![behavior]);
         a.cli("push send alice alert again");
         if n < 3 {
             wait_failures(&a, "alice", n);

@@ -197,18 +197,14 @@ pub enum PushVerdict {
     Neutral,
 }
 
-/// Refusals classed as configuration that are about the device's token, not about our
-/// credentials: the token belongs to another topic or another Firebase project.
-const TOKEN_MISMATCH_REASONS: &[&str] = &["DeviceTokenNotForTopic", "SENDER_ID_MISMATCH"];
-
 /// Judges a push's result; `None` is a push that got no outcome from the sidecar (link down,
 /// queue full, lost, timed out, unloading). Counted: a refusal for no reason of ours
 /// (`failed: other`), the provider failing after every retry (`failed: provider`: from the
 /// binding's side the push failed; an operator setting `binding_max_failures` sizes it
-/// above what a provider outage gives a device), and a token that belongs to another topic
-/// or project. Not counted: the rest of `config` (our credentials: counting it would let one
-/// expired key drop every binding of an app), `payload` and `no_app` (our configuration),
-/// `expired` (our capacity).
+/// above what a provider outage gives a device). Not counted: `config` (our credentials and
+/// topics: counting it would let one expired key drop every binding of an app, and an alert
+/// to a VoIP-only iOS token is refused as `DeviceTokenNotForTopic`), `payload` and `no_app`
+/// (our configuration), `expired` (our capacity).
 pub fn verdict(outcome: Option<&Outcome>) -> PushVerdict {
     match outcome {
         Some(Outcome::Sent { .. }) => PushVerdict::Delivered,
@@ -216,10 +212,6 @@ pub fn verdict(outcome: Option<&Outcome>) -> PushVerdict {
             class: FailureClass::Other | FailureClass::Provider,
             ..
         }) => PushVerdict::Failed,
-        Some(Outcome::Failed {
-            class: FailureClass::Config,
-            reason,
-        }) if TOKEN_MISMATCH_REASONS.iter().any(|r| reason.starts_with(r)) => PushVerdict::Failed,
         _ => PushVerdict::Neutral,
     }
 }
@@ -989,13 +981,6 @@ mod tests {
                 PushVerdict::Failed,
                 "{class:?}"
             );
-        }
-        for reason in ["DeviceTokenNotForTopic", "SENDER_ID_MISMATCH: sender id"] {
-            let o = Outcome::Failed {
-                class: FailureClass::Config,
-                reason: reason.into(),
-            };
-            assert_eq!(verdict(Some(&o)), PushVerdict::Failed, "{reason}");
         }
         for class in [
             FailureClass::Config,
