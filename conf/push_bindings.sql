@@ -15,7 +15,8 @@
 --   sorcery.conf     [res_push]
 --                    push_binding = realtime,push_bindings
 --   res_pgsql.conf   [general] dbhost, dbport, dbname, dbuser, dbpass
--- Portable SQL: the same table works on MySQL/MariaDB and SQLite through res_odbc.
+-- Portable SQL: the same table works on SQLite through res_odbc, and on MySQL/MariaDB once
+-- `IF NOT EXISTS` is removed from the CREATE INDEX below (MySQL does not know it there).
 
 CREATE TABLE IF NOT EXISTS push_bindings (
     id            VARCHAR(40)  PRIMARY KEY,
@@ -33,7 +34,8 @@ CREATE TABLE IF NOT EXISTS push_bindings (
     last_register BIGINT       NOT NULL DEFAULT 0,
     expires_at    BIGINT       NOT NULL DEFAULT 0,
     failures      INTEGER      NOT NULL DEFAULT 0,
-    reg_server    VARCHAR(255) NOT NULL DEFAULT ''
+    reg_server    VARCHAR(255) NOT NULL DEFAULT '',
+    alert_token   VARCHAR(4096) NOT NULL DEFAULT ''
 );
 
 -- Calls look bindings up by AOR.

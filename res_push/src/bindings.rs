@@ -724,7 +724,7 @@ impl Bindings {
             redact(&b.token)
         );
         let job = Job::Push(PushRequest {
-            target: target(b),
+            target: target(b, PushKind::Refresh),
             kind: PushKind::Refresh,
             data: PushData {
                 endpoint: Some(b.aor.clone()),
@@ -854,12 +854,18 @@ impl Bindings {
     }
 }
 
-/// The push target of a binding.
-pub fn target(b: &Binding) -> PushTarget {
+/// The push target of a binding for a push of `kind`: calls go to the device token, every
+/// other push to its alert token when it has one (an iOS app's PushKit token takes VoIP
+/// pushes only).
+pub fn target(b: &Binding, kind: PushKind) -> PushTarget {
+    let token = match (&b.alert_token, kind) {
+        (Some(t), k) if k != PushKind::Call => t.clone(),
+        _ => b.token.clone(),
+    };
     PushTarget {
         provider: b.provider,
         app_id: b.app_id.clone(),
-        token: b.token.clone(),
+        token,
         environment: b.environment,
     }
 }

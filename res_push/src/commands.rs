@@ -313,6 +313,9 @@ fn details(list: &[Binding], now: u64) -> String {
         line("Provider", provider_name(b.provider));
         line("App", &b.app_id);
         line("Token", &redact(&b.token));
+        if let Some(t) = &b.alert_token {
+            line("Alert token", &redact(t));
+        }
         line("Environment", environment_name(b.environment));
         line("Syntax", &format!("{:?}", b.form));
         line("Contact", &redact_uri(&b.contact_uri));

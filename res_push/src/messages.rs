@@ -556,7 +556,7 @@ fn alert(running: &Running, b: &Binding, m: &Queued, uuid: &str) {
         general.push_message_preview,
     );
     let job = Job::Push(PushRequest {
-        target: target(b),
+        target: target(b, PushKind::Message),
         kind: PushKind::Message,
         data,
     });

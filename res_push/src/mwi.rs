@@ -154,7 +154,8 @@ fn notify(r: &Arc<Running>, s: &State, decision: Decision) {
 
 fn submit(r: &Running, b: &Binding, s: &State, background: bool) {
     let job = Job::Voicemail(VoicemailPush {
-        target: target(b),
+        // Never a VoIP push: the alert token when the device has one (any kind but a call).
+        target: target(b, res_push_proto::PushKind::Message),
         mailbox: s.mailbox.clone(),
         new_messages: s.counts.new,
         old_messages: s.counts.old,

@@ -99,7 +99,7 @@ pub fn send_to_aor(
                 endpoint: Some(aor.to_string()),
                 text: text.clone(),
             };
-            match submit(running, target(&b), kind, data, Some((&b.aor, &b.id))) {
+            match submit(running, target(&b, kind), kind, data, Some((&b.aor, &b.id))) {
                 Ok(slot) => (b, Some(slot), None),
                 Err(e) => (b, None, Some(Err(e))),
             }

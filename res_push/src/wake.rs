@@ -923,7 +923,7 @@ fn push(
     let bindings = running.bindings.clone();
     let (provider, token, aor, id) = (b.provider, b.token.clone(), b.aor.clone(), b.id.clone());
     let job = Job::Push(PushRequest {
-        target: target(b),
+        target: target(b, kind),
         kind,
         data,
     });

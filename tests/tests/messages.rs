@@ -569,9 +569,13 @@ fn a_dead_token_stops_holding_queued_messages() {
     let mut bob = Phone::new("bob", &a);
     assert_eq!(bob.message("alice", "to an uninstalled app"), 202);
     assert_eq!(sent_status(&mut ami).1, "QUEUED");
-    // APNs says the app is gone: the binding is removed, and its message with it.
-    ami.wait_event(WAIT, |p| field(p, "Event") == Some("PushBindingRemoved"))
-        .expect("binding removed");
+    // APNs says the app is gone: the binding is removed, and its message with it. (Read from
+    // the CLI: the removal's AMI event may come before the dialplan's UserEvent, which
+    // `sent_status` reads past.)
+    wait_for(WAIT, || {
+        (!a.cli("push show bindings alice").contains("…1de8f0")).then_some(())
+    })
+    .unwrap_or_else(|| panic!("binding not removed: {}", a.log()));
     wait_for(WAIT, || (queued(&a) == 0).then_some(()))
         .unwrap_or_else(|| panic!("{}", a.cli("push show messages")));
     // With no device left, the next message is refused.
@@ -646,4 +650,33 @@ fn two_registers_racing_deliver_each_message_once() {
     got.sort();
     assert_eq!(got, ["race 1", "race 2", "race 3"], "{}", a.log());
     assert_eq!(queued(&a), 0);
+}
+
+/// Linphone for iOS registers two tokens (Flexisip's `pn-prid=VOIP:voip&REMOTE:remote`): calls
+/// go to the PushKit one, the message alert to the remote one, which APNs takes for the
+/// app's own topic (it refuses an alert to a PushKit token).
+#[test]
+fn ios_app_with_a_remote_token_gets_its_message_alert_there() {
+    let (mocks, a, _sidecar) = setup("msg-remote-token", "");
+    let mut ami = a.ami();
+    let remote = "ab".repeat(32);
+    let params = format!(
+        ";pn-provider=apns;pn-param=TEAM123456.com.example.phone.voip&remote;pn-prid={TOKEN}:voip&{remote}:remote"
+    );
+    fall_asleep_with(&a, &params, "…1de8f0");
+    let detail = a.cli("push show binding alice");
+    assert!(detail.contains("Alert token     : …ababab"), "{detail}");
+    let mut bob = Phone::new("bob", &a);
+    assert_eq!(bob.message("alice", "to the remote token"), 202);
+    assert_eq!(sent_status(&mut ami).1, "QUEUED");
+    let alert = wait_for(WAIT, || {
+        mocks.apns.requests().into_iter().find(|r| {
+            r.header("apns-push-type") == Some("alert")
+                && r.json.as_ref().is_some_and(|j| j["kind"] == "message")
+        })
+    })
+    .expect("message alert");
+    assert_eq!(alert.device_token.as_deref(), Some(remote.as_str()));
+    assert_eq!(alert.header("apns-topic"), Some("com.example.phone"));
+    assert!(alerts(&mocks).is_empty(), "nothing to the PushKit token");
 }

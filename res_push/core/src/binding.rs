@@ -28,6 +28,10 @@ pub struct Binding {
     pub app_id: String,
     /// Device token. Shown redacted (see [`redact`]) everywhere but storage.
     pub token: String,
+    /// The token for pushes that are not calls, when the device sent one apart (see
+    /// [`PushParams::alert_token`]); `None`: `token` serves every push.
+    #[serde(default)]
+    pub alert_token: Option<String>,
     /// APNs environment when known.
     pub environment: Option<Environment>,
     /// The syntax the device used.
@@ -393,6 +397,7 @@ impl Store {
             expires,
         } = r;
         // The key takes the strings; a new binding copies them back (refreshes are the norm).
+        let alert_token = params.alert_token;
         let key = Key(aor, params.provider, params.app_id, params.token);
         // A device instance that now presents a new token replaces its old binding: apps get new
         // tokens on reinstall or token rotation, and the old one would ring nothing.
@@ -423,7 +428,9 @@ impl Store {
                     || b.user_agent != user_agent
                     || b.instance != instance
                     || b.ua_pnsreg != ua_pnsreg
-                    || b.environment != environment;
+                    || b.environment != environment
+                    || b.alert_token != alert_token;
+                b.alert_token = alert_token;
                 b.user_agent = user_agent;
                 b.instance = instance;
                 b.ua_pnsreg = ua_pnsreg;
@@ -486,6 +493,7 @@ impl Store {
                     provider: key.1,
                     app_id: key.2.clone(),
                     token: key.3.clone(),
+                    alert_token,
                     environment: params.environment,
                     form: params.form,
                     contact_uri,
@@ -719,6 +727,7 @@ mod tests {
             provider: Provider::Apns,
             app_id: "TEAM.com.example.voip".into(),
             token: token.into(),
+            alert_token: None,
             environment: None,
             form: Form::Rfc8599,
             purr: None,

@@ -337,6 +337,7 @@ mod tests {
                         provider: Provider::Fcm,
                         app_id: "p".into(),
                         token: token.into(),
+                        alert_token: None,
                         environment: None,
                         form: crate::pn::Form::Rfc8599,
                         purr: None,

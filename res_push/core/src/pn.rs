@@ -38,6 +38,10 @@ pub struct PushParams {
     pub app_id: String,
     /// Device token (`pn-prid`); for Flexisip multi-token values, the VoIP one.
     pub token: String,
+    /// The token for pushes that are not calls (alerts, background), when the device sent
+    /// one beside its VoIP token (Flexisip `TOKEN:voip&TOKEN2:remote`, as Linphone for iOS
+    /// does): APNs refuses an alert to a PushKit token (`DeviceTokenNotForTopic`).
+    pub alert_token: Option<String>,
     /// APNs environment when the device said.
     pub environment: Option<Environment>,
     /// The syntax used.
@@ -281,6 +285,25 @@ fn flexisip_token(token: &str) -> &str {
         .map_or(token, |(t, _)| t)
 }
 
+/// Flexisip: `tok1:voip&tok2:remote` → `tok2`, the token for alerts; `None` unless both kinds
+/// are there (a lone token serves every push).
+fn flexisip_alert_token(token: &str) -> Option<&str> {
+    if !token.contains('&') {
+        return None;
+    }
+    let parts: Vec<(&str, &str)> = token
+        .split('&')
+        .filter_map(|p| p.rsplit_once(':'))
+        .collect();
+    if !parts.iter().any(|(_, kind)| *kind == "voip") {
+        return None;
+    }
+    parts
+        .iter()
+        .find(|(t, kind)| *kind == "remote" && !t.is_empty())
+        .map(|(t, _)| *t)
+}
+
 /// Linphone `app-id=org.example.app.prod` → (`org.example.app`, production).
 fn legacy_app_env(app: &str) -> (&str, Option<Environment>) {
     if let Some(a) = app.strip_suffix(".dev") {
@@ -321,7 +344,7 @@ pub fn from_contact(c: &Contact, rules: &Rules) -> Request {
 fn finish(
     provider: Provider,
     app: &str,
-    token: &str,
+    (token, alert_token): (&str, Option<&str>),
     env: Option<Environment>,
     form: Form,
     purr: Option<String>,
@@ -342,10 +365,15 @@ fn finish(
     if !rules.providers.contains(&provider) {
         return Request::Unsupported(format!("{provider:?}").to_ascii_lowercase());
     }
+    // A malformed alert token is no reason to refuse the VoIP one: alerts then use that.
+    let alert_token = alert_token
+        .filter(|t| *t != token && check_token(provider, t, rules).is_ok())
+        .map(str::to_string);
     Request::Bind(PushParams {
         provider,
         app_id: app.to_string(),
         token: token.to_string(),
+        alert_token,
         environment: env,
         form,
         purr,
@@ -378,7 +406,7 @@ fn rfc8599(c: &Contact, raw_provider: Option<&str>, rules: &Rules) -> Request {
     finish(
         provider,
         app,
-        flexisip_token(prid),
+        (flexisip_token(prid), flexisip_alert_token(prid)),
         env,
         Form::Rfc8599,
         purr,
@@ -408,7 +436,7 @@ fn legacy(
     finish(
         provider,
         app,
-        flexisip_token(tok),
+        (flexisip_token(tok), flexisip_alert_token(tok)),
         env.or(app_env),
         form,
         None,
@@ -438,7 +466,7 @@ pub fn from_mpush(value: &str, rules: &Rules) -> Request {
         "w" => return Request::Unsupported("webpush".into()),
         _ => return Request::Malformed("Unknown X-MPUSH provider".into()),
     };
-    finish(provider, app, token, env, Form::Mpush, None, rules)
+    finish(provider, app, (token, None), env, Form::Mpush, None, rules)
 }
 
 #[cfg(test)]
@@ -525,6 +553,35 @@ mod tests {
         assert_eq!(p.environment, Some(Environment::Sandbox));
         assert_eq!(p.app_id, "ABCD1234.org.linphone.phone.voip");
         assert_eq!(p.token, APNS_TOK);
+        // Linphone for iOS: the remote token carries alerts (messages, voicemail, cancels).
+        let remote = "ab".repeat(32);
+        let p = bind(&format!(
+            "<sip:a@h;pn-provider=apns;pn-param=ABCD1234.org.linphone.phone.voip&remote;pn-prid={APNS_TOK}:voip&{remote}:remote>"
+        ));
+        assert_eq!(p.token, APNS_TOK);
+        assert_eq!(p.alert_token.as_deref(), Some(remote.as_str()));
+        // A lone token, or a remote one that is no token, leaves alerts on the VoIP token.
+        assert_eq!(
+            bind(&format!(
+                "<sip:a@h;pn-provider=apns;pn-param=A.b.voip;pn-prid={APNS_TOK}:voip>"
+            ))
+            .alert_token,
+            None
+        );
+        assert_eq!(
+            bind(&format!(
+                "<sip:a@h;pn-provider=apns;pn-param=A.b.voip;pn-prid={APNS_TOK}:voip&zz:remote>"
+            ))
+            .alert_token,
+            None
+        );
+        assert_eq!(
+            bind(&format!(
+                "<sip:a@h;pn-provider=apns;pn-param=A.b.voip;pn-prid={APNS_TOK}>"
+            ))
+            .alert_token,
+            None
+        );
     }
 
     #[test]

@@ -24,7 +24,7 @@ pub const OBJECT_TYPE: &str = "push_binding";
 pub const ASTDB_PREFIX: &str = "res_push";
 
 /// Stored fields, in the order the shim registers them. Never rename one: it is a column.
-pub const FIELDS: [&str; 15] = [
+pub const FIELDS: [&str; 16] = [
     "aor",
     "provider",
     "app_id",
@@ -40,6 +40,7 @@ pub const FIELDS: [&str; 15] = [
     "expires_at",
     "failures",
     "reg_server",
+    "alert_token",
 ];
 
 /// A row that is no binding: read after a lookup to tell "no rows" from "no database" (sorcery
@@ -63,7 +64,7 @@ fn yes_no(b: bool) -> String {
 }
 
 /// A binding's stored fields, in [`FIELDS`] order.
-pub fn to_fields(b: &Binding) -> [String; 15] {
+pub fn to_fields(b: &Binding) -> [String; 16] {
     [
         b.aor.clone(),
         name(b.provider),
@@ -80,6 +81,7 @@ pub fn to_fields(b: &Binding) -> [String; 15] {
         b.expires_at.to_string(),
         b.failures.to_string(),
         b.reg_server.clone(),
+        b.alert_token.clone().unwrap_or_default(),
     ]
 }
 
@@ -141,6 +143,7 @@ pub fn from_fields(id: &str, get: impl Fn(usize) -> String) -> Result<Binding, B
         provider,
         app_id: text(2),
         token,
+        alert_token: opt(15),
         environment,
         form,
         contact_uri: text(6),
@@ -388,6 +391,7 @@ mod tests {
                 provider: Provider::Apns,
                 app_id: "TEAM.com.example.voip".into(),
                 token: token.into(),
+                alert_token: None,
                 environment: Some(Environment::Sandbox),
                 form: Form::PnType,
                 purr: None,
