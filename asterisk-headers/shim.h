@@ -145,7 +145,8 @@ int rp_shim_exec(struct ast_channel *chan, const char *app, const char *data);
 void rp_shim_setvar(struct ast_channel *chan, const char *name, const char *value);
 int rp_shim_getvar(struct ast_channel *chan, const char *name, char *buf, size_t len);
 int rp_shim_check_hangup(struct ast_channel *chan);
-void rp_shim_caller(struct ast_channel *chan, char *number, char *name, size_t len);
+/* The caller's number and name; returns their combined presentation (AST_PRES_*). */
+int rp_shim_caller(struct ast_channel *chan, char *number, char *name, size_t len);
 int rp_shim_endpoint_aors(const char *endpoint, char *buf, size_t len);
 int rp_shim_aor_contacts(const char *aor, void (*each)(void *ctx, const char *uri), void *ctx);
 int rp_shim_device_state(const char *device);

@@ -177,9 +177,10 @@ int rp_shim_check_hangup(struct ast_channel *chan)
 	return ast_check_hangup_locked(chan);
 }
 
-void rp_shim_caller(struct ast_channel *chan, char *number, char *name, size_t len)
+int rp_shim_caller(struct ast_channel *chan, char *number, char *name, size_t len)
 {
 	struct ast_party_caller *caller;
+	int presentation;
 
 	number[0] = name[0] = '\0';
 	ast_channel_lock(chan);
@@ -190,7 +191,9 @@ void rp_shim_caller(struct ast_channel *chan, char *number, char *name, size_t l
 	if (caller->id.name.valid && caller->id.name.str) {
 		ast_copy_string(name, caller->id.name.str, len);
 	}
+	presentation = ast_party_id_presentation(&caller->id);
 	ast_channel_unlock(chan);
+	return presentation;
 }
 
 int rp_shim_endpoint_aors(const char *endpoint, char *buf, size_t len)

@@ -384,6 +384,32 @@ fn push_caller_id_off_keeps_the_caller_out_of_payloads() {
     assert!(push.json.is_some());
 }
 
+/// A caller who withheld their identity (CLIR, `CALLERID(pres)=prohib`) stays out of every
+/// payload although `push_caller_id` is on: the phone would have shown "anonymous".
+#[test]
+fn withheld_caller_id_stays_out_of_payloads() {
+    let (mocks, a, _sidecar) = setup("live-clir", "wake_timeout = 2\nmissed_call_push = yes");
+    assert!(a.register(&Register::new("alice", &pn(TOKEN))).ok);
+    wait_binding(&a, "alice");
+    let caller = a.sipp("caller", CALLER, free_udp_port(), &["-s", "clir-alice"]);
+    let push = mocks
+        .wait_apns(WAIT, |r| r.device_token.as_deref() == Some(TOKEN))
+        .expect("call push");
+    assert!(!caller.wait().ok);
+    std::thread::sleep(Duration::from_millis(500));
+    let bodies: Vec<String> = mocks
+        .apns
+        .requests()
+        .iter()
+        .map(|r| r.body_text.clone())
+        .collect();
+    assert!(bodies.len() >= 2, "call and missed pushes: {bodies:?}");
+    for b in &bodies {
+        assert!(!b.contains("bob") && !b.contains("Bob"), "{b}");
+    }
+    assert_eq!(push.json.as_ref().unwrap()["kind"], "call");
+}
+
 /// When the mobile answers, the desk phone that `Push/` rang beside it is cancelled with
 /// RFC 3326's "completed elsewhere" reason, so it does not show a missed call (part of issue
 /// 12's first item: the contacts PushDial rings itself).

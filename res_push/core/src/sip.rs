@@ -203,6 +203,13 @@ pub fn percent_decode(v: &str) -> String {
     String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
+/// Whether a caller id presentation (Asterisk's `AST_PRES_*`, Q.931's presentation indicator
+/// in bits 5-6, `AST_PRES_RESTRICTION` = 0x60) lets the caller's number and name be shown:
+/// only "allowed" does; "restricted" and "unavailable" keep the caller anonymous.
+pub fn presentation_allowed(presentation: i32) -> bool {
+    presentation & 0x60 == 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -262,5 +269,16 @@ mod tests {
         assert_eq!(percent_decode("100%"), "100%");
         assert_eq!(percent_decode("%zz%4"), "%zz%4");
         assert_eq!(percent_decode("%ff"), "\u{fffd}");
+    }
+
+    #[test]
+    fn only_allowed_presentations_show_the_caller() {
+        // AST_PRES_ALLOWED_USER_NUMBER_NOT_SCREENED, ..._NETWORK_NUMBER, RESTRICTED (0x20 |
+        // screening bits), UNAVAILABLE (0x43).
+        assert!(presentation_allowed(0x00));
+        assert!(presentation_allowed(0x03));
+        assert!(!presentation_allowed(0x20));
+        assert!(!presentation_allowed(0x23));
+        assert!(!presentation_allowed(0x43));
     }
 }

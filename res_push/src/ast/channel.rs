@@ -159,7 +159,7 @@ impl Chan<'_> {
         let mut num = [0u8; 256];
         let mut name = [0u8; 256];
         // SAFETY: live channel; both buffers are 256 bytes and the shim NUL-terminates.
-        unsafe {
+        let presentation = unsafe {
             ffi::rp_shim_caller(
                 self.ptr(),
                 num.as_mut_ptr() as *mut c_char,
@@ -167,6 +167,11 @@ impl Chan<'_> {
                 256,
             )
         };
+        // A caller who withheld their identity (CLIR) stays anonymous everywhere we put it:
+        // push payloads and late INVITEs.
+        if !res_push_core::sip::presentation_allowed(presentation) {
+            return (None, None);
+        }
         let s = |b: &[u8]| {
             CStr::from_bytes_until_nul(b)
                 .ok()
