@@ -100,6 +100,10 @@ pub struct Persist {
     queue: Mutex<Queue>,
     wake: Condvar,
     health: Mutex<Health>,
+    /// Bindings also kept in astdb's legacy tree (not moved yet, or kept there while the
+    /// store is away), with the sequence number of the write kept: removed from there once
+    /// the store has them.
+    legacy: Mutex<std::collections::HashMap<String, u64>>,
 }
 
 impl std::fmt::Debug for Persist {
@@ -137,6 +141,7 @@ impl Persist {
                 since: SystemTime::now(),
                 failures: 0,
             }),
+            legacy: Mutex::new(std::collections::HashMap::new()),
         })
     }
 
@@ -245,10 +250,11 @@ impl Persist {
                 for (_, done) in lookups {
                     done(false);
                 }
+                self.keep_pending_locally();
                 let left = self.pending_count();
                 if left > 0 {
                     tracing::warn!(
-                        "push binding store unreachable at unload: {left} binding write(s) not stored"
+                        "push binding store unreachable at unload: {left} binding write(s) kept in astdb {LEGACY_FAMILY}/{LEGACY_TREE} for the next load (removals among them are lost)"
                     );
                 }
                 return;
@@ -288,6 +294,7 @@ impl Persist {
             self.mark(up);
             if !up {
                 self.retry_later();
+                self.keep_pending_locally();
                 return;
             }
         }
@@ -302,6 +309,7 @@ impl Persist {
             match r {
                 Err(Failure::Unreachable) => {
                     self.retry_later();
+                    self.keep_pending_locally();
                     return;
                 }
                 Err(Failure::Refused) => {
@@ -311,10 +319,42 @@ impl Persist {
                 }
                 Ok(()) => {}
             }
+            if lock(&self.legacy).remove(&id).is_some() {
+                astdb::del(LEGACY_FAMILY, &format!("{LEGACY_TREE}/{id}"));
+            }
             let mut q = lock(&self.queue);
             q.retry_at = None;
             q.retry_delay = Duration::ZERO;
             q.writes.done(&id, seq);
+        }
+    }
+
+    /// Writes the store does not take now are also kept in astdb's legacy tree, which the
+    /// next load moves into the store: a node restarted during an outage (Asterisk does not
+    /// unload modules on `core stop`) loses no REGISTER. A removal takes its binding out of
+    /// there too. Each write is kept once (by sequence number), not at every retry.
+    fn keep_pending_locally(&self) {
+        let q = lock(&self.queue);
+        let mut legacy = lock(&self.legacy);
+        for (id, seq, w) in q.writes.iter() {
+            if legacy.get(id) == Some(&seq) {
+                continue;
+            }
+            let key = format!("{LEGACY_TREE}/{id}");
+            match w {
+                Write::Upsert(b) | Write::Update(b) => {
+                    if let Ok(json) = serde_json::to_string(b) {
+                        if astdb::put(LEGACY_FAMILY, &key, &json) {
+                            legacy.insert(id.to_string(), seq);
+                        }
+                    }
+                }
+                Write::Delete(_) => {
+                    if legacy.remove(id).is_some() {
+                        astdb::del(LEGACY_FAMILY, &key);
+                    }
+                }
+            }
         }
     }
 
@@ -498,6 +538,9 @@ impl Persist {
             if self.upsert(&b).is_ok() {
                 astdb::del(LEGACY_FAMILY, &k);
             } else {
+                // Removed from astdb once the store took it (`flush`), so a later load does
+                // not write this copy over newer ones again.
+                lock(&self.legacy).insert(b.id.clone(), 0);
                 self.write(Write::Upsert(b.clone()));
             }
             moved.push(b);

@@ -325,6 +325,40 @@ fn database_outage_is_survived_and_writes_reach_it_when_back() {
         d.b.log()
     );
     listing_until(&d.b, "alice", |l| l.contains("…1de8f0"));
+
+    // A node restarted while the database is away keeps the REGISTERs it could not store:
+    // kept in astdb as soon as the store refuses them (Asterisk does not unload modules on
+    // `core stop`), in memory again at load, in the table once it is back.
+    d.pg.stop();
+    let bob2 = Register::new("bob", &pn(TOKEN));
+    assert!(d.a.register(&bob2).ok);
+    wait_for(WAIT, || {
+        d.a.cli("database show res_push/binding")
+            .contains("/res_push/binding/")
+            .then_some(())
+    })
+    .unwrap_or_else(|| panic!("not kept locally:\n{}", d.a.cli("push show status")));
+    d.a.restart();
+    // In memory again (the rest of the table comes when the database answers).
+    listing_until(&d.a, "bob", |l| l.contains("…1de8f0"));
+    d.pg.start_again();
+    rows_until(
+        &d.pg,
+        "bob's second device, registered before a restart during the outage",
+        |r| r.contains(&format!("bob|{TOKEN}|")),
+    );
+    listing_until(&d.a, "bob", |l| binding_count(l) == 2);
+    let gone = wait_for(WAIT, || {
+        (!d.a
+            .cli("database show res_push/binding")
+            .contains("/res_push/binding/"))
+        .then_some(())
+    });
+    assert!(
+        gone.is_some(),
+        "{}",
+        d.a.cli("database show res_push/binding")
+    );
 }
 
 #[test]

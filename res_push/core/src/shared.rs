@@ -294,6 +294,13 @@ impl<T: Clone> Pending<T> {
         }
     }
 
+    /// Every queued write: binding id, sequence number, write.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, u64, &T)> {
+        self.writes
+            .iter()
+            .map(|(id, (seq, w))| (id.as_str(), *seq, w))
+    }
+
     /// The write queued for `id` (also while it is being stored).
     pub fn get(&self, id: &str) -> Option<&T> {
         self.writes.get(id).map(|(_, w)| w)
