@@ -334,23 +334,35 @@ impl Persist {
     /// unload modules on `core stop`) loses no REGISTER. A removal takes its binding out of
     /// there too. Each write is kept once (by sequence number), not at every retry.
     fn keep_pending_locally(&self) {
-        let q = lock(&self.queue);
-        let mut legacy = lock(&self.legacy);
-        for (id, seq, w) in q.writes.iter() {
-            if legacy.get(id) == Some(&seq) {
-                continue;
-            }
+        // Copied out first: PJSIP threads queue writes under this lock, and must not wait
+        // for astdb.
+        let todo: Vec<(String, u64, Option<Binding>)> = {
+            let q = lock(&self.queue);
+            let legacy = lock(&self.legacy);
+            q.writes
+                .iter()
+                .filter(|(id, seq, _)| legacy.get(*id) != Some(seq))
+                .map(|(id, seq, w)| {
+                    let b = match w {
+                        Write::Upsert(b) | Write::Update(b) => Some(b.clone()),
+                        Write::Delete(_) => None,
+                    };
+                    (id.to_string(), seq, b)
+                })
+                .collect()
+        };
+        for (id, seq, b) in todo {
             let key = format!("{LEGACY_TREE}/{id}");
-            match w {
-                Write::Upsert(b) | Write::Update(b) => {
-                    if let Ok(json) = serde_json::to_string(b) {
-                        if astdb::put(LEGACY_FAMILY, &key, &json) {
-                            legacy.insert(id.to_string(), seq);
-                        }
+            match b {
+                Some(b) => {
+                    let kept = serde_json::to_string(&b)
+                        .is_ok_and(|json| astdb::put(LEGACY_FAMILY, &key, &json));
+                    if kept {
+                        lock(&self.legacy).insert(id, seq);
                     }
                 }
-                Write::Delete(_) => {
-                    if legacy.remove(id).is_some() {
+                None => {
+                    if lock(&self.legacy).remove(&id).is_some() {
                         astdb::del(LEGACY_FAMILY, &key);
                     }
                 }
