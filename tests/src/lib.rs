@@ -105,18 +105,39 @@ pub fn binding_count(listing: &str) -> usize {
 
 /// A UDP port free right now on 127.0.0.1.
 pub fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .map(|a| a.port())
-        .expect("free UDP port")
+    unused_port(|| {
+        UdpSocket::bind("127.0.0.1:0")
+            .and_then(|s| s.local_addr())
+            .map(|a| a.port())
+            .expect("free UDP port")
+    })
+}
+
+/// A port this test process has not handed out before. The kernel gives a just-freed port
+/// out again, and a test's new phone on the port of its earlier, dead phone would receive
+/// Asterisk's retransmissions to that one (seen: a late-wake test got the first call's INVITE
+/// retransmitted to its new phone).
+fn unused_port(mut pick: impl FnMut() -> u16) -> u16 {
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    for _ in 0..100 {
+        let port = pick();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
+    pick()
 }
 
 /// A TCP port free right now on 127.0.0.1.
 pub fn free_tcp_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .map(|a| a.port())
-        .expect("free TCP port")
+    unused_port(|| {
+        TcpListener::bind("127.0.0.1:0")
+            .and_then(|s| s.local_addr())
+            .map(|a| a.port())
+            .expect("free TCP port")
+    })
 }
 
 /// Polls `check` every 100 ms until it returns `Some` or `timeout` passes. Used to wait for
