@@ -444,22 +444,28 @@ impl Persist {
         Some(o)
     }
 
-    /// Updates the row if it is there; no row (deleted elsewhere) is no error.
-    fn update(&self, b: &Binding) -> Result<(), Failure> {
-        let Some(o) = self.object(b) else {
-            return Err(Failure::Unreachable);
-        };
-        if self.sorcery.update(&o) {
+    /// Judges a stored operation: done, or (after one probe of the store) `when_up` if the
+    /// store answers, unreachable if not.
+    fn judge(&self, done: bool, when_up: Result<(), Failure>) -> Result<(), Failure> {
+        if done {
             self.mark(true);
             return Ok(());
         }
         let up = self.reachable();
         self.mark(up);
         if up {
-            Ok(())
+            when_up
         } else {
             Err(Failure::Unreachable)
         }
+    }
+
+    /// Updates the row if it is there; no row (deleted elsewhere) is no error.
+    fn update(&self, b: &Binding) -> Result<(), Failure> {
+        let Some(o) = self.object(b) else {
+            return Err(Failure::Unreachable);
+        };
+        self.judge(self.sorcery.update(&o), Ok(()))
     }
 
     fn upsert(&self, b: &Binding) -> Result<(), Failure> {
@@ -468,35 +474,16 @@ impl Persist {
         };
         // Update first (the usual case); create when it is new; update again when another
         // node created it meanwhile.
-        if self.sorcery.update(&o) || self.sorcery.create(&o) || self.sorcery.update(&o) {
-            self.mark(true);
-            return Ok(());
-        }
-        let up = self.reachable();
-        self.mark(up);
-        Err(if up {
-            Failure::Refused
-        } else {
-            Failure::Unreachable
-        })
+        let done = self.sorcery.update(&o) || self.sorcery.create(&o) || self.sorcery.update(&o);
+        self.judge(done, Err(Failure::Refused))
     }
 
     fn delete(&self, b: &Binding) -> Result<(), Failure> {
         let Some(o) = self.sorcery.alloc(&b.id) else {
             return Err(Failure::Unreachable);
         };
-        if self.sorcery.delete(&o) {
-            self.mark(true);
-            return Ok(());
-        }
         // Not deleted: already gone (another node removed it), or no answer.
-        let up = self.reachable();
-        self.mark(up);
-        if up {
-            Ok(())
-        } else {
-            Err(Failure::Unreachable)
-        }
+        self.judge(self.sorcery.delete(&o), Ok(()))
     }
 
     /// The stored bindings `what` names; `None` when the store did not answer.
