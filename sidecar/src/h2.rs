@@ -185,7 +185,9 @@ impl Origin {
         if let Some(conn) = self.open_conn() {
             return Ok((conn, false));
         }
-        let sender = tokio::time::timeout(CONNECT_TIMEOUT, self.dial())
+        // Boxed: dialing (DNS, TCP, TLS, handshake) is a large future, and inline it would make
+        // every push's future that size, copied whole each time a task is spawned or finishes.
+        let sender = tokio::time::timeout(CONNECT_TIMEOUT, Box::pin(self.dial()))
             .await
             .map_err(|_| Error::Connect(format!("no connection within {CONNECT_TIMEOUT:?}")))??;
         let conn = Conn {

@@ -119,7 +119,8 @@ impl Dispatcher {
                     Some(guard) => guard,
                     None => Arc::clone(&session.apps).write_owned().await,
                 };
-                let (set, errors) = self.registry.configure(apps, &self.ctx).await;
+                // Boxed, as a rare and large future: inline, every push's task would be its size.
+                let (set, errors) = Box::pin(self.registry.configure(apps, &self.ctx)).await;
                 let names = set.names();
                 info!(apps = ?names, errors = errors.len(), "configured");
                 *current = Arc::new(set);

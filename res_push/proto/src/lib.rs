@@ -26,6 +26,11 @@ pub const MIN_PROTOCOL_VERSION: u32 = 1;
 /// Largest frame body accepted, in bytes. Push payloads are capped at 4 KiB by Apple and Google,
 /// so 1 MiB leaves room for configuration frames without letting a bad length header hurt.
 pub const MAX_FRAME_LEN: usize = 1 << 20;
+/// Bounds on one write of several queued frames by the module (the frames after them go in the
+/// next write, so that outcomes and timers are not held up behind a long queue).
+pub const MAX_BATCH_FRAMES: usize = 64;
+/// See [`MAX_BATCH_FRAMES`]; a batch stops growing once it holds this many bytes.
+pub const MAX_BATCH_BYTES: usize = 64 * 1024;
 
 /// Frames sent by the module to the sidecar.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -372,13 +377,29 @@ pub fn decode_client_frame(body: &[u8]) -> Result<ClientFrame, FrameError> {
     decode_body(body)
 }
 
+/// Appends one length-prefixed frame to `buf`, so that several frames can go out in one write.
+/// On error `buf` is as it was.
+pub fn encode_frame_into<T: Serialize>(buf: &mut Vec<u8>, frame: &T) -> Result<(), FrameError> {
+    let start = buf.len();
+    buf.extend_from_slice(&[0; 4]);
+    if let Err(e) = serde_json::to_writer(&mut *buf, frame) {
+        buf.truncate(start);
+        return Err(e.into());
+    }
+    let len = buf.len() - start - 4;
+    if len > MAX_FRAME_LEN {
+        buf.truncate(start);
+        return Err(FrameError::TooLarge(len));
+    }
+    buf[start..start + 4].copy_from_slice(&(len as u32).to_be_bytes());
+    Ok(())
+}
+
 /// Writes one length-prefixed frame to a blocking writer.
 pub fn write_frame<W: Write, T: Serialize>(w: &mut W, frame: &T) -> Result<(), FrameError> {
-    let body = encode_body(frame)?;
     // One buffer, one write: a frame is never interleaved with a partial header on the wire.
-    let mut buf = Vec::with_capacity(4 + body.len());
-    buf.extend_from_slice(&(body.len() as u32).to_be_bytes());
-    buf.extend_from_slice(&body);
+    let mut buf = Vec::new();
+    encode_frame_into(&mut buf, frame)?;
     w.write_all(&buf)?;
     w.flush()?;
     Ok(())
@@ -524,6 +545,38 @@ mod tests {
         let body = br#"{"type":"submit","id":1,"deadline_ms":2,"job":{"type":"ping"}}"#;
         assert_eq!(&buf[..4], &(body.len() as u32).to_be_bytes());
         assert_eq!(&buf[4..], body);
+    }
+
+    #[test]
+    fn frames_encoded_into_one_buffer_read_back_in_order() {
+        let mut buf = b"kept".to_vec();
+        for id in 1..=3 {
+            let frame = ClientFrame::Submit {
+                id,
+                deadline_ms: 2,
+                job: Job::Ping,
+            };
+            encode_frame_into(&mut buf, &frame).unwrap();
+        }
+        let too_big = ServerFrame::Reject {
+            reason: "x".repeat(MAX_FRAME_LEN),
+        };
+        assert!(matches!(
+            encode_frame_into(&mut buf, &too_big),
+            Err(FrameError::TooLarge(_))
+        ));
+        assert_eq!(&buf[..4], b"kept");
+        let mut r = Cursor::new(&buf[4..]);
+        for id in 1..=3 {
+            match read_frame::<_, ClientFrame>(&mut r).unwrap() {
+                ClientFrame::Submit { id: got, .. } => assert_eq!(got, id),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(matches!(
+            read_frame::<_, ClientFrame>(&mut r),
+            Err(FrameError::Closed)
+        ));
     }
 
     #[test]

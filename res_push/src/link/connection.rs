@@ -1,7 +1,7 @@
 //! One connection to the sidecar: handshake, then the serve loop of the link thread.
 
 use std::collections::HashMap;
-use std::io::ErrorKind;
+use std::io::{BufReader, ErrorKind, Write as _};
 use std::net::Shutdown;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, select, unbounded};
 use res_push_proto::{
-    ClientFrame, FrameError, Job, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, ServerFrame, read_frame,
-    write_frame,
+    ClientFrame, FrameError, Job, MAX_BATCH_BYTES, MAX_BATCH_FRAMES, MIN_PROTOCOL_VERSION,
+    PROTOCOL_VERSION, ServerFrame, encode_frame_into, read_frame, write_frame,
 };
 
 use std::sync::Arc;
@@ -86,13 +86,16 @@ impl Connection {
         jobs: &Receiver<Request>,
         control: &Receiver<Control>,
     ) -> End {
-        let mut reader_stream = match self.stream.try_clone() {
+        let reader_stream = match self.stream.try_clone() {
             Ok(s) => s,
             Err(e) => return End::Lost(format!("cannot clone socket: {e}")),
         };
         let (frames_tx, frames) = unbounded();
         // A separate reader keeps the link thread free to write jobs while outcomes arrive.
         let reader = match thread::spawn(c"res_push reader", move || {
+            // Buffered: the sidecar writes the outcomes it has ready in one go, and unbuffered
+            // each would cost two system calls (header, then body).
+            let mut reader_stream = BufReader::with_capacity(64 * 1024, reader_stream);
             loop {
                 let frame = read_frame::<_, ServerFrame>(&mut reader_stream);
                 let last = frame.is_err();
@@ -129,6 +132,7 @@ impl Connection {
         let mut heartbeat: Option<(u64, Instant)> = None;
         let mut last_traffic = Instant::now();
         let ticker = crossbeam_channel::tick(TICK);
+        let mut batch = Vec::new();
 
         let end = if let Some(end) = early_end {
             end
@@ -139,19 +143,39 @@ impl Connection {
                     recv(jobs) -> req => {
                         let Ok(req) = req else { break End::Shutdown };
                         let now = Instant::now();
-                        if req.deadline <= now {
-                            shared.finish(req.done, Err(LinkError::TimedOut));
+                        // The jobs queued behind this one go out in the same write: under a burst
+                        // (a ring group, a reload's refresh pushes) one system call and one
+                        // wake-up of the sidecar per batch, not per job.
+                        batch.clear();
+                        let mut next = Some(req);
+                        let mut taken = 0;
+                        while let Some(req) = next.take() {
+                            taken += 1;
+                            if req.deadline <= now {
+                                shared.finish(req.done, Err(LinkError::TimedOut));
+                            } else {
+                                let frame = ClientFrame::Submit {
+                                    id: next_id,
+                                    deadline_ms: (req.deadline - now).as_millis() as u64,
+                                    job: req.job,
+                                };
+                                match encode_frame_into(&mut batch, &frame) {
+                                    Ok(()) => {
+                                        pending.insert(next_id, Pending { deadline: req.deadline, done: req.done });
+                                        next_id += 1;
+                                    }
+                                    // Nothing of it went on the wire; the link stays up.
+                                    Err(e) => shared.finish(req.done, Err(LinkError::Unsendable(e.to_string()))),
+                                }
+                            }
+                            if taken < MAX_BATCH_FRAMES && batch.len() < MAX_BATCH_BYTES {
+                                next = jobs.try_recv().ok();
+                            }
+                        }
+                        if batch.is_empty() {
                             continue;
                         }
-                        let id = next_id;
-                        next_id += 1;
-                        let frame = ClientFrame::Submit {
-                            id,
-                            deadline_ms: (req.deadline - now).as_millis() as u64,
-                            job: req.job,
-                        };
-                        pending.insert(id, Pending { deadline: req.deadline, done: req.done });
-                        if let Err(e) = write_frame(&mut self.stream, &frame) {
+                        if let Err(e) = self.stream.write_all(&batch) {
                             break End::Lost(format!("write: {e}"));
                         }
                         last_traffic = now;

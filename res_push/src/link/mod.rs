@@ -33,6 +33,9 @@ pub enum LinkError {
     /// No outcome before the job's deadline.
     #[error("no answer from the sidecar before the deadline")]
     TimedOut,
+    /// The job could not be put into a frame (too large); nothing was sent.
+    #[error("job not sent: {0}")]
+    Unsendable(String),
     /// The queue to the link thread is full.
     #[error("queue to the sidecar is full")]
     QueueFull,

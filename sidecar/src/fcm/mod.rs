@@ -215,9 +215,16 @@ impl FcmClient {
         self.metrics
             .request_took(Provider::Fcm, &self.app, started.elapsed());
         if status == 200 {
-            let provider_id = serde_json::from_slice::<Value>(&body)
+            // Only the message name is wanted: no tree of the whole answer per push.
+            #[derive(serde::Deserialize)]
+            struct Sent<'a> {
+                #[serde(borrow)]
+                name: Option<std::borrow::Cow<'a, str>>,
+            }
+            let provider_id = serde_json::from_slice::<Sent>(&body)
                 .ok()
-                .and_then(|v| v.get("name")?.as_str().map(str::to_owned));
+                .and_then(|s| s.name)
+                .map(std::borrow::Cow::into_owned);
             return Verdict::Sent { provider_id };
         }
         classify::fcm(status, &body, retry_after)

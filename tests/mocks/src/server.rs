@@ -111,6 +111,9 @@ pub(crate) async fn spawn_tls_listener<H: Handler>(
                 },
                 _ = shutdown.changed() => break,
             };
+            // As Apple's and Google's front ends do: with Nagle on, a response written while
+            // the client's ACK is delayed waits up to 40 ms, a tail neither provider has.
+            let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
             let handler = handler.clone();
             let connections = connections.clone();

@@ -3,8 +3,10 @@
 //! Starts the mock APNs and mock FCM in-process (loopback, TLS with a per-run CA) and the real
 //! `res-push-sidecar` binary, then drives the sidecar through its Unix socket the way
 //! `res_push.so` does: `Hello`, a `Configure` job carrying the apps of push.conf, then `Push`
-//! jobs, each frame written whole on a blocking socket. Jobs are kept at 1, 64 and 256 in
-//! flight (closed loop: an outcome received lets the next job go), for APNs and for FCM.
+//! jobs on a blocking socket, the jobs found queued written together (up to `MAX_BATCH_FRAMES`
+//! per write, as the module's link thread writes them) and outcomes read through a buffer, as
+//! its reader thread reads them. Jobs are kept at 1, 64 and 256 in flight (closed loop: an
+//! outcome received lets the next job go), for APNs and for FCM.
 //! Latency is job written → outcome read.
 //!
 //! The ceiling: the same mock driven by a bare HTTP/2 client (hyper over tokio-rustls with
@@ -32,7 +34,7 @@
 //! `res-push-sidecar` next to this binary (build both with `--release` for real figures).
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::BufReader;
+use std::io::{BufReader, Write as _};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -47,8 +49,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use res_push_itests::push_env::Mocks;
 use res_push_mocks::{Endpoint, TestCa};
 use res_push_proto::{
-    AppConfig, ClientFrame, Job, MIN_PROTOCOL_VERSION, Outcome, PROTOCOL_VERSION, Provider,
-    PushData, PushKind, PushRequest, PushTarget, ServerFrame, read_frame, write_frame,
+    AppConfig, ClientFrame, Job, MAX_BATCH_BYTES, MAX_BATCH_FRAMES, MIN_PROTOCOL_VERSION, Outcome,
+    PROTOCOL_VERSION, Provider, PushData, PushKind, PushRequest, PushTarget, ServerFrame,
+    encode_frame_into, read_frame, write_frame,
 };
 use tokio_rustls::TlsConnector;
 use tokio_rustls::rustls::{self, pki_types::ServerName};
@@ -76,7 +79,7 @@ const SHORT: Counts = Counts {
     warmup: 500,
     low: [300, 3000],
     headline: 4000,
-    rounds: 2,
+    rounds: 4,
 };
 const FULL: Counts = Counts {
     warmup: 2000,
@@ -470,7 +473,7 @@ impl Link {
     fn open(path: &Path, sidecar_pid: u32) -> Link {
         let stream = UnixStream::connect(path).expect("connect to the sidecar");
         let mut link = Link {
-            reader: BufReader::new(stream.try_clone().expect("dup")),
+            reader: BufReader::with_capacity(64 * 1024, stream.try_clone().expect("dup")),
             writer: stream,
             next_id: 1,
             sidecar_pid,
@@ -520,38 +523,74 @@ impl Link {
         }
     }
 
+    /// Writes `jobs` as the module's link thread writes what it found queued: up to
+    /// `MAX_BATCH_FRAMES` frames (and `MAX_BATCH_BYTES`) per write.
+    fn submit_batch(&mut self, jobs: Vec<Job>, sent_at: &mut HashMap<u64, Instant>) {
+        let mut batch = Vec::new();
+        let mut in_batch = 0;
+        for job in jobs {
+            let id = self.next_id;
+            self.next_id += 1;
+            let frame = ClientFrame::Submit {
+                id,
+                deadline_ms: DEADLINE_MS,
+                job,
+            };
+            encode_frame_into(&mut batch, &frame).expect("encode a job");
+            sent_at.insert(id, Instant::now());
+            in_batch += 1;
+            if in_batch == MAX_BATCH_FRAMES || batch.len() >= MAX_BATCH_BYTES {
+                self.writer.write_all(&batch).expect("write to the sidecar");
+                batch.clear();
+                in_batch = 0;
+            }
+        }
+        if !batch.is_empty() {
+            self.writer.write_all(&batch).expect("write to the sidecar");
+        }
+    }
+
     /// Sends `count` call pushes keeping `level` in flight; panics on any outcome but `Sent`.
+    /// Each outcome lets the next job go; the jobs let go by the outcomes read in one go are
+    /// written together, as the module writes the jobs it finds queued.
     fn run(&mut self, provider: Provider, app_id: &str, level: usize, count: usize) -> Phase {
         let pid = self.sidecar_pid;
         let mut sent_at: HashMap<u64, Instant> = HashMap::with_capacity(level * 2);
         let mut latencies = Vec::with_capacity(count);
         let mut failures: BTreeMap<String, usize> = BTreeMap::new();
-        let mut sent = 0usize;
         let cpu0 = cpu_time(pid);
         let start = Instant::now();
-        while sent < level.min(count) {
-            let id = self.submit(push_job(provider, app_id, sent));
-            sent_at.insert(id, Instant::now());
-            sent += 1;
-        }
+        let first: Vec<Job> = (0..level.min(count))
+            .map(|n| push_job(provider, app_id, n))
+            .collect();
+        let mut sent = first.len();
+        self.submit_batch(first, &mut sent_at);
         while latencies.len() + failures.values().sum::<usize>() < count {
-            let (id, outcome) = match self.recv() {
-                ServerFrame::Outcome { id, outcome } => (id, outcome),
-                other => panic!("unexpected frame {other:?}"),
-            };
-            let now = Instant::now();
-            let Some(at) = sent_at.remove(&id) else {
-                panic!("outcome for unknown job {id}: {outcome:?}");
-            };
-            match outcome {
-                Outcome::Sent { .. } => latencies.push(now - at),
-                other => *failures.entry(format!("{other:?}")).or_default() += 1,
+            let mut freed = 0;
+            // One blocking read, then whatever else has already arrived.
+            loop {
+                let (id, outcome) = match self.recv() {
+                    ServerFrame::Outcome { id, outcome } => (id, outcome),
+                    other => panic!("unexpected frame {other:?}"),
+                };
+                let now = Instant::now();
+                let Some(at) = sent_at.remove(&id) else {
+                    panic!("outcome for unknown job {id}: {outcome:?}");
+                };
+                match outcome {
+                    Outcome::Sent { .. } => latencies.push(now - at),
+                    other => *failures.entry(format!("{other:?}")).or_default() += 1,
+                }
+                freed += 1;
+                if self.reader.buffer().is_empty() {
+                    break;
+                }
             }
-            if sent < count {
-                let id = self.submit(push_job(provider, app_id, sent));
-                sent_at.insert(id, Instant::now());
-                sent += 1;
-            }
+            let next: Vec<Job> = (sent..count.min(sent + freed))
+                .map(|n| push_job(provider, app_id, n))
+                .collect();
+            sent += next.len();
+            self.submit_batch(next, &mut sent_at);
         }
         let elapsed = start.elapsed();
         let cpu = cpu_time(pid).saturating_sub(cpu0);
