@@ -61,7 +61,21 @@ int rp_shim_thread_create(pthread_t *thread, void *(*start)(void *), void *data,
 struct pjsip_rx_data;
 struct pjsip_tx_data;
 
-/* A REGISTER as Rust sees it. Strings live in the request's pool: valid during the callback. */
+/*
+ * Where the describe calls write the strings they copy out: the caller's memory, not the
+ * message's pool (a pool that outgrows its first block costs a malloc, a free and page faults
+ * on every REGISTER). When `bytes` or `contacts` is too small, the call returns RP_SCRATCH_FULL
+ * and the caller tries again with more.
+ */
+struct rp_scratch {
+	char *bytes;
+	size_t bytes_len;
+	const char **contacts;
+	unsigned int contacts_len;
+};
+#define RP_SCRATCH_FULL (-2)
+
+/* A REGISTER as Rust sees it. Strings are NUL-terminated, in the scratch. */
 struct rp_register {
 	const char *call_id;
 	int cseq;
@@ -72,12 +86,13 @@ struct rp_register {
 	const char *user_agent;    /* or NULL */
 	const char *x_mpush;       /* or NULL */
 	int expires;               /* Expires header, -1 when absent */
-	const char *source;        /* "address:port" it came from */
+	const char *source_addr;   /* the address it came from (printed by pjsip already) */
+	int source_port;
 	unsigned int contact_count;
-	const char **contacts;     /* each Contact value as pjsip prints it, or "*" */
+	const char **contacts;     /* each Contact value as pjsip prints it, or "*" (the scratch's) */
 };
 
-/* A response about to be sent. Strings live in the response's pool. */
+/* A response about to be sent. Strings are in the scratch. */
 struct rp_response {
 	int status;
 	const char *call_id;
@@ -87,8 +102,8 @@ struct rp_response {
 	const char **contacts;
 };
 
-int rp_shim_describe_register(struct pjsip_rx_data *rdata, struct rp_register *out);
-int rp_shim_describe_response(struct pjsip_tx_data *tdata, struct rp_response *out);
+int rp_shim_describe_register(struct pjsip_rx_data *rdata, struct rp_scratch *scratch, struct rp_register *out);
+int rp_shim_describe_response(struct pjsip_tx_data *tdata, struct rp_scratch *scratch, struct rp_response *out);
 /* Answers statelessly (the registrar never sees the request). */
 /* The raw message pjsip received (not NUL-terminated), or NULL. */
 const char *rp_shim_rx_raw(struct pjsip_rx_data *rdata, size_t *len);

@@ -12,80 +12,98 @@
 #include "asterisk/res_pjsip_session.h"
 #include "asterisk/sorcery.h"
 
-static const char *pool_str(pj_pool_t *pool, const pj_str_t *s)
-{
-	char *out = pj_pool_alloc(pool, s->slen + 1);
+/* Where the next string goes in the caller's scratch; `full` once something did not fit. */
+struct cursor {
+	struct rp_scratch *scratch;
+	size_t used;
+	int full;
+};
 
-	memcpy(out, s->ptr, s->slen);
-	out[s->slen] = '\0';
+static const char *put(struct cursor *c, const char *s, size_t len)
+{
+	char *out;
+
+	if (c->full || len + 1 > c->scratch->bytes_len - c->used) {
+		c->full = 1;
+		return NULL;
+	}
+	out = c->scratch->bytes + c->used;
+	memcpy(out, s, len);
+	out[len] = '\0';
+	c->used += len + 1;
 	return out;
 }
 
-static const char *header_value(pj_pool_t *pool, pjsip_msg *msg, const char *name)
+static const char *put_pj(struct cursor *c, const pj_str_t *s)
+{
+	return put(c, s->ptr, s->slen);
+}
+
+static const char *header_value(struct cursor *c, pjsip_msg *msg, const char *name)
 {
 	pj_str_t hname = pj_str((char *) name);
 	pjsip_generic_string_hdr *h = pjsip_msg_find_hdr_by_name(msg, &hname, NULL);
 
-	return h ? pool_str(pool, &h->hvalue) : NULL;
+	return h ? put_pj(c, &h->hvalue) : NULL;
 }
 
-/* "Contact: <sip:...>;expires=60" -> "<sip:...>;expires=60". */
-static const char *print_contact(pj_pool_t *pool, pjsip_contact_hdr *hdr)
+/* "Contact: <sip:...>;expires=60" -> "<sip:...>;expires=60", printed straight into the scratch. */
+static const char *put_contact(struct cursor *c, pjsip_contact_hdr *hdr)
 {
-	pj_size_t size;
+	char *buf = c->scratch->bytes + c->used;
+	size_t room = c->scratch->bytes_len - c->used;
+	const char *value;
+	int len;
 
-	for (size = 1024; size <= 16384; size *= 4) {
-		char *buf = pj_pool_alloc(pool, size);
-		int len = pjsip_hdr_print_on(hdr, buf, size - 1);
-		char *colon;
-
-		if (len < 0) {
-			continue;
-		}
-		buf[len] = '\0';
-		colon = strchr(buf, ':');
-		if (!colon) {
-			return buf;
-		}
-		colon++;
-		while (*colon == ' ') {
-			colon++;
-		}
-		return colon;
+	if (hdr->star) {
+		return put(c, "*", 1);
 	}
-	return "";
+	len = c->full || room < 2 ? -1 : pjsip_hdr_print_on(hdr, buf, room - 1);
+	if (len < 0) {
+		c->full = 1;
+		return NULL;
+	}
+	buf[len] = '\0';
+	c->used += len + 1;
+	value = strchr(buf, ':');
+	if (!value) {
+		return buf;
+	}
+	value++;
+	while (*value == ' ') {
+		value++;
+	}
+	return value;
 }
 
-static void collect_contacts(pj_pool_t *pool, pjsip_msg *msg, unsigned int *count, const char ***out)
+static void put_contacts(struct cursor *c, pjsip_msg *msg, unsigned int *count, const char ***out)
 {
 	pjsip_contact_hdr *hdr = NULL;
-	unsigned int n = 0;
 
-	while ((hdr = pjsip_msg_find_hdr(msg, PJSIP_H_CONTACT, hdr ? hdr->next : NULL))) {
-		n++;
-	}
-	*out = pj_pool_calloc(pool, n ? n : 1, sizeof(char *));
+	*out = c->scratch->contacts;
 	*count = 0;
-	hdr = NULL;
-	while ((hdr = pjsip_msg_find_hdr(msg, PJSIP_H_CONTACT, hdr ? hdr->next : NULL)) && *count < n) {
-		(*out)[(*count)++] = hdr->star ? "*" : print_contact(pool, hdr);
+	while ((hdr = pjsip_msg_find_hdr(msg, PJSIP_H_CONTACT, hdr ? hdr->next : NULL))) {
+		if (*count == c->scratch->contacts_len) {
+			c->full = 1;
+			return;
+		}
+		c->scratch->contacts[(*count)++] = put_contact(c, hdr);
 	}
 }
 
-int rp_shim_describe_register(pjsip_rx_data *rdata, struct rp_register *out)
+int rp_shim_describe_register(pjsip_rx_data *rdata, struct rp_scratch *scratch, struct rp_register *out)
 {
-	pj_pool_t *pool = rdata->tp_info.pool;
 	pjsip_msg *msg = rdata->msg_info.msg;
 	pjsip_expires_hdr *expires;
 	struct ast_sip_endpoint *endpoint;
-	char source[PJ_INET6_ADDRSTRLEN + 16];
+	struct cursor c = { .scratch = scratch };
 
 	memset(out, 0, sizeof(*out));
 	if (!msg || msg->type != PJSIP_REQUEST_MSG || msg->line.req.method.id != PJSIP_REGISTER_METHOD
 		|| !rdata->msg_info.cid || !rdata->msg_info.cseq) {
 		return -1;
 	}
-	out->call_id = pool_str(pool, &rdata->msg_info.cid->id);
+	out->call_id = put_pj(&c, &rdata->msg_info.cid->id);
 	out->cseq = rdata->msg_info.cseq->cseq;
 	if (rdata->msg_info.to) {
 		pjsip_uri *uri = pjsip_uri_get_uri(rdata->msg_info.to->uri);
@@ -93,38 +111,35 @@ int rp_shim_describe_register(pjsip_rx_data *rdata, struct rp_register *out)
 		if (PJSIP_URI_SCHEME_IS_SIP(uri) || PJSIP_URI_SCHEME_IS_SIPS(uri)) {
 			pjsip_sip_uri *sip = (pjsip_sip_uri *) uri;
 
-			out->to_user = pool_str(pool, &sip->user);
-			out->to_host = pool_str(pool, &sip->host);
+			out->to_user = put_pj(&c, &sip->user);
+			out->to_host = put_pj(&c, &sip->host);
 		}
 	}
 	endpoint = ast_pjsip_rdata_get_endpoint(rdata);
 	if (endpoint) {
-		pj_str_t id = pj_str((char *) ast_sorcery_object_get_id(endpoint));
-		pj_str_t aors = pj_str((char *) (endpoint->aors ? endpoint->aors : ""));
+		const char *id = ast_sorcery_object_get_id(endpoint);
+		const char *aors = endpoint->aors ? endpoint->aors : "";
 
-		out->endpoint = pool_str(pool, &id);
-		out->endpoint_aors = pool_str(pool, &aors);
+		out->endpoint = put(&c, id, strlen(id));
+		out->endpoint_aors = put(&c, aors, strlen(aors));
 		ao2_cleanup(endpoint);
 	}
-	out->user_agent = header_value(pool, msg, "User-Agent");
-	out->x_mpush = header_value(pool, msg, "X-MPUSH");
+	out->user_agent = header_value(&c, msg, "User-Agent");
+	out->x_mpush = header_value(&c, msg, "X-MPUSH");
 	expires = pjsip_msg_find_hdr(msg, PJSIP_H_EXPIRES, NULL);
 	out->expires = expires ? (int) expires->ivalue : -1;
-	snprintf(source, sizeof(source), "%s:%d", rdata->pkt_info.src_name, rdata->pkt_info.src_port);
-	{
-		pj_str_t s = pj_str(source);
-
-		out->source = pool_str(pool, &s);
-	}
-	collect_contacts(pool, msg, &out->contact_count, &out->contacts);
-	return 0;
+	out->source_addr = put(&c, rdata->pkt_info.src_name, strnlen(rdata->pkt_info.src_name, sizeof(rdata->pkt_info.src_name)));
+	out->source_port = rdata->pkt_info.src_port;
+	put_contacts(&c, msg, &out->contact_count, &out->contacts);
+	return c.full ? RP_SCRATCH_FULL : 0;
 }
 
-int rp_shim_describe_response(pjsip_tx_data *tdata, struct rp_response *out)
+int rp_shim_describe_response(pjsip_tx_data *tdata, struct rp_scratch *scratch, struct rp_response *out)
 {
 	pjsip_msg *msg = tdata->msg;
 	pjsip_cid_hdr *cid;
 	pjsip_cseq_hdr *cseq;
+	struct cursor c = { .scratch = scratch };
 
 	memset(out, 0, sizeof(*out));
 	if (!msg || msg->type != PJSIP_RESPONSE_MSG) {
@@ -136,13 +151,13 @@ int rp_shim_describe_response(pjsip_tx_data *tdata, struct rp_response *out)
 		return -1;
 	}
 	out->status = msg->line.status.code;
-	out->call_id = pool_str(tdata->pool, &cid->id);
+	out->call_id = put_pj(&c, &cid->id);
 	out->cseq = cseq->cseq;
 	out->is_register = cseq->method.id == PJSIP_REGISTER_METHOD;
 	if (out->is_register) {
-		collect_contacts(tdata->pool, msg, &out->contact_count, &out->contacts);
+		put_contacts(&c, msg, &out->contact_count, &out->contacts);
 	}
-	return 0;
+	return c.full ? RP_SCRATCH_FULL : 0;
 }
 
 int rp_shim_respond(pjsip_rx_data *rdata, int status, const char *reason)

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError, bounded, select};
 use res_push_core::binding::{
-    Binding, Change, Policy, PushVerdict, Registration, RemoveReason, Store, redact, redact_uri,
-    verdict,
+    Binding, Change, Policy, PushVerdict, Refresh, Registration, RemoveReason, Store, redact,
+    redact_uri, verdict,
 };
 use res_push_core::config::General;
 use res_push_core::pn::PushParams;
@@ -520,8 +520,8 @@ impl Bindings {
     pub fn commit(
         &self,
         aor: &str,
-        actions: Vec<Action>,
-        user_agent: Option<String>,
+        actions: &[Action],
+        user_agent: Option<&str>,
         granted: &[(&str, u32)],
     ) {
         let now = now();
@@ -539,24 +539,38 @@ impl Bindings {
                     } => {
                         let expires = granted
                             .iter()
-                            .find(|(uri, _)| *uri == contact_uri)
+                            .find(|(uri, _)| uri == contact_uri)
                             .map(|(_, e)| *e)
-                            .or(expires)
+                            .or(*expires)
                             .unwrap_or(3600);
-                        let registration = Registration {
-                            aor: aor.to_string(),
+                        // A plain refresh (most REGISTERs) changes the expiry in place: nothing
+                        // to copy, publish or store.
+                        let refresh = Refresh {
+                            aor,
                             params,
                             contact_uri,
-                            user_agent: user_agent.clone(),
-                            instance,
-                            ua_pnsreg,
+                            user_agent,
+                            instance: instance.as_deref(),
+                            ua_pnsreg: *ua_pnsreg,
+                            expires,
+                        };
+                        if store.refresh(&refresh, now) {
+                            continue;
+                        }
+                        let registration = Registration {
+                            aor: aor.to_string(),
+                            params: params.clone(),
+                            contact_uri: contact_uri.clone(),
+                            user_agent: user_agent.map(str::to_string),
+                            instance: instance.clone(),
+                            ua_pnsreg: *ua_pnsreg,
                             expires,
                         };
                         store.register_with(registration, now, self.policy.get())
                     }
-                    Action::Unregister(params) => store.unregister(aor, &params),
+                    Action::Unregister(params) => store.unregister(aor, params),
                     Action::UnregisterAll => store.unregister_all(aor),
-                    Action::Unbind(u) => store.unbind(aor, &u),
+                    Action::Unbind(u) => store.unbind(aor, u),
                 });
             }
             changes

@@ -334,6 +334,11 @@ impl Messages {
     /// The registrar accepted a REGISTER of this device of `aor` from `contact` (PJSIP
     /// thread): only a lookup and a `try_send`.
     pub fn registered(&self, aor: &str, params: &PushParams, contact: &str) {
+        // Every REGISTER with push parameters passes here; with no message queued for anyone
+        // (the usual case) there is no id to compute.
+        if !lock(&self.queues).any_waiting() {
+            return;
+        }
         let device = binding_id(aor, params.provider, &params.app_id, &params.token);
         if !lock(&self.queues).has_for(&device) {
             return;

@@ -8,31 +8,83 @@
 //! contacts are removed here, before the registrar counts contacts against `max_contacts`
 //! (the same sorcery calls the registrar makes on this thread right after).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::ffi::CString;
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use res_push_core::binding::redact_uri;
 use res_push_core::pn::{Request, from_contact, may_concern};
-use res_push_core::registrar::{Action, RegisterRequest, Verdict, decide};
+use res_push_core::registrar::{Action, Verdict, decide_parts};
 use res_push_core::sip::{contact_expires, parse_contact};
 
 use crate::ast::channel;
-use crate::ast::pjsip::{self, Register, RxData, TxData};
+use crate::ast::pjsip::{self, Register, Response, RxData, TxData};
 use crate::module::Running;
+use res_push_core::config::General;
 
 /// A REGISTER we accepted, waiting for the registrar's answer.
 #[derive(Debug)]
 struct Pending {
-    aor: String,
-    feature_caps: Option<String>,
-    actions: Vec<Action>,
+    judged: Arc<Judged>,
     user_agent: Option<String>,
     since: Instant,
 }
 
+/// A REGISTER judged `Accept`, with what it was judged on. Phones refresh with the very same
+/// Contact, so the next REGISTER is usually an exact repeat, and is not parsed again.
+#[derive(Debug)]
+struct Judged {
+    contacts: Vec<String>,
+    expires: Option<u32>,
+    x_mpush: Option<String>,
+    to_user: Option<String>,
+    to_host: Option<String>,
+    endpoint_aors: Option<String>,
+    /// The `[general]` it was judged under, by address: a reload installs a new one (and
+    /// the old one stays allocated as long as the module, so no other takes its address).
+    general: usize,
+    aor: String,
+    /// Ready for the C side: the header goes on every 200 OK of a refresh.
+    feature_caps: Option<CString>,
+    actions: Vec<Action>,
+}
+
+impl Judged {
+    fn judges(&self, reg: &Register<'_>, general: &General) -> bool {
+        self.general == std::ptr::from_ref(general) as usize
+            && self.expires == reg.expires
+            && self.contacts.len() == reg.contacts.len()
+            && self.contacts.iter().zip(&reg.contacts).all(|(a, b)| a == b)
+            && self.x_mpush.as_deref() == reg.x_mpush.as_deref()
+            && self.to_user.as_deref() == reg.to_user.as_deref()
+            && self.to_host.as_deref() == reg.to_host.as_deref()
+            && self.endpoint_aors.as_deref() == reg.endpoint_aors.as_deref()
+    }
+}
+
+/// The cache key of a REGISTER: everything [`Judged::judges`] compares but the policy.
+fn fingerprint(reg: &Register<'_>) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    (
+        &reg.contacts,
+        reg.expires,
+        &reg.x_mpush,
+        &reg.to_user,
+        &reg.to_host,
+        &reg.endpoint_aors,
+    )
+        .hash(&mut h);
+    h.finish()
+}
+
 /// Entries older than this lost their response (e.g. answered statelessly by someone else).
 const PENDING_TTL: Duration = Duration::from_secs(32);
+/// Bound on remembered judgements (about a kilobyte each); when reached they are forgotten
+/// all at once, and the next REGISTER of each device is judged afresh.
+const JUDGED_MAX: usize = 16 * 1024;
 
 /// The REGISTERs in flight (the policy is read from the running `[general]` snapshot).
 #[derive(Debug, Default)]
@@ -45,22 +97,32 @@ struct InFlight {
     by_request: HashMap<(String, i32), Pending>,
     /// When `by_request` was last swept of entries whose response never came.
     swept: Option<Instant>,
+    /// By [`fingerprint`].
+    judged: HashMap<u64, Arc<Judged>>,
 }
 
 /// The AOR the registrar will use: the To user (or user@host) when the endpoint serves it.
-fn resolve_aor(r: &Register) -> Option<String> {
+fn resolve_aor(r: &Register<'_>) -> Option<String> {
     let user = r.to_user.as_deref().filter(|u| !u.is_empty())?;
-    let aors: Vec<&str> = r
-        .endpoint_aors
-        .as_deref()?
-        .split(',')
-        .map(str::trim)
-        .collect();
-    let full = r.to_host.as_deref().map(|h| format!("{user}@{h}"));
-    if let Some(full) = full.filter(|f| aors.contains(&f.as_str())) {
-        return Some(full);
+    let mut aors = r.endpoint_aors.as_deref()?.split(',').map(str::trim);
+    let host = r.to_host.as_deref();
+    // `user@host` when listed, else `user`: compared in place, nothing formatted.
+    let is_full = |a: &str| {
+        host.is_some_and(|h| {
+            a.len() == user.len() + 1 + h.len()
+                && a.starts_with(user)
+                && a[user.len()..].starts_with('@')
+                && a.ends_with(h)
+        })
+    };
+    let mut user_listed = false;
+    for a in aors.by_ref() {
+        if is_full(a) {
+            return Some(a.to_string());
+        }
+        user_listed |= a == user;
     }
-    aors.contains(&user).then(|| user.to_string())
+    user_listed.then(|| user.to_string())
 }
 
 impl Registrar {
@@ -70,62 +132,95 @@ impl Registrar {
         if rdata.raw().is_some_and(|raw| !may_concern(raw)) {
             return false;
         }
-        let Some(mut reg) = rdata.register() else {
-            return false;
-        };
+        rdata
+            .with_register(|reg| self.judge(rdata, reg, running))
+            .unwrap_or(false)
+    }
+
+    fn judge(&self, rdata: RxData, reg: Register<'_>, running: &Running) -> bool {
         let general = running.general();
-        // Moved, not copied: `reg` keeps what the answer needs (AOR, source, endpoint).
-        let request = RegisterRequest {
-            contacts: std::mem::take(&mut reg.contacts),
-            expires: reg.expires,
-            x_mpush: reg.x_mpush.take(),
-        };
-        match decide(&request, &general.policy) {
-            Verdict::Ignore => false,
-            Verdict::Reject { status, reason } => {
-                tracing::info!(
-                    "REGISTER from {} ({}) refused with {status}: {reason}",
-                    reg.source,
-                    reg.endpoint.as_deref().unwrap_or("unidentified")
-                );
-                rdata.respond(status, &reason);
-                true
-            }
-            Verdict::Accept {
-                feature_caps,
-                actions,
-            } => {
-                let Some(aor) = resolve_aor(&reg) else {
-                    // The registrar will refuse it (unknown AOR); nothing of ours to keep.
-                    return false;
-                };
-                make_room(running, &aor, &actions);
-                let now = Instant::now();
-                let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-                // Entries whose response never came, swept at most once per TTL rather than
-                // scanned on every REGISTER.
-                if pending
-                    .swept
-                    .is_none_or(|at| now.duration_since(at) >= PENDING_TTL)
-                {
-                    pending
-                        .by_request
-                        .retain(|_, p| now.duration_since(p.since) < PENDING_TTL);
-                    pending.swept = Some(now);
+        let key = fingerprint(&reg);
+        let known = self
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .judged
+            .get(&key)
+            .filter(|j| j.judges(&reg, general))
+            .cloned();
+        let (judged, new) = match known {
+            Some(judged) => (judged, false),
+            None => match decide_parts(
+                &reg.contacts,
+                reg.expires,
+                reg.x_mpush.as_deref(),
+                &general.policy,
+            ) {
+                Verdict::Ignore => return false,
+                Verdict::Reject { status, reason } => {
+                    tracing::info!(
+                        "REGISTER from {}:{} ({}) refused with {status}: {reason}",
+                        reg.source_addr,
+                        reg.source_port,
+                        reg.endpoint.as_deref().unwrap_or("unidentified")
+                    );
+                    rdata.respond(status, &reason);
+                    return true;
                 }
-                pending.by_request.insert(
-                    (std::mem::take(&mut reg.call_id), reg.cseq),
-                    Pending {
+                Verdict::Accept {
+                    feature_caps,
+                    actions,
+                } => {
+                    let Some(aor) = resolve_aor(&reg) else {
+                        // The registrar will refuse it (unknown AOR); nothing of ours to keep.
+                        return false;
+                    };
+                    let owned = |s: &Option<Cow<'_, str>>| s.as_deref().map(str::to_string);
+                    let judged = Judged {
+                        contacts: reg.contacts.iter().map(|c| c.to_string()).collect(),
+                        expires: reg.expires,
+                        x_mpush: owned(&reg.x_mpush),
+                        to_user: owned(&reg.to_user),
+                        to_host: owned(&reg.to_host),
+                        endpoint_aors: owned(&reg.endpoint_aors),
+                        general: std::ptr::from_ref(general) as usize,
                         aor,
-                        feature_caps,
+                        feature_caps: feature_caps.map(|c| crate::ast::c_string(&c)),
                         actions,
-                        user_agent: reg.user_agent.take(),
-                        since: now,
-                    },
-                );
-                false
-            }
+                    };
+                    (Arc::new(judged), true)
+                }
+            },
+        };
+        make_room(running, &judged.aor, &judged.actions);
+        let now = Instant::now();
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        // Entries whose response never came, swept at most once per TTL rather than scanned
+        // on every REGISTER.
+        if pending
+            .swept
+            .is_none_or(|at| now.duration_since(at) >= PENDING_TTL)
+        {
+            pending
+                .by_request
+                .retain(|_, p| now.duration_since(p.since) < PENDING_TTL);
+            pending.swept = Some(now);
         }
+        if new {
+            if pending.judged.len() >= JUDGED_MAX {
+                pending.judged.clear();
+            }
+            pending.judged.insert(key, Arc::clone(&judged));
+        }
+        pending.by_request.insert(
+            (reg.call_id.into_owned(), reg.cseq),
+            Pending {
+                judged,
+                user_agent: reg.user_agent.map(Cow::into_owned),
+                since: now,
+            },
+        );
+        false
     }
 
     /// Runs on each REGISTER response about to be sent.
@@ -141,29 +236,31 @@ impl Registrar {
         {
             return;
         }
-        let Some(mut resp) = tdata.register_response() else {
-            return;
-        };
+        tdata.with_register_response(|resp| self.answered(tdata, resp, running));
+    }
+
+    fn answered(&self, tdata: TxData, resp: Response<'_>, running: &Running) {
         let Some(p) = self
             .pending
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .by_request
-            .remove(&(std::mem::take(&mut resp.call_id), resp.cseq))
+            .remove(&(resp.call_id.as_ref(), resp.cseq) as &dyn PendingKey)
         else {
             return;
         };
         if resp.status != 200 {
             return;
         }
-        if let Some(caps) = &p.feature_caps {
-            tdata.add_header("Feature-Caps", caps);
+        let judged = &p.judged;
+        if let Some(caps) = &judged.feature_caps {
+            tdata.add_header(c"Feature-Caps", caps);
         }
-        if p.actions.is_empty() {
+        if judged.actions.is_empty() {
             return;
         }
         // Calls waiting for these devices ring them now, not after the registry's bookkeeping.
-        for a in &p.actions {
+        for a in &judged.actions {
             if let Action::Bind {
                 params,
                 contact_uri,
@@ -173,12 +270,14 @@ impl Registrar {
             {
                 running.wake.registered(
                     running.general(),
-                    &p.aor,
+                    &judged.aor,
                     params,
                     contact_uri,
                     instance.as_deref(),
                 );
-                running.messages.registered(&p.aor, params, contact_uri);
+                running
+                    .messages
+                    .registered(&judged.aor, params, contact_uri);
             }
         }
         let granted: Vec<(&str, u32)> = resp
@@ -189,9 +288,49 @@ impl Registrar {
                 _ => None,
             })
             .collect();
-        running
-            .bindings
-            .commit(&p.aor, p.actions, p.user_agent, &granted);
+        running.bindings.commit(
+            &judged.aor,
+            &judged.actions,
+            p.user_agent.as_deref(),
+            &granted,
+        );
+    }
+}
+
+/// Looks up `(Call-ID, CSeq)` keys with a borrowed Call-ID (a response's is not copied out).
+trait PendingKey {
+    fn key(&self) -> (&str, i32);
+}
+
+impl PendingKey for (String, i32) {
+    fn key(&self) -> (&str, i32) {
+        (&self.0, self.1)
+    }
+}
+
+impl PendingKey for (&str, i32) {
+    fn key(&self) -> (&str, i32) {
+        (self.0, self.1)
+    }
+}
+
+impl<'a> std::borrow::Borrow<dyn PendingKey + 'a> for (String, i32) {
+    fn borrow(&self) -> &(dyn PendingKey + 'a) {
+        self
+    }
+}
+
+impl PartialEq for dyn PendingKey + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key()
+    }
+}
+
+impl Eq for dyn PendingKey + '_ {}
+
+impl std::hash::Hash for dyn PendingKey + '_ {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.key().hash(state);
     }
 }
 

@@ -71,6 +71,18 @@ impl Binding {
     }
 }
 
+/// A REGISTER's binding, borrowed, for [`Store::refresh`].
+#[derive(Debug, Clone, Copy)]
+pub struct Refresh<'a> {
+    pub aor: &'a str,
+    pub params: &'a PushParams,
+    pub contact_uri: &'a str,
+    pub user_agent: Option<&'a str>,
+    pub instance: Option<&'a str>,
+    pub ua_pnsreg: bool,
+    pub expires: u32,
+}
+
 /// Identity of a binding.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 struct Key(String, Provider, String, String);
@@ -384,6 +396,51 @@ impl Store {
         self.register_with(r, now, &Policy::default())
     }
 
+    /// A REGISTER that changes nothing but the expiry: a refresh from the same contact, most
+    /// of what a registrar sees. Applied in place, with nothing copied or reported; `false`
+    /// when anything else would change (or the binding is due to be stored again), and then
+    /// [`Store::register_with`] must judge it. Either way the store ends up as
+    /// `register_with` would leave it.
+    pub fn refresh(&mut self, r: &Refresh<'_>, now: u64) -> bool {
+        let first = Key(
+            r.aor.to_string(),
+            Provider::Apns,
+            String::new(),
+            String::new(),
+        );
+        let p = r.params;
+        let mut target = None;
+        let mut instance_elsewhere = false;
+        for (k, b) in self
+            .bindings
+            .range_mut(first..)
+            .take_while(|(k, _)| k.0 == r.aor)
+        {
+            if k.1 == p.provider && k.2 == p.app_id && k.3 == p.token {
+                target = Some(b);
+            } else if r.instance.is_some() && b.instance.as_deref() == r.instance {
+                // register_with would remove that one (the device presents a new token).
+                instance_elsewhere = true;
+            }
+        }
+        let Some(b) = target.filter(|_| !instance_elsewhere) else {
+            return false;
+        };
+        let unchanged = b.contact_uri == r.contact_uri
+            && b.reg_server == self.node
+            && b.user_agent.as_deref() == r.user_agent
+            && b.instance.as_deref() == r.instance.or(b.instance.as_deref())
+            && b.ua_pnsreg == r.ua_pnsreg
+            && b.environment == p.environment.or(b.environment)
+            && b.alert_token == p.alert_token
+            && now.saturating_sub(b.persisted_register) < PERSIST_EVERY;
+        if unchanged {
+            b.last_register = now;
+            b.expires_at = now + u64::from(r.expires);
+        }
+        unchanged
+    }
+
     /// Records a REGISTER that carries push parameters under `policy`.
     pub fn register_with(&mut self, r: Registration, now: u64, policy: &Policy) -> Vec<Change> {
         let mut changes = Vec::new();
@@ -421,7 +478,8 @@ impl Store {
             Some(b) => {
                 let stale_contact = (b.contact_uri != contact_uri)
                     .then(|| std::mem::replace(&mut b.contact_uri, contact_uri));
-                let instance = instance.or(b.instance.take());
+                // Not `take()`: the comparison below must see the instance the binding had.
+                let instance = instance.or_else(|| b.instance.clone());
                 let environment = params.environment.or(b.environment);
                 let changed = stale_contact.is_some()
                     || b.reg_server != self.node
@@ -795,6 +853,81 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn refresh_in_place_leaves_the_store_as_register_does() {
+        let with_instance = |mut r: Registration, i: &str| {
+            r.instance = Some(i.into());
+            r
+        };
+        let history = [
+            reg("alice", "aa11", "sip:alice@10.0.0.1:5060"),
+            with_instance(reg("bob", "bb22", "sip:bob@10.0.0.2:5060"), "urn:b"),
+            reg("carol", "cc33", "sip:carol@10.0.0.3:5060"),
+        ];
+        let mut ua = reg("alice", "aa11", "sip:alice@10.0.0.1:5060");
+        ua.user_agent = Some("Phone/2.0".into());
+        let mut env = reg("alice", "aa11", "sip:alice@10.0.0.1:5060");
+        env.params.environment = Some(Environment::Sandbox);
+        let mut alert = reg("alice", "aa11", "sip:alice@10.0.0.1:5060");
+        alert.params.alert_token = Some("ab12".into());
+        // (REGISTER, whether it is a plain refresh, at which time)
+        let cases = [
+            (reg("alice", "aa11", "sip:alice@10.0.0.1:5060"), true, 1100),
+            (
+                reg("alice", "aa11", "sip:alice@10.0.0.1:5060"),
+                false,
+                1000 + PERSIST_EVERY,
+            ),
+            (reg("alice", "aa11", "sip:alice@10.0.0.9:4000"), false, 1100),
+            (ua, false, 1100),
+            (env, false, 1100),
+            (alert, false, 1100),
+            (reg("alice", "dd44", "sip:alice@10.0.0.1:5060"), false, 1100),
+            (reg("bob", "bb22", "sip:bob@10.0.0.2:5060"), true, 1100),
+            (
+                with_instance(reg("bob", "bb22", "sip:bob@10.0.0.2:5060"), "urn:b"),
+                true,
+                1100,
+            ),
+            (
+                with_instance(reg("bob", "bb22", "sip:bob@10.0.0.2:5060"), "urn:x"),
+                false,
+                1100,
+            ),
+            (
+                with_instance(reg("carol", "ee55", "sip:carol@10.0.0.3:5060"), "urn:c"),
+                false,
+                1100,
+            ),
+        ];
+        for (r, plain, at) in cases {
+            let (mut fast, mut slow) = (Store::new(), Store::new());
+            for h in &history {
+                fast.register(h.clone(), 1000);
+                slow.register(h.clone(), 1000);
+            }
+            let refreshed = fast.refresh(
+                &Refresh {
+                    aor: &r.aor,
+                    params: &r.params,
+                    contact_uri: &r.contact_uri,
+                    user_agent: r.user_agent.as_deref(),
+                    instance: r.instance.as_deref(),
+                    ua_pnsreg: r.ua_pnsreg,
+                    expires: r.expires,
+                },
+                at,
+            );
+            assert_eq!(refreshed, plain, "{r:?}");
+            if !refreshed {
+                fast.register(r.clone(), at);
+            }
+            slow.register(r.clone(), at);
+            let all = |s: &Store| s.all().cloned().collect::<Vec<_>>();
+            assert_eq!(all(&fast), all(&slow), "{r:?}");
+        }
     }
 
     #[test]

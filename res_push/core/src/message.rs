@@ -301,6 +301,11 @@ impl Queues {
         self.by_aor.is_empty()
     }
 
+    /// Whether any device has messages waiting.
+    pub fn any_waiting(&self) -> bool {
+        !self.waiting.is_empty()
+    }
+
     /// Whether this device (a binding id, unique across AORs) has messages waiting.
     pub fn has_for(&self, device: &str) -> bool {
         self.waiting.contains_key(device)

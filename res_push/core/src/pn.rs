@@ -134,11 +134,32 @@ fn param<'a>(c: &'a Contact, name: &str) -> Option<Option<&'a str>> {
 /// parameter name such as `pn%2Dprid` is unescaped by pjsip before `decide` sees it), and
 /// any `*` in a Contact header (`Contact: *` unregisters every binding).
 pub fn may_concern(raw: &[u8]) -> bool {
-    let needles = PARAM_PREFIXES.iter().copied().chain([MPUSH_HEADER]);
-    if raw.contains(&b'%') || needles.into_iter().any(|n| contains_ci(raw, n.as_bytes())) {
+    if memchr::memchr(b'%', raw).is_some() {
         return true;
     }
-    star_contact(raw)
+    // Every REGISTER passes here, so one vectorised scan: each needle holds a '-', and a
+    // REGISTER holds few of those (header names such as Call-ID, Max-Forwards), so the needles
+    // are compared only around them.
+    let needles = PARAM_PREFIXES.iter().copied().chain([MPUSH_HEADER]);
+    let dashed = needles
+        .clone()
+        .filter_map(|n| Some((n.as_bytes(), n.find('-')?)));
+    let dash_hit = memchr::memchr_iter(b'-', raw).any(|at| {
+        dashed.clone().any(|(needle, dash)| {
+            at >= dash
+                && raw
+                    .get(at - dash..at - dash + needle.len())
+                    .is_some_and(|w| w.eq_ignore_ascii_case(needle))
+        })
+    });
+    if dash_hit
+        || needles
+            .filter(|n| !n.contains('-'))
+            .any(|n| contains_ci(raw, n.as_bytes()))
+    {
+        return true;
+    }
+    memchr::memchr(b'*', raw).is_some() && star_contact(raw)
 }
 
 fn contains_ci(hay: &[u8], needle: &[u8]) -> bool {
@@ -487,6 +508,25 @@ mod tests {
         assert!(may_concern(b"Contact: <sip:a@h;pn%2Dprid=1>\r\n"));
         assert!(!may_concern(b"From: *\r\n"));
         assert!(!may_concern(b""));
+        // The scan around each '-': needles at either end of the buffer, cut short, or next to
+        // dashes of their own.
+        assert!(may_concern(b"pn-"));
+        assert!(may_concern(b"X-MPUSH"));
+        assert!(!may_concern(b"X-MPUS"));
+        assert!(!may_concern(b";p-n-"));
+        assert!(may_concern(b"--pn--"));
+        assert!(may_concern(
+            b"Max-Forwards: 70\r\nContact: <sip:a@h;PUSH-TOKEN-ID=x>"
+        ));
+        assert!(!may_concern(b"Contact: <sip:a@h;push-token>\r\n"));
+        // Every needle holds a '-' (the scan relies on it; one without would still be found
+        // by the slow path, but every REGISTER would pay for it).
+        assert!(
+            PARAM_PREFIXES
+                .iter()
+                .chain([&MPUSH_HEADER])
+                .all(|n| n.contains('-'))
+        );
     }
 
     #[test]

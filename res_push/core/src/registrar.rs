@@ -103,11 +103,20 @@ pub fn feature_caps(provider: Provider, pnsreg: Option<u32>) -> String {
 
 /// Decides what to do with a REGISTER.
 pub fn decide(req: &RegisterRequest, policy: &Policy) -> Verdict {
-    let contacts: Vec<Contact> = req.contacts.iter().map(|c| parse_contact(c)).collect();
+    decide_parts(&req.contacts, req.expires, req.x_mpush.as_deref(), policy)
+}
+
+/// [`decide`] on the parts of a REGISTER, borrowed from wherever they are (the REGISTER hook
+/// copies nothing for it).
+pub fn decide_parts<S: AsRef<str>>(
+    contacts: &[S],
+    expires: Option<u32>,
+    x_mpush: Option<&str>,
+    policy: &Policy,
+) -> Verdict {
+    let contacts: Vec<Contact> = contacts.iter().map(|c| parse_contact(c.as_ref())).collect();
     let mpush = if policy.rules.mpush {
-        req.x_mpush
-            .as_deref()
-            .map(|v| pn::from_mpush(v, &policy.rules))
+        x_mpush.map(|v| pn::from_mpush(v, &policy.rules))
     } else {
         None
     };
@@ -115,7 +124,7 @@ pub fn decide(req: &RegisterRequest, policy: &Policy) -> Verdict {
     let mut caps: Option<Provider> = None;
 
     if contacts.iter().any(|c| c.star) {
-        return if req.expires == Some(0) {
+        return if expires == Some(0) {
             Verdict::Accept {
                 feature_caps: None,
                 actions: vec![Action::UnregisterAll],
@@ -127,7 +136,7 @@ pub fn decide(req: &RegisterRequest, policy: &Policy) -> Verdict {
     }
 
     for c in &contacts {
-        let expires = c.expires().or(req.expires);
+        let expires = c.expires().or(expires);
         let mut request = pn::from_contact(c, &policy.rules);
         if request == Request::None {
             if let Some(m) = &mpush {

@@ -1,9 +1,11 @@
 //! res_pjsip: the REGISTER hook, responses, and contact removal.
 //!
-//! The shim copies each REGISTER and each REGISTER response into plain strings; this wrapper
-//! turns them into owned Rust values before the callback returns, so nothing here outlives
-//! pjsip's pools.
+//! The shim copies each REGISTER and each REGISTER response into a scratch buffer of ours (on
+//! the stack, a heap one only for oversized messages); this wrapper lends them out as borrowed
+//! strings to a closure, so nothing here outlives the callback or costs an allocation per
+//! field.
 
+use std::borrow::Cow;
 use std::ffi::{CStr, c_char};
 use std::marker::PhantomData;
 use std::ptr::NonNull;
@@ -42,57 +44,109 @@ impl TxData<'_> {
     }
 }
 
-/// A REGISTER, owned.
+/// A REGISTER, borrowed from the scratch it was copied into.
 #[derive(Debug, Clone, Default)]
-pub struct Register {
+pub struct Register<'s> {
     /// Call-ID.
-    pub call_id: String,
+    pub call_id: Cow<'s, str>,
     /// CSeq number.
     pub cseq: i32,
     /// Identified endpoint.
-    pub endpoint: Option<String>,
+    pub endpoint: Option<Cow<'s, str>>,
     /// Its `aors` setting.
-    pub endpoint_aors: Option<String>,
+    pub endpoint_aors: Option<Cow<'s, str>>,
     /// To URI user part.
-    pub to_user: Option<String>,
+    pub to_user: Option<Cow<'s, str>>,
     /// To URI host part.
-    pub to_host: Option<String>,
+    pub to_host: Option<Cow<'s, str>>,
     /// User-Agent.
-    pub user_agent: Option<String>,
+    pub user_agent: Option<Cow<'s, str>>,
     /// X-MPUSH.
-    pub x_mpush: Option<String>,
+    pub x_mpush: Option<Cow<'s, str>>,
     /// Expires header.
     pub expires: Option<u32>,
-    /// Where it came from.
-    pub source: String,
+    /// The address it came from.
+    pub source_addr: Cow<'s, str>,
+    /// And the port.
+    pub source_port: i32,
     /// Contact header values.
-    pub contacts: Vec<String>,
+    pub contacts: Vec<Cow<'s, str>>,
 }
 
-/// A REGISTER response, owned.
+/// A REGISTER response, borrowed like [`Register`].
 #[derive(Debug, Clone, Default)]
-pub struct Response {
+pub struct Response<'s> {
     /// Status code.
     pub status: i32,
     /// Call-ID.
-    pub call_id: String,
+    pub call_id: Cow<'s, str>,
     /// CSeq number.
     pub cseq: i32,
     /// Contact header values (the registrar lists the AOR's current contacts with expiry).
-    pub contacts: Vec<String>,
+    pub contacts: Vec<Cow<'s, str>>,
 }
 
-fn opt(p: *const c_char) -> Option<String> {
-    // SAFETY: the shim hands NUL-terminated strings from a live pool, or NULL.
-    (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
+/// # Safety
+/// `p` is NULL or a NUL-terminated string that lives for `'s`.
+unsafe fn opt<'s>(p: *const c_char) -> Option<Cow<'s, str>> {
+    // SAFETY: as the caller promised.
+    (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) }.to_string_lossy())
 }
 
-fn list(count: u32, items: *mut *const c_char) -> Vec<String> {
+/// # Safety
+/// `items` holds `count` entries, each as [`opt`] requires.
+unsafe fn list<'s>(count: u32, items: *const *const c_char) -> Vec<Cow<'s, str>> {
     (0..count as usize)
-        // SAFETY: the shim allocated `count` entries.
-        .filter_map(|i| opt(unsafe { *items.add(i) }))
+        // SAFETY: as the caller promised.
+        .filter_map(|i| unsafe { opt(*items.add(i)) })
         .collect()
 }
+
+/// Runs `describe` (one of the shim's describe calls) with a scratch of ours, then `read` on
+/// what it wrote. A stack scratch serves every message of ordinary size; a larger one is
+/// tried only when the shim says it did not fit.
+fn with_scratch<T, R>(
+    describe: impl Fn(*mut ffi::rp_scratch, *mut T) -> i32,
+    read: impl for<'s> FnOnce(&'s T) -> R,
+) -> Option<R> {
+    // Not zeroed: the shim writes every byte it hands out, and clearing the whole buffer on
+    // each REGISTER was a measurable share of what the hook cost.
+    const STACK: usize = 2048;
+    const CONTACTS: usize = 16;
+    let mut bytes = [std::mem::MaybeUninit::<u8>::uninit(); STACK];
+    let mut contacts = [std::ptr::null::<c_char>(); CONTACTS];
+    // SAFETY: `T` is one of the shim's plain C structs of pointers and integers.
+    let mut out: T = unsafe { std::mem::zeroed() };
+    let mut scratch = ffi::rp_scratch {
+        bytes: bytes.as_mut_ptr().cast(),
+        bytes_len: STACK,
+        contacts: contacts.as_mut_ptr(),
+        contacts_len: CONTACTS as u32,
+    };
+    let mut rc = describe(&mut scratch, &mut out);
+    let mut heap: (Vec<u8>, Vec<*const c_char>);
+    let mut size = STACK;
+    while rc == ffi::RP_SCRATCH_FULL && size < MAX_SCRATCH {
+        size *= 4;
+        heap = (vec![0u8; size], vec![std::ptr::null(); size / 64]);
+        scratch = ffi::rp_scratch {
+            bytes: heap.0.as_mut_ptr().cast(),
+            bytes_len: size,
+            contacts: heap.1.as_mut_ptr(),
+            contacts_len: (size / 64) as u32,
+        };
+        // SAFETY: as above.
+        out = unsafe { std::mem::zeroed() };
+        rc = describe(&mut scratch, &mut out);
+        if rc != ffi::RP_SCRATCH_FULL {
+            return (rc == 0).then(|| read(&out));
+        }
+    }
+    (rc == 0).then(|| read(&out))
+}
+
+/// Largest scratch tried: a REGISTER bigger than this is not one res_push acts on.
+const MAX_SCRATCH: usize = 256 * 1024;
 
 impl<'a> RxData<'a> {
     /// The message as received, when pjsip still has it.
@@ -104,27 +158,36 @@ impl<'a> RxData<'a> {
         (!p.is_null()).then(|| unsafe { std::slice::from_raw_parts(p.cast::<u8>(), len) })
     }
 
-    /// Copies out the REGISTER, or `None` for anything else.
-    pub fn register(self) -> Option<Register> {
-        // SAFETY: zeroed is a valid value of this plain C struct of pointers and ints.
-        let mut r: ffi::rp_register = unsafe { std::mem::zeroed() };
-        // SAFETY: `self.0` is the live request of the current callback.
-        if unsafe { ffi::rp_shim_describe_register(self.0.as_ptr().cast(), &mut r) } != 0 {
-            return None;
-        }
-        Some(Register {
-            call_id: opt(r.call_id).unwrap_or_default(),
-            cseq: r.cseq,
-            endpoint: opt(r.endpoint),
-            endpoint_aors: opt(r.endpoint_aors),
-            to_user: opt(r.to_user),
-            to_host: opt(r.to_host),
-            user_agent: opt(r.user_agent),
-            x_mpush: opt(r.x_mpush),
-            expires: u32::try_from(r.expires).ok(),
-            source: opt(r.source).unwrap_or_default(),
-            contacts: list(r.contact_count, r.contacts),
-        })
+    /// Lends the REGISTER to `f`, or `None` for anything else (or a REGISTER too large to copy).
+    pub fn with_register<R>(self, f: impl for<'s> FnOnce(Register<'s>) -> R) -> Option<R> {
+        let rdata = self.0.as_ptr().cast();
+        with_scratch(
+            // SAFETY: `rdata` is the live request of the current callback; the scratch and
+            // `out` are ours and sized as they say.
+            |scratch, out: *mut ffi::rp_register| unsafe {
+                ffi::rp_shim_describe_register(rdata, scratch, out)
+            },
+            |r| {
+                // SAFETY: every string is NUL-terminated in the scratch, which outlives `f`.
+                let reg = unsafe {
+                    Register {
+                        call_id: opt(r.call_id).unwrap_or_default(),
+                        cseq: r.cseq,
+                        endpoint: opt(r.endpoint),
+                        endpoint_aors: opt(r.endpoint_aors),
+                        to_user: opt(r.to_user),
+                        to_host: opt(r.to_host),
+                        user_agent: opt(r.user_agent),
+                        x_mpush: opt(r.x_mpush),
+                        expires: u32::try_from(r.expires).ok(),
+                        source_addr: opt(r.source_addr).unwrap_or_default(),
+                        source_port: r.source_port,
+                        contacts: list(r.contact_count, r.contacts),
+                    }
+                };
+                f(reg)
+            },
+        )
     }
 
     /// Answers the request statelessly; the registrar will not see it.
@@ -136,27 +199,35 @@ impl<'a> RxData<'a> {
 }
 
 impl TxData<'_> {
-    /// Copies out a REGISTER response, or `None` for other responses.
-    pub fn register_response(self) -> Option<Response> {
-        // SAFETY: as in `RxData::register`.
-        let mut r: ffi::rp_response = unsafe { std::mem::zeroed() };
-        // SAFETY: `self.0` is the live response of the current callback.
-        if unsafe { ffi::rp_shim_describe_response(self.0.as_ptr().cast(), &mut r) } != 0
-            || r.is_register == 0
-        {
-            return None;
-        }
-        Some(Response {
-            status: r.status,
-            call_id: opt(r.call_id).unwrap_or_default(),
-            cseq: r.cseq,
-            contacts: list(r.contact_count, r.contacts),
-        })
+    /// Lends a REGISTER response to `f`, or `None` for other responses.
+    pub fn with_register_response<R>(self, f: impl for<'s> FnOnce(Response<'s>) -> R) -> Option<R> {
+        let tdata = self.0.as_ptr().cast();
+        with_scratch(
+            // SAFETY: as in `RxData::with_register`.
+            |scratch, out: *mut ffi::rp_response| unsafe {
+                ffi::rp_shim_describe_response(tdata, scratch, out)
+            },
+            |r| {
+                if r.is_register == 0 {
+                    return None;
+                }
+                // SAFETY: as in `RxData::with_register`.
+                let resp = unsafe {
+                    Response {
+                        status: r.status,
+                        call_id: opt(r.call_id).unwrap_or_default(),
+                        cseq: r.cseq,
+                        contacts: list(r.contact_count, r.contacts),
+                    }
+                };
+                Some(f(resp))
+            },
+        )
+        .flatten()
     }
 
     /// Adds a header to the response.
-    pub fn add_header(self, name: &str, value: &str) {
-        let (name, value) = (c_string(name), c_string(value));
+    pub fn add_header(self, name: &CStr, value: &CStr) {
         // SAFETY: live response; pjsip copies both strings into its pool.
         unsafe { ffi::rp_shim_add_header(self.0.as_ptr().cast(), name.as_ptr(), value.as_ptr()) };
     }
