@@ -88,8 +88,6 @@ struct rp_register {
 	int expires;               /* Expires header, -1 when absent */
 	const char *source_addr;   /* the address it came from (printed by pjsip already) */
 	int source_port;
-	unsigned int contact_count;
-	const char **contacts;     /* each Contact value as pjsip prints it, or "*" (the scratch's) */
 };
 
 /* A response about to be sent. Strings are in the scratch. */
@@ -102,7 +100,14 @@ struct rp_response {
 	const char **contacts;
 };
 
+/* Everything but the contacts (contact_count 0): printing them is most of what copying costs. */
 int rp_shim_describe_register(struct pjsip_rx_data *rdata, struct rp_scratch *scratch, struct rp_register *out);
+/* The REGISTER's contacts, each as pjsip prints it, or "*". */
+struct rp_contacts {
+	unsigned int count;
+	const char **contacts;
+};
+int rp_shim_register_contacts(struct pjsip_rx_data *rdata, struct rp_scratch *scratch, struct rp_contacts *out);
 int rp_shim_describe_response(struct pjsip_tx_data *tdata, struct rp_scratch *scratch, struct rp_response *out);
 /* Answers statelessly (the registrar never sees the request). */
 /* The raw message pjsip received (not NUL-terminated), or NULL. */

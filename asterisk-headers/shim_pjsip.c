@@ -130,7 +130,18 @@ int rp_shim_describe_register(pjsip_rx_data *rdata, struct rp_scratch *scratch, 
 	out->expires = expires ? (int) expires->ivalue : -1;
 	out->source_addr = put(&c, rdata->pkt_info.src_name, strnlen(rdata->pkt_info.src_name, sizeof(rdata->pkt_info.src_name)));
 	out->source_port = rdata->pkt_info.src_port;
-	put_contacts(&c, msg, &out->contact_count, &out->contacts);
+	return c.full ? RP_SCRATCH_FULL : 0;
+}
+
+int rp_shim_register_contacts(pjsip_rx_data *rdata, struct rp_scratch *scratch, struct rp_contacts *out)
+{
+	struct cursor c = { .scratch = scratch };
+
+	memset(out, 0, sizeof(*out));
+	if (!rdata->msg_info.msg) {
+		return -1;
+	}
+	put_contacts(&c, rdata->msg_info.msg, &out->count, &out->contacts);
 	return c.full ? RP_SCRATCH_FULL : 0;
 }
 

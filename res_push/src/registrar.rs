@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use res_push_core::binding::redact_uri;
-use res_push_core::pn::{Request, from_contact, may_concern};
+use res_push_core::pn::{Request, contact_lines, from_contact, may_concern};
 use res_push_core::registrar::{Action, Verdict, decide_parts};
 use res_push_core::sip::{contact_expires, parse_contact};
 
@@ -37,7 +37,8 @@ struct Pending {
 /// Contact, so the next REGISTER is usually an exact repeat, and is not parsed again.
 #[derive(Debug)]
 struct Judged {
-    contacts: Vec<String>,
+    /// The REGISTER's Contact header lines as received (see [`contact_lines`]).
+    contact_lines: Vec<u8>,
     expires: Option<u32>,
     x_mpush: Option<String>,
     to_user: Option<String>,
@@ -53,11 +54,10 @@ struct Judged {
 }
 
 impl Judged {
-    fn judges(&self, reg: &Register<'_>, general: &General) -> bool {
+    fn judges(&self, reg: &Register<'_>, lines: &[&[u8]], general: &General) -> bool {
         self.general == std::ptr::from_ref(general) as usize
             && self.expires == reg.expires
-            && self.contacts.len() == reg.contacts.len()
-            && self.contacts.iter().zip(&reg.contacts).all(|(a, b)| a == b)
+            && same_bytes(&self.contact_lines, lines.iter().copied())
             && self.x_mpush.as_deref() == reg.x_mpush.as_deref()
             && self.to_user.as_deref() == reg.to_user.as_deref()
             && self.to_host.as_deref() == reg.to_host.as_deref()
@@ -65,11 +65,37 @@ impl Judged {
     }
 }
 
+/// `lines`, each ended by `\n` (as in the message: so that no two sequences of lines join
+/// alike).
+fn joined<'a>(lines: impl Iterator<Item = &'a [u8]>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for line in lines {
+        out.extend_from_slice(line);
+        out.push(b'\n');
+    }
+    out
+}
+
+/// Whether `bytes` is [`joined`] `lines`, compared without building it.
+fn same_bytes<'a>(bytes: &[u8], lines: impl Iterator<Item = &'a [u8]>) -> bool {
+    let mut rest = bytes;
+    for line in lines {
+        match rest.strip_prefix(line).and_then(|r| r.strip_prefix(b"\n")) {
+            Some(r) => rest = r,
+            None => return false,
+        }
+    }
+    rest.is_empty()
+}
+
 /// The cache key of a REGISTER: everything [`Judged::judges`] compares but the policy.
-fn fingerprint(reg: &Register<'_>) -> u64 {
+fn fingerprint(reg: &Register<'_>, lines: &[&[u8]]) -> u64 {
     let mut h = std::hash::DefaultHasher::new();
+    for line in lines {
+        h.write(line);
+        h.write_u8(b'\n');
+    }
     (
-        &reg.contacts,
         reg.expires,
         &reg.x_mpush,
         &reg.to_user,
@@ -129,35 +155,49 @@ impl Registrar {
     /// Runs before the registrar. Returns true when we answered the request ourselves.
     pub fn on_register(&self, rdata: RxData, running: &Running) -> bool {
         // Desk phones: judged on the raw bytes, nothing copied out.
-        if rdata.raw().is_some_and(|raw| !may_concern(raw)) {
+        let raw = rdata.raw();
+        if raw.is_some_and(|raw| !may_concern(raw)) {
             return false;
         }
         rdata
-            .with_register(|reg| self.judge(rdata, reg, running))
+            .with_register(|reg| self.judge(rdata, reg, raw, running))
             .unwrap_or(false)
     }
 
-    fn judge(&self, rdata: RxData, reg: Register<'_>, running: &Running) -> bool {
+    fn judge(
+        &self,
+        rdata: RxData,
+        reg: Register<'_>,
+        raw: Option<&[u8]>,
+        running: &Running,
+    ) -> bool {
         let general = running.general();
-        let key = fingerprint(&reg);
-        let known = self
-            .pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .judged
-            .get(&key)
-            .filter(|j| j.judges(&reg, general))
-            .cloned();
+        // Without the raw message (pjsip always keeps it for a request it parsed) nothing is
+        // remembered.
+        let lines: Option<Vec<&[u8]>> = raw.map(|raw| contact_lines(raw).collect());
+        let key = lines.as_deref().map(|lines| fingerprint(&reg, lines));
+        let known = key.zip(lines.as_deref()).and_then(|(key, lines)| {
+            self.pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .judged
+                .get(&key)
+                .filter(|j| j.judges(&reg, lines, general))
+                .cloned()
+        });
         let (judged, new) = match known {
             Some(judged) => (judged, false),
-            None => match decide_parts(
-                &reg.contacts,
-                reg.expires,
-                reg.x_mpush.as_deref(),
-                &general.policy,
-            ) {
-                Verdict::Ignore => return false,
-                Verdict::Reject { status, reason } => {
+            None => match rdata.with_contacts(|contacts| {
+                decide_parts(
+                    &contacts,
+                    reg.expires,
+                    reg.x_mpush.as_deref(),
+                    &general.policy,
+                )
+            }) {
+                // Too large to copy out: not one of ours.
+                None | Some(Verdict::Ignore) => return false,
+                Some(Verdict::Reject { status, reason }) => {
                     tracing::info!(
                         "REGISTER from {}:{} ({}) refused with {status}: {reason}",
                         reg.source_addr,
@@ -167,17 +207,20 @@ impl Registrar {
                     rdata.respond(status, &reason);
                     return true;
                 }
-                Verdict::Accept {
+                Some(Verdict::Accept {
                     feature_caps,
                     actions,
-                } => {
+                }) => {
                     let Some(aor) = resolve_aor(&reg) else {
                         // The registrar will refuse it (unknown AOR); nothing of ours to keep.
                         return false;
                     };
                     let owned = |s: &Option<Cow<'_, str>>| s.as_deref().map(str::to_string);
                     let judged = Judged {
-                        contacts: reg.contacts.iter().map(|c| c.to_string()).collect(),
+                        contact_lines: lines
+                            .as_deref()
+                            .map(|l| joined(l.iter().copied()))
+                            .unwrap_or_default(),
                         expires: reg.expires,
                         x_mpush: owned(&reg.x_mpush),
                         to_user: owned(&reg.to_user),
@@ -206,7 +249,7 @@ impl Registrar {
                 .retain(|_, p| now.duration_since(p.since) < PENDING_TTL);
             pending.swept = Some(now);
         }
-        if new {
+        if let Some(key) = key.filter(|_| new) {
             if pending.judged.len() >= JUDGED_MAX {
                 pending.judged.clear();
             }

@@ -171,6 +171,36 @@ fn contains_ci(hay: &[u8], needle: &[u8]) -> bool {
         })
 }
 
+/// The raw lines of a message's Contact headers (`Contact:` or compact `m:`, folded
+/// continuation lines included), in order, up to the end of the header section. Two REGISTERs
+/// with the same lines have contacts that pjsip parses, and so prints, alike: the REGISTER hook
+/// keys what it remembers of a REGISTER on them, without having pjsip print anything.
+pub fn contact_lines(raw: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let end = memchr::memmem::find(raw, b"\r\n\r\n")
+        .or_else(|| memchr::memmem::find(raw, b"\n\n"))
+        .unwrap_or(raw.len());
+    let head = &raw[..end];
+    // Line starts: vectorised search for the newlines; only lines starting with `c`, `m` or
+    // white space (a continuation) are looked at further.
+    let starts = std::iter::once(0).chain(memchr::memchr_iter(b'\n', head).map(|i| i + 1));
+    let mut in_contact = false;
+    starts.filter_map(move |start| {
+        let rest = &head[start.min(head.len())..];
+        let line = &rest[..memchr::memchr(b'\n', rest).unwrap_or(rest.len())];
+        match line.first() {
+            Some(b' ' | b'\t') => {}
+            Some(b'c' | b'C' | b'm' | b'M') => {
+                in_contact = memchr::memchr(b':', line).is_some_and(|colon| {
+                    let name = line[..colon].trim_ascii();
+                    name.eq_ignore_ascii_case(b"contact") || name.eq_ignore_ascii_case(b"m")
+                });
+            }
+            _ => in_contact = false,
+        }
+        in_contact.then_some(line)
+    })
+}
+
 /// A `Contact:` or compact `m:` header line (folded continuation lines included) holding `*`.
 fn star_contact(raw: &[u8]) -> bool {
     let mut in_contact = false;
@@ -526,6 +556,27 @@ mod tests {
                 .iter()
                 .chain([&MPUSH_HEADER])
                 .all(|n| n.contains('-'))
+        );
+    }
+
+    #[test]
+    fn contact_lines_are_the_contact_headers_folded_lines_included() {
+        let raw = b"REGISTER sip:pbx SIP/2.0\r\nVia: SIP/2.0/UDP h\r\nContact: <sip:a@h;pn-prid=1>\r\n\
+            \t;expires=60\r\nTo: <sip:a@pbx>\r\nm: <sip:b@h>\r\nCONTACT : *\r\n\r\nContact: body\r\n";
+        let lines: Vec<&[u8]> = contact_lines(raw).collect();
+        assert_eq!(
+            lines,
+            [
+                &b"Contact: <sip:a@h;pn-prid=1>\r"[..],
+                b"\t;expires=60\r",
+                b"m: <sip:b@h>\r",
+                // The header section ends before its blank line's CRLF pair.
+                b"CONTACT : *",
+            ]
+        );
+        assert_eq!(
+            contact_lines(b"REGISTER sip:pbx SIP/2.0\r\n\r\n").count(),
+            0
         );
     }
 

@@ -69,8 +69,6 @@ pub struct Register<'s> {
     pub source_addr: Cow<'s, str>,
     /// And the port.
     pub source_port: i32,
-    /// Contact header values.
-    pub contacts: Vec<Cow<'s, str>>,
 }
 
 /// A REGISTER response, borrowed like [`Register`].
@@ -158,7 +156,8 @@ impl<'a> RxData<'a> {
         (!p.is_null()).then(|| unsafe { std::slice::from_raw_parts(p.cast::<u8>(), len) })
     }
 
-    /// Lends the REGISTER to `f`, or `None` for anything else (or a REGISTER too large to copy).
+    /// Lends the REGISTER (all but its contacts: see [`RxData::with_contacts`]) to `f`, or
+    /// `None` for anything else (or a REGISTER too large to copy).
     pub fn with_register<R>(self, f: impl for<'s> FnOnce(Register<'s>) -> R) -> Option<R> {
         let rdata = self.0.as_ptr().cast();
         with_scratch(
@@ -182,11 +181,23 @@ impl<'a> RxData<'a> {
                         expires: u32::try_from(r.expires).ok(),
                         source_addr: opt(r.source_addr).unwrap_or_default(),
                         source_port: r.source_port,
-                        contacts: list(r.contact_count, r.contacts),
                     }
                 };
                 f(reg)
             },
+        )
+    }
+
+    /// Lends the REGISTER's Contact header values, as pjsip prints them (or `*`), to `f`.
+    pub fn with_contacts<R>(self, f: impl for<'s> FnOnce(Vec<Cow<'s, str>>) -> R) -> Option<R> {
+        let rdata = self.0.as_ptr().cast();
+        with_scratch(
+            // SAFETY: as in `with_register`.
+            |scratch, out: *mut ffi::rp_contacts| unsafe {
+                ffi::rp_shim_register_contacts(rdata, scratch, out)
+            },
+            // SAFETY: as in `with_register`.
+            |r| f(unsafe { list(r.count, r.contacts) }),
         )
     }
 
