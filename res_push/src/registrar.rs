@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use res_push_core::binding::redact_uri;
+use res_push_core::config::General;
 use res_push_core::pn::{Request, contact_lines, from_contact, may_concern};
 use res_push_core::registrar::{Action, Verdict, decide_parts};
 use res_push_core::sip::{contact_expires, parse_contact};
@@ -23,7 +24,6 @@ use res_push_core::sip::{contact_expires, parse_contact};
 use crate::ast::channel;
 use crate::ast::pjsip::{self, Register, Response, RxData, TxData};
 use crate::module::Running;
-use res_push_core::config::General;
 
 /// A REGISTER we accepted, waiting for the registrar's answer.
 #[derive(Debug)]
