@@ -270,6 +270,12 @@ impl Dispatcher {
                         retry_after,
                         jitter(),
                     ) else {
+                        // An attempt cut short by the deadline says less than the provider's
+                        // refusal before it.
+                        let reason = match last {
+                            Some(refused) if reason.code == "Timeout" => refused,
+                            _ => reason,
+                        };
                         return failed(FailureClass::Provider, reason);
                     };
                     debug!(app = %app.name, attempts, reason = %reason.text, wait = ?at.saturating_duration_since(Instant::now()), "retrying");
