@@ -288,7 +288,7 @@ impl Registrar {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .by_request
-            .remove(&(resp.call_id.as_ref(), resp.cseq) as &dyn PendingKey)
+            .remove(&(resp.call_id.into_owned(), resp.cseq))
         else {
             return;
         };
@@ -337,43 +337,6 @@ impl Registrar {
             p.user_agent.as_deref(),
             &granted,
         );
-    }
-}
-
-/// Looks up `(Call-ID, CSeq)` keys with a borrowed Call-ID (a response's is not copied out).
-trait PendingKey {
-    fn key(&self) -> (&str, i32);
-}
-
-impl PendingKey for (String, i32) {
-    fn key(&self) -> (&str, i32) {
-        (&self.0, self.1)
-    }
-}
-
-impl PendingKey for (&str, i32) {
-    fn key(&self) -> (&str, i32) {
-        (self.0, self.1)
-    }
-}
-
-impl<'a> std::borrow::Borrow<dyn PendingKey + 'a> for (String, i32) {
-    fn borrow(&self) -> &(dyn PendingKey + 'a) {
-        self
-    }
-}
-
-impl PartialEq for dyn PendingKey + '_ {
-    fn eq(&self, other: &Self) -> bool {
-        self.key() == other.key()
-    }
-}
-
-impl Eq for dyn PendingKey + '_ {}
-
-impl std::hash::Hash for dyn PendingKey + '_ {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.key().hash(state);
     }
 }
 
