@@ -71,6 +71,8 @@ struct rp_scratch {
 	char *bytes;
 	size_t bytes_len;
 	const char **contacts;
+	/* One per entry of `contacts` (as many): a number that goes with it. */
+	int *numbers;
 	unsigned int contacts_len;
 };
 #define RP_SCRATCH_FULL (-2)
@@ -96,8 +98,11 @@ struct rp_response {
 	const char *call_id;
 	int cseq;
 	int is_register;
+	/* The contacts the response lists: each URI as it is printed inside <> of a Contact
+	 * header, and its expires parameter (-1 when absent). */
 	unsigned int contact_count;
 	const char **contacts;
+	const int *contact_expires;
 };
 
 /* Everything but the contacts (contact_count 0): printing them is most of what copying costs. */

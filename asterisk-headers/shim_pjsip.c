@@ -6,6 +6,8 @@
  */
 #include "shim.h"
 
+#include <limits.h>
+
 #include <pjsip.h>
 
 #include "asterisk/res_pjsip.h"
@@ -39,12 +41,21 @@ static const char *put_pj(struct cursor *c, const pj_str_t *s)
 	return put(c, s->ptr, s->slen);
 }
 
-static const char *header_value(struct cursor *c, pjsip_msg *msg, const char *name)
+/* User-Agent and X-MPUSH, found in one walk of the headers (the first of each, as
+ * pjsip_msg_find_hdr_by_name would; lengths compared before names). */
+static void put_named_headers(struct cursor *c, pjsip_msg *msg, struct rp_register *out)
 {
-	pj_str_t hname = pj_str((char *) name);
-	pjsip_generic_string_hdr *h = pjsip_msg_find_hdr_by_name(msg, &hname, NULL);
+	static const pj_str_t user_agent = { "User-Agent", 10 };
+	static const pj_str_t x_mpush = { "X-MPUSH", 7 };
+	pjsip_hdr *h;
 
-	return h ? put_pj(c, &h->hvalue) : NULL;
+	for (h = msg->hdr.next; h != &msg->hdr; h = h->next) {
+		if (!out->user_agent && h->name.slen == user_agent.slen && !pj_stricmp(&h->name, &user_agent)) {
+			out->user_agent = put_pj(c, &((pjsip_generic_string_hdr *) h)->hvalue);
+		} else if (!out->x_mpush && h->name.slen == x_mpush.slen && !pj_stricmp(&h->name, &x_mpush)) {
+			out->x_mpush = put_pj(c, &((pjsip_generic_string_hdr *) h)->hvalue);
+		}
+	}
 }
 
 /* "Contact: <sip:...>;expires=60" -> "<sip:...>;expires=60", printed straight into the scratch. */
@@ -124,8 +135,7 @@ int rp_shim_describe_register(pjsip_rx_data *rdata, struct rp_scratch *scratch, 
 		out->endpoint_aors = put(&c, aors, strlen(aors));
 		ao2_cleanup(endpoint);
 	}
-	out->user_agent = header_value(&c, msg, "User-Agent");
-	out->x_mpush = header_value(&c, msg, "X-MPUSH");
+	put_named_headers(&c, msg, out);
 	expires = pjsip_msg_find_hdr(msg, PJSIP_H_EXPIRES, NULL);
 	out->expires = expires ? (int) expires->ivalue : -1;
 	out->source_addr = put(&c, rdata->pkt_info.src_name, strnlen(rdata->pkt_info.src_name, sizeof(rdata->pkt_info.src_name)));
@@ -143,6 +153,54 @@ int rp_shim_register_contacts(pjsip_rx_data *rdata, struct rp_scratch *scratch, 
 	}
 	put_contacts(&c, rdata->msg_info.msg, &out->count, &out->contacts);
 	return c.full ? RP_SCRATCH_FULL : 0;
+}
+
+/* -1 when absent; older pjproject (before PJSIP_EXPIRES_NOT_SPECIFIED) keeps a signed -1. */
+static int contact_expires(const pjsip_contact_hdr *hdr)
+{
+#ifdef PJSIP_EXPIRES_NOT_SPECIFIED
+	if (hdr->expires == PJSIP_EXPIRES_NOT_SPECIFIED) {
+		return -1;
+	}
+	return hdr->expires > INT_MAX ? INT_MAX : (int) hdr->expires;
+#else
+	return hdr->expires < 0 ? -1 : hdr->expires;
+#endif
+}
+
+/* Each contact's URI, printed alone (the same text as between <> when the header is printed),
+ * and its expiry: no header parameters printed, nothing for Rust to parse. */
+static void put_response_contacts(struct cursor *c, pjsip_msg *msg, struct rp_response *out)
+{
+	pjsip_contact_hdr *hdr = NULL;
+
+	out->contacts = c->scratch->contacts;
+	out->contact_expires = c->scratch->numbers;
+	out->contact_count = 0;
+	while ((hdr = pjsip_msg_find_hdr(msg, PJSIP_H_CONTACT, hdr ? hdr->next : NULL))) {
+		char *buf = c->scratch->bytes + c->used;
+		size_t room = c->scratch->bytes_len - c->used;
+		int len;
+
+		if (hdr->star || !hdr->uri) {
+			continue;
+		}
+		if (out->contact_count == c->scratch->contacts_len) {
+			c->full = 1;
+			return;
+		}
+		len = c->full || room < 2 ? -1
+			: pjsip_uri_print(PJSIP_URI_IN_CONTACT_HDR, pjsip_uri_get_uri(hdr->uri), buf, room - 1);
+		if (len < 0) {
+			c->full = 1;
+			return;
+		}
+		buf[len] = '\0';
+		c->used += len + 1;
+		c->scratch->contacts[out->contact_count] = buf;
+		c->scratch->numbers[out->contact_count] = contact_expires(hdr);
+		out->contact_count++;
+	}
 }
 
 int rp_shim_describe_response(pjsip_tx_data *tdata, struct rp_scratch *scratch, struct rp_response *out)
@@ -166,7 +224,7 @@ int rp_shim_describe_response(pjsip_tx_data *tdata, struct rp_scratch *scratch, 
 	out->cseq = cseq->cseq;
 	out->is_register = cseq->method.id == PJSIP_REGISTER_METHOD;
 	if (out->is_register) {
-		put_contacts(&c, msg, &out->contact_count, &out->contacts);
+		put_response_contacts(&c, msg, out);
 	}
 	return c.full ? RP_SCRATCH_FULL : 0;
 }

@@ -443,6 +443,11 @@ impl Bindings {
         }
     }
 
+    /// Moves on whenever a binding comes, goes or changes contact ([`Store::placement`]).
+    pub fn placement(&self) -> u64 {
+        lock(&self.store).placement()
+    }
+
     /// Whether the registry knows this device of `aor` at this contact URI.
     pub fn is_at(&self, aor: &str, params: &PushParams, contact_uri: &str) -> bool {
         lock(&self.store)

@@ -12,6 +12,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,7 +20,7 @@ use res_push_core::binding::redact_uri;
 use res_push_core::config::General;
 use res_push_core::pn::{Request, contact_lines, from_contact, may_concern};
 use res_push_core::registrar::{Action, Verdict, decide_parts};
-use res_push_core::sip::{contact_expires, parse_contact};
+use res_push_core::sip::parse_contact;
 
 use crate::ast::channel;
 use crate::ast::pjsip::{self, Register, Response, RxData, TxData};
@@ -51,6 +52,10 @@ struct Judged {
     /// Ready for the C side: the header goes on every 200 OK of a refresh.
     feature_caps: Option<CString>,
     actions: Vec<Action>,
+    /// The registry's [`placement`](crate::bindings::Bindings::placement) when every device
+    /// of `actions` was last seen bound at its contact (`u64::MAX`: not yet): while it reads
+    /// the same, a repeat has no stale contact to remove, and no lookup is made.
+    placed: AtomicU64,
 }
 
 impl Judged {
@@ -230,12 +235,13 @@ impl Registrar {
                         aor,
                         feature_caps: feature_caps.map(|c| crate::ast::c_string(&c)),
                         actions,
+                        placed: AtomicU64::new(u64::MAX),
                     };
                     (Arc::new(judged), true)
                 }
             },
         };
-        make_room(running, &judged.aor, &judged.actions);
+        make_room(running, &judged);
         let now = Instant::now();
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
         // Entries whose response never came, swept at most once per TTL rather than scanned
@@ -326,10 +332,7 @@ impl Registrar {
         let granted: Vec<(&str, u32)> = resp
             .contacts
             .iter()
-            .filter_map(|c| match contact_expires(c)? {
-                (uri, Some(expires)) => Some((uri, expires)),
-                _ => None,
-            })
+            .filter_map(|(uri, expires)| Some((uri.as_ref(), (*expires)?)))
             .collect();
         running.bindings.commit(
             &judged.aor,
@@ -344,9 +347,15 @@ impl Registrar {
 /// another URI) now, so the registrar does not count them against `max_contacts` and refuse
 /// the woken phone with 403 when `remove_existing = no`. Only the AOR's contacts are listed,
 /// and only when the registry knows the device at another contact or not at all: a plain
-/// refresh from the same contact costs nothing here.
-fn make_room(running: &Running, aor: &str, actions: &[Action]) {
-    let moved: Vec<_> = actions
+/// refresh from the same contact costs one look at the registry's placement counter.
+fn make_room(running: &Running, judged: &Judged) {
+    let placement = running.bindings.placement();
+    if judged.placed.load(Ordering::Acquire) == placement {
+        return;
+    }
+    let aor = judged.aor.as_str();
+    let moved: Vec<_> = judged
+        .actions
         .iter()
         .filter_map(|a| match a {
             Action::Bind {
@@ -359,6 +368,8 @@ fn make_room(running: &Running, aor: &str, actions: &[Action]) {
         .filter(|(params, uri)| !running.bindings.is_at(aor, params, uri))
         .collect();
     if moved.is_empty() {
+        // Read before the lookups: a change meanwhile moved it on, and the next repeat looks.
+        judged.placed.store(placement, Ordering::Release);
         return;
     }
     let rules = &running.general().policy.rules;

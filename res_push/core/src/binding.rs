@@ -241,6 +241,9 @@ pub const PERSIST_EVERY: u64 = 300;
 #[derive(Debug, Default, Clone)]
 pub struct Store {
     bindings: BTreeMap<Key, Binding>,
+    /// Counts every binding added, removed or moved to another contact (never a refresh in
+    /// place): what a caller learned of where devices are holds while this has not moved.
+    placement: u64,
     /// This node's name, stamped as `reg_server` on what its registrar records.
     node: String,
 }
@@ -309,9 +312,26 @@ impl Store {
     pub fn restore(bindings: impl IntoIterator<Item = Binding>) -> Self {
         let mut s = Store::new();
         for b in bindings {
-            s.bindings.insert(b.key(), b);
+            s.place(b.key(), b);
         }
         s
+    }
+
+    fn place(&mut self, k: Key, b: Binding) -> Option<Binding> {
+        self.placement += 1;
+        self.bindings.insert(k, b)
+    }
+
+    fn take(&mut self, k: &Key) -> Option<Binding> {
+        let b = self.bindings.remove(k);
+        self.placement += u64::from(b.is_some());
+        b
+    }
+
+    /// Moves on whenever a binding is added, removed or changes contact, and only then (see
+    /// [`Store::refresh`]): while it reads the same, so does every binding's contact.
+    pub fn placement(&self) -> u64 {
+        self.placement
     }
 
     /// Names this node (`reg_server` of what it records from now on).
@@ -329,12 +349,12 @@ impl Store {
     /// Inserts or replaces a binding as another node or the database has it; the replaced one
     /// is returned.
     pub fn put(&mut self, b: Binding) -> Option<Binding> {
-        self.bindings.insert(b.key(), b)
+        self.place(b.key(), b)
     }
 
     /// Forgets a binding without deciding anything about it (it went away elsewhere).
     pub fn forget(&mut self, b: &Binding) -> Option<Binding> {
-        self.bindings.remove(&b.key())
+        self.take(&b.key())
     }
 
     /// Number of bindings.
@@ -465,7 +485,7 @@ impl Store {
                 .map(|(k, _)| k.clone())
                 .collect();
             for k in replaced {
-                if let Some(b) = self.bindings.remove(&k) {
+                if let Some(b) = self.take(&k) {
                     changes.push(Change::Removed {
                         binding: b,
                         reason: RemoveReason::Replaced,
@@ -478,6 +498,9 @@ impl Store {
             Some(b) => {
                 let stale_contact = (b.contact_uri != contact_uri)
                     .then(|| std::mem::replace(&mut b.contact_uri, contact_uri));
+                if stale_contact.is_some() {
+                    self.placement += 1;
+                }
                 // Not `take()`: the comparison below must see the instance the binding had.
                 let instance = instance.or_else(|| b.instance.clone());
                 let environment = params.environment.or(b.environment);
@@ -519,7 +542,7 @@ impl Store {
                         .map(|(k, _)| k.clone())
                         .collect();
                     for k in moved {
-                        if let Some(binding) = self.bindings.remove(&k) {
+                        if let Some(binding) = self.take(&k) {
                             changes.push(Change::Removed {
                                 binding,
                                 reason: RemoveReason::TokenMoved,
@@ -536,7 +559,7 @@ impl Store {
                     others.sort();
                     let excess = (others.len() + 1).saturating_sub(max.max(1));
                     for (_, _, k) in others.into_iter().take(excess) {
-                        if let Some(binding) = self.bindings.remove(&k) {
+                        if let Some(binding) = self.take(&k) {
                             changes.push(Change::Removed {
                                 binding,
                                 reason: RemoveReason::MaxDevices,
@@ -566,7 +589,7 @@ impl Store {
                     persisted_register: now,
                     reg_server: self.node.clone(),
                 };
-                self.bindings.insert(key, b.clone());
+                self.place(key, b.clone());
                 changes.push(Change::Added(b));
             }
         }
@@ -586,7 +609,7 @@ impl Store {
             .map(|(k, _)| k.clone())
             .collect();
         keys.into_iter()
-            .filter_map(|k| self.bindings.remove(&k))
+            .filter_map(|k| self.take(&k))
             .map(|binding| Change::Removed { binding, reason })
             .collect()
     }
@@ -603,7 +626,7 @@ impl Store {
             .map(|(k, _)| k.clone())
             .collect();
         keys.into_iter()
-            .filter_map(|k| self.bindings.remove(&k))
+            .filter_map(|k| self.take(&k))
             .map(|binding| Change::Removed { binding, reason })
             .collect()
     }
@@ -625,8 +648,7 @@ impl Store {
     /// `Expires: 0` for a contact with push parameters: that exact binding goes.
     pub fn unregister(&mut self, aor: &str, params: &PushParams) -> Vec<Change> {
         let key = Key::new(aor, params.provider, &params.app_id, &params.token);
-        self.bindings
-            .remove(&key)
+        self.take(&key)
             .map(|binding| Change::Removed {
                 binding,
                 reason: RemoveReason::Unbound,
@@ -734,8 +756,7 @@ impl Store {
         b.failures = b.failures.saturating_add(1);
         if max_failures.is_some_and(|max| b.failures >= max) {
             return self
-                .bindings
-                .remove(&key)
+                .take(&key)
                 .map(|binding| Change::Removed {
                     binding,
                     reason: RemoveReason::MaxFailures,
@@ -928,6 +949,45 @@ mod tests {
             let all = |s: &Store| s.all().cloned().collect::<Vec<_>>();
             assert_eq!(all(&fast), all(&slow), "{r:?}");
         }
+    }
+
+    #[test]
+    fn placement_moves_with_every_binding_that_comes_goes_or_moves_and_not_with_refreshes() {
+        let mut s = Store::new();
+        let mut last = s.placement();
+        let mut step = |s: &mut Store, what: &str, moves: bool| {
+            let now = s.placement();
+            assert_eq!(now != last, moves, "{what}");
+            last = now;
+        };
+        s.register(reg("alice", "aa11", "sip:alice@10.0.0.1"), 1000);
+        step(&mut s, "added", true);
+        s.register(reg("alice", "aa11", "sip:alice@10.0.0.1"), 1010);
+        step(&mut s, "same contact again", false);
+        let r = reg("alice", "aa11", "sip:alice@10.0.0.1");
+        let refresh = Refresh {
+            aor: &r.aor,
+            params: &r.params,
+            contact_uri: &r.contact_uri,
+            user_agent: r.user_agent.as_deref(),
+            instance: None,
+            ua_pnsreg: false,
+            expires: 60,
+        };
+        assert!(s.refresh(&refresh, 1020));
+        step(&mut s, "refresh in place", false);
+        s.register(reg("alice", "aa11", "sip:alice@10.0.0.2"), 1030);
+        step(&mut s, "new contact", true);
+        s.push_failed("alice", &binding_id("alice", Provider::Apns, "TEAM.com.example.voip", "aa11"), None);
+        step(&mut s, "failure counted", false);
+        s.unregister("alice", &params("aa11"));
+        step(&mut s, "unregistered", true);
+        s.unregister("alice", &params("aa11"));
+        step(&mut s, "nothing to unregister", false);
+        s.register(reg("bob", "bb22", "sip:bob@10.0.0.3"), 1000);
+        step(&mut s, "bob added", true);
+        s.expire(1000 + 10_000, 100);
+        step(&mut s, "expired", true);
     }
 
     #[test]

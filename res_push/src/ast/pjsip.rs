@@ -80,8 +80,9 @@ pub struct Response<'s> {
     pub call_id: Cow<'s, str>,
     /// CSeq number.
     pub cseq: i32,
-    /// Contact header values (the registrar lists the AOR's current contacts with expiry).
-    pub contacts: Vec<Cow<'s, str>>,
+    /// The contacts listed (the registrar lists the AOR's current ones): URI as between `<>`
+    /// of the header, and its `expires` parameter.
+    pub contacts: Vec<(Cow<'s, str>, Option<u32>)>,
 }
 
 /// # Safety
@@ -113,24 +114,31 @@ fn with_scratch<T, R>(
     const CONTACTS: usize = 16;
     let mut bytes = [std::mem::MaybeUninit::<u8>::uninit(); STACK];
     let mut contacts = [std::ptr::null::<c_char>(); CONTACTS];
+    let mut numbers = [0i32; CONTACTS];
     // SAFETY: `T` is one of the shim's plain C structs of pointers and integers.
     let mut out: T = unsafe { std::mem::zeroed() };
     let mut scratch = ffi::rp_scratch {
         bytes: bytes.as_mut_ptr().cast(),
         bytes_len: STACK,
         contacts: contacts.as_mut_ptr(),
+        numbers: numbers.as_mut_ptr(),
         contacts_len: CONTACTS as u32,
     };
     let mut rc = describe(&mut scratch, &mut out);
-    let mut heap: (Vec<u8>, Vec<*const c_char>);
+    let mut heap: (Vec<u8>, Vec<*const c_char>, Vec<i32>);
     let mut size = STACK;
     while rc == ffi::RP_SCRATCH_FULL && size < MAX_SCRATCH {
         size *= 4;
-        heap = (vec![0u8; size], vec![std::ptr::null(); size / 64]);
+        heap = (
+            vec![0u8; size],
+            vec![std::ptr::null(); size / 64],
+            vec![0; size / 64],
+        );
         scratch = ffi::rp_scratch {
             bytes: heap.0.as_mut_ptr().cast(),
             bytes_len: size,
             contacts: heap.1.as_mut_ptr(),
+            numbers: heap.2.as_mut_ptr(),
             contacts_len: (size / 64) as u32,
         };
         // SAFETY: as above.
@@ -222,13 +230,19 @@ impl TxData<'_> {
                 if r.is_register == 0 {
                     return None;
                 }
-                // SAFETY: as in `RxData::with_register`.
+                // SAFETY: as in `RxData::with_register`; `contact_expires` holds a number for
+                // each of the `contact_count` entries of `contacts`.
                 let resp = unsafe {
                     Response {
                         status: r.status,
                         call_id: opt(r.call_id).unwrap_or_default(),
                         cseq: r.cseq,
-                        contacts: list(r.contact_count, r.contacts),
+                        contacts: (0..r.contact_count as usize)
+                            .filter_map(|i| {
+                                let uri = opt(*r.contacts.add(i))?;
+                                Some((uri, u32::try_from(*r.contact_expires.add(i)).ok()))
+                            })
+                            .collect(),
                     }
                 };
                 Some(f(resp))
