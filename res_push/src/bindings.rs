@@ -434,13 +434,20 @@ impl Bindings {
         }
     }
 
-    /// A copy of the bindings of `aor`, or all when `None`.
+    /// A copy of the bindings of `aor`, or all when `None`, by AOR then device.
     pub fn list(&self, aor: Option<&str>) -> Vec<Binding> {
-        let store = lock(&self.store);
-        match aor {
-            Some(a) => store.of_aor(a).cloned().collect(),
-            None => store.all().cloned().collect(),
-        }
+        let mut list: Vec<Binding> = {
+            let store = lock(&self.store);
+            match aor {
+                Some(a) => store.of_aor(a).cloned().collect(),
+                None => store.all().cloned().collect(),
+            }
+        };
+        list.sort_by(|a, b| {
+            (&a.aor, a.provider, &a.app_id, &a.token)
+                .cmp(&(&b.aor, b.provider, &b.app_id, &b.token))
+        });
+        list
     }
 
     /// Moves on whenever a binding comes, goes or changes contact ([`Store::placement`]).

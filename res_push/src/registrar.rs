@@ -12,7 +12,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -93,9 +93,11 @@ fn same_bytes<'a>(bytes: &[u8], lines: impl Iterator<Item = &'a [u8]>) -> bool {
     rest.is_empty()
 }
 
-/// The cache key of a REGISTER: everything [`Judged::judges`] compares but the policy.
+/// The cache key of a REGISTER: everything [`Judged::judges`] compares but the policy. Not a
+/// keyed hash: a REGISTER crafted to collide only displaces another's entry (each hit is
+/// checked by [`Judged::judges`]), and only REGISTERs that passed pjsip's authenticator get here.
 fn fingerprint(reg: &Register<'_>, lines: &[&[u8]]) -> u64 {
-    let mut h = std::hash::DefaultHasher::new();
+    let mut h = rustc_hash::FxHasher::default();
     for line in lines {
         h.write(line);
         h.write_u8(b'\n');
@@ -121,6 +123,9 @@ const JUDGED_MAX: usize = 16 * 1024;
 #[derive(Debug, Default)]
 pub struct Registrar {
     pending: Mutex<InFlight>,
+    /// `pending.by_request.len()`, kept beside it so that every REGISTER response (desk
+    /// phones' too) is told there is nothing to do without taking the lock.
+    waiting: AtomicUsize,
 }
 
 #[derive(Debug, Default)]
@@ -128,8 +133,8 @@ struct InFlight {
     by_request: HashMap<(String, i32), Pending>,
     /// When `by_request` was last swept of entries whose response never came.
     swept: Option<Instant>,
-    /// By [`fingerprint`].
-    judged: HashMap<u64, Arc<Judged>>,
+    /// By [`fingerprint`] (already a hash).
+    judged: HashMap<u64, Arc<Judged>, rustc_hash::FxBuildHasher>,
 }
 
 /// The AOR the registrar will use: the To user (or user@host) when the endpoint serves it.
@@ -181,69 +186,90 @@ impl Registrar {
         // remembered.
         let lines: Option<Vec<&[u8]>> = raw.map(|raw| contact_lines(raw).collect());
         let key = lines.as_deref().map(|lines| fingerprint(&reg, lines));
-        let known = key.zip(lines.as_deref()).and_then(|(key, lines)| {
-            self.pending
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
+        // A repeat (the usual REGISTER) is looked up and left waiting for its response under
+        // one lock.
+        if let (Some(key), Some(lines)) = (key, lines.as_deref()) {
+            let mut pending = self.lock();
+            let known = pending
                 .judged
                 .get(&key)
                 .filter(|j| j.judges(&reg, lines, general))
-                .cloned()
-        });
-        let (judged, new) = match known {
-            Some(judged) => (judged, false),
-            None => match rdata.with_contacts(|contacts| {
-                decide_parts(
-                    &contacts,
-                    reg.expires,
-                    reg.x_mpush.as_deref(),
-                    &general.policy,
-                )
-            }) {
-                // Too large to copy out: not one of ours.
-                None | Some(Verdict::Ignore) => return false,
-                Some(Verdict::Reject { status, reason }) => {
-                    tracing::info!(
-                        "REGISTER from {}:{} ({}) refused with {status}: {reason}",
-                        reg.source_addr,
-                        reg.source_port,
-                        reg.endpoint.as_deref().unwrap_or("unidentified")
-                    );
-                    rdata.respond(status, &reason);
-                    return true;
-                }
-                Some(Verdict::Accept {
-                    feature_caps,
+                .cloned();
+            if let Some(judged) = known {
+                self.wait_for_response(&mut pending, reg, Arc::clone(&judged), None);
+                drop(pending);
+                make_room(running, &judged);
+                return false;
+            }
+        }
+        let judged = match rdata.with_contacts(|contacts| {
+            decide_parts(
+                &contacts,
+                reg.expires,
+                reg.x_mpush.as_deref(),
+                &general.policy,
+            )
+        }) {
+            // Too large to copy out: not one of ours.
+            None | Some(Verdict::Ignore) => return false,
+            Some(Verdict::Reject { status, reason }) => {
+                tracing::info!(
+                    "REGISTER from {}:{} ({}) refused with {status}: {reason}",
+                    reg.source_addr,
+                    reg.source_port,
+                    reg.endpoint.as_deref().unwrap_or("unidentified")
+                );
+                rdata.respond(status, &reason);
+                return true;
+            }
+            Some(Verdict::Accept {
+                feature_caps,
+                actions,
+            }) => {
+                let Some(aor) = resolve_aor(&reg) else {
+                    // The registrar will refuse it (unknown AOR); nothing of ours to keep.
+                    return false;
+                };
+                let owned = |s: &Option<Cow<'_, str>>| s.as_deref().map(str::to_string);
+                let judged = Judged {
+                    contact_lines: lines
+                        .as_deref()
+                        .map(|l| joined(l.iter().copied()))
+                        .unwrap_or_default(),
+                    expires: reg.expires,
+                    x_mpush: owned(&reg.x_mpush),
+                    to_user: owned(&reg.to_user),
+                    to_host: owned(&reg.to_host),
+                    endpoint_aors: owned(&reg.endpoint_aors),
+                    general: std::ptr::from_ref(general) as usize,
+                    aor,
+                    feature_caps: feature_caps.map(|c| crate::ast::c_string(&c)),
                     actions,
-                }) => {
-                    let Some(aor) = resolve_aor(&reg) else {
-                        // The registrar will refuse it (unknown AOR); nothing of ours to keep.
-                        return false;
-                    };
-                    let owned = |s: &Option<Cow<'_, str>>| s.as_deref().map(str::to_string);
-                    let judged = Judged {
-                        contact_lines: lines
-                            .as_deref()
-                            .map(|l| joined(l.iter().copied()))
-                            .unwrap_or_default(),
-                        expires: reg.expires,
-                        x_mpush: owned(&reg.x_mpush),
-                        to_user: owned(&reg.to_user),
-                        to_host: owned(&reg.to_host),
-                        endpoint_aors: owned(&reg.endpoint_aors),
-                        general: std::ptr::from_ref(general) as usize,
-                        aor,
-                        feature_caps: feature_caps.map(|c| crate::ast::c_string(&c)),
-                        actions,
-                        placed: AtomicU64::new(u64::MAX),
-                    };
-                    (Arc::new(judged), true)
-                }
-            },
+                    placed: AtomicU64::new(u64::MAX),
+                };
+                Arc::new(judged)
+            }
         };
         make_room(running, &judged);
+        let mut pending = self.lock();
+        self.wait_for_response(&mut pending, reg, judged, key);
+        false
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, InFlight> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Leaves `judged` waiting for the response to `reg`, and remembers it under `key` (a
+    /// REGISTER judged anew).
+    fn wait_for_response(
+        &self,
+        pending: &mut InFlight,
+        reg: Register<'_>,
+        judged: Arc<Judged>,
+        key: Option<u64>,
+    ) {
         let now = Instant::now();
-        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
         // Entries whose response never came, swept at most once per TTL rather than scanned
         // on every REGISTER.
         if pending
@@ -255,7 +281,7 @@ impl Registrar {
                 .retain(|_, p| now.duration_since(p.since) < PENDING_TTL);
             pending.swept = Some(now);
         }
-        if let Some(key) = key.filter(|_| new) {
+        if let Some(key) = key {
             if pending.judged.len() >= JUDGED_MAX {
                 pending.judged.clear();
             }
@@ -269,33 +295,30 @@ impl Registrar {
                 since: now,
             },
         );
-        false
+        self.waiting
+            .store(pending.by_request.len(), Ordering::Release);
     }
 
     /// Runs on each REGISTER response about to be sent.
     pub fn on_response(&self, tdata: TxData, running: &Running) {
         // Every REGISTER response passes here; with nothing pending there is nothing to do,
         // and no reason to copy the response out.
-        if self
-            .pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .by_request
-            .is_empty()
-        {
+        if self.waiting.load(Ordering::Acquire) == 0 {
             return;
         }
         tdata.with_register_response(|resp| self.answered(tdata, resp, running));
     }
 
     fn answered(&self, tdata: TxData, resp: Response<'_>, running: &Running) {
-        let Some(p) = self
-            .pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .by_request
-            .remove(&(resp.call_id.into_owned(), resp.cseq))
-        else {
+        let Some(p) = ({
+            let mut pending = self.lock();
+            let p = pending
+                .by_request
+                .remove(&(resp.call_id.into_owned(), resp.cseq));
+            self.waiting
+                .store(pending.by_request.len(), Ordering::Release);
+            p
+        }) else {
             return;
         };
         if resp.status != 200 {

@@ -83,18 +83,48 @@ pub struct Refresh<'a> {
     pub expires: u32,
 }
 
-/// Identity of a binding.
+/// Identity of a binding. Ordered by a hash of the AOR first: a lookup (each REGISTER makes
+/// one) is then decided by integers held in the tree's nodes, where comparing AORs read every
+/// key's string from the heap; an AOR's keys stay adjacent.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-struct Key(String, Provider, String, String);
+struct Key {
+    aor_hash: u64,
+    aor: String,
+    provider: Provider,
+    app_id: String,
+    token: String,
+}
 
 impl Key {
     fn new(aor: &str, provider: Provider, app: &str, token: &str) -> Key {
-        Key(
+        Key::owned(
             aor.to_string(),
             provider,
             app.to_string(),
             token.to_string(),
         )
+    }
+
+    fn owned(aor: String, provider: Provider, app_id: String, token: String) -> Key {
+        Key {
+            aor_hash: fnv1a(&[&aor]),
+            aor,
+            provider,
+            app_id,
+            token,
+        }
+    }
+
+    /// Sorts before every key of `aor` (and after those of smaller hashes): where a range over
+    /// its keys starts, built without copying the AOR.
+    fn before(aor: &str) -> Key {
+        Key {
+            aor_hash: fnv1a(&[aor]),
+            aor: String::new(),
+            provider: Provider::Apns,
+            app_id: String::new(),
+            token: String::new(),
+        }
     }
 }
 
@@ -237,7 +267,7 @@ pub fn verdict(outcome: Option<&Outcome>) -> PushVerdict {
 /// outage are when it hurts).
 pub const PERSIST_EVERY: u64 = 300;
 
-/// All bindings, ordered by AOR for listing.
+/// All bindings (in no order that means anything: see [`Key`]).
 #[derive(Debug, Default, Clone)]
 pub struct Store {
     bindings: BTreeMap<Key, Binding>,
@@ -367,25 +397,23 @@ impl Store {
         self.bindings.is_empty()
     }
 
-    /// Every binding, by AOR.
+    /// Every binding (listings sort them).
     pub fn all(&self) -> impl Iterator<Item = &Binding> {
         self.bindings.values()
     }
 
-    /// The bindings of one AOR, found by range: keys sort by AOR first, so they are adjacent.
+    /// The bindings of one AOR, found by range: keys sort by the AOR's hash first, so they are
+    /// adjacent (among those of any AOR with the same hash).
     fn aor_entries<'a>(
         &'a self,
         aor: &'a str,
     ) -> impl Iterator<Item = (&'a Key, &'a Binding)> + 'a {
-        let first = Key(
-            aor.to_string(),
-            Provider::Apns,
-            String::new(),
-            String::new(),
-        );
+        let first = Key::before(aor);
+        let hash = first.aor_hash;
         self.bindings
             .range(first..)
-            .take_while(move |(k, _)| k.0 == aor)
+            .take_while(move |(k, _)| k.aor_hash == hash)
+            .filter(move |(k, _)| k.aor == aor)
     }
 
     /// The bindings of one AOR.
@@ -422,21 +450,18 @@ impl Store {
     /// [`Store::register_with`] must judge it. Either way the store ends up as
     /// `register_with` would leave it.
     pub fn refresh(&mut self, r: &Refresh<'_>, now: u64) -> bool {
-        let first = Key(
-            r.aor.to_string(),
-            Provider::Apns,
-            String::new(),
-            String::new(),
-        );
+        let first = Key::before(r.aor);
+        let hash = first.aor_hash;
         let p = r.params;
         let mut target = None;
         let mut instance_elsewhere = false;
         for (k, b) in self
             .bindings
             .range_mut(first..)
-            .take_while(|(k, _)| k.0 == r.aor)
+            .take_while(|(k, _)| k.aor_hash == hash)
+            .filter(|(k, _)| k.aor == r.aor)
         {
-            if k.1 == p.provider && k.2 == p.app_id && k.3 == p.token {
+            if k.provider == p.provider && k.app_id == p.app_id && k.token == p.token {
                 target = Some(b);
             } else if r.instance.is_some() && b.instance.as_deref() == r.instance {
                 // register_with would remove that one (the device presents a new token).
@@ -475,12 +500,12 @@ impl Store {
         } = r;
         // The key takes the strings; a new binding copies them back (refreshes are the norm).
         let alert_token = params.alert_token;
-        let key = Key(aor, params.provider, params.app_id, params.token);
+        let key = Key::owned(aor, params.provider, params.app_id, params.token);
         // A device instance that now presents a new token replaces its old binding: apps get new
         // tokens on reinstall or token rotation, and the old one would ring nothing.
         if let Some(instance) = &instance {
             let replaced: Vec<Key> = self
-                .aor_entries(&key.0)
+                .aor_entries(&key.aor)
                 .filter(|(k, b)| **k != key && b.instance.as_deref() == Some(instance))
                 .map(|(k, _)| k.clone())
                 .collect();
@@ -538,7 +563,9 @@ impl Store {
                     let moved: Vec<Key> = self
                         .bindings
                         .iter()
-                        .filter(|(k, b)| k.0 != key.0 && b.provider == key.1 && b.token == key.3)
+                        .filter(|(k, b)| {
+                            k.aor != key.aor && b.provider == key.provider && b.token == key.token
+                        })
                         .map(|(k, _)| k.clone())
                         .collect();
                     for k in moved {
@@ -553,7 +580,7 @@ impl Store {
                 if let Some(max) = policy.max_push_devices {
                     // Room for the new device: the least recently registered go.
                     let mut others: Vec<(u64, u64, Key)> = self
-                        .aor_entries(&key.0)
+                        .aor_entries(&key.aor)
                         .map(|(k, b)| (b.last_register, b.created, k.clone()))
                         .collect();
                     others.sort();
@@ -567,13 +594,13 @@ impl Store {
                         }
                     }
                 }
-                let id = binding_id(&key.0, key.1, &key.2, &key.3);
+                let id = binding_id(&key.aor, key.provider, &key.app_id, &key.token);
                 let b = Binding {
                     id,
-                    aor: key.0.clone(),
-                    provider: key.1,
-                    app_id: key.2.clone(),
-                    token: key.3.clone(),
+                    aor: key.aor.clone(),
+                    provider: key.provider,
+                    app_id: key.app_id.clone(),
+                    token: key.token.clone(),
                     alert_token,
                     environment: params.environment,
                     form: params.form,
@@ -978,7 +1005,11 @@ mod tests {
         step(&mut s, "refresh in place", false);
         s.register(reg("alice", "aa11", "sip:alice@10.0.0.2"), 1030);
         step(&mut s, "new contact", true);
-        s.push_failed("alice", &binding_id("alice", Provider::Apns, "TEAM.com.example.voip", "aa11"), None);
+        s.push_failed(
+            "alice",
+            &binding_id("alice", Provider::Apns, "TEAM.com.example.voip", "aa11"),
+            None,
+        );
         step(&mut s, "failure counted", false);
         s.unregister("alice", &params("aa11"));
         step(&mut s, "unregistered", true);

@@ -176,28 +176,37 @@ fn contains_ci(hay: &[u8], needle: &[u8]) -> bool {
 /// with the same lines have contacts that pjsip parses, and so prints, alike: the REGISTER hook
 /// keys what it remembers of a REGISTER on them, without having pjsip print anything.
 pub fn contact_lines(raw: &[u8]) -> impl Iterator<Item = &[u8]> {
-    let end = memchr::memmem::find(raw, b"\r\n\r\n")
-        .or_else(|| memchr::memmem::find(raw, b"\n\n"))
-        .unwrap_or(raw.len());
-    let head = &raw[..end];
-    // Line starts: vectorised search for the newlines; only lines starting with `c`, `m` or
-    // white space (a continuation) are looked at further.
-    let starts = std::iter::once(0).chain(memchr::memchr_iter(b'\n', head).map(|i| i + 1));
+    // One vectorised newline search per line, stopping at the blank line that ends the
+    // header section (no search for it first); only lines starting with `c`, `m` or white
+    // space (a continuation) are looked at further. Each line keeps its `\r`.
+    let mut rest = raw;
     let mut in_contact = false;
-    starts.filter_map(move |start| {
-        let rest = &head[start.min(head.len())..];
-        let line = &rest[..memchr::memchr(b'\n', rest).unwrap_or(rest.len())];
-        match line.first() {
-            Some(b' ' | b'\t') => {}
-            Some(b'c' | b'C' | b'm' | b'M') => {
-                in_contact = memchr::memchr(b':', line).is_some_and(|colon| {
-                    let name = line[..colon].trim_ascii();
-                    name.eq_ignore_ascii_case(b"contact") || name.eq_ignore_ascii_case(b"m")
-                });
+    std::iter::from_fn(move || {
+        while !rest.is_empty() {
+            let (line, next) = match memchr::memchr(b'\n', rest) {
+                Some(i) => (&rest[..i], &rest[i + 1..]),
+                None => (rest, &rest[rest.len()..]),
+            };
+            rest = next;
+            match line.first() {
+                None | Some(b'\r') if line.len() <= 1 => {
+                    rest = &[];
+                    return None;
+                }
+                Some(b' ' | b'\t') => {}
+                Some(b'c' | b'C' | b'm' | b'M') => {
+                    in_contact = memchr::memchr(b':', line).is_some_and(|colon| {
+                        let name = line[..colon].trim_ascii();
+                        name.eq_ignore_ascii_case(b"contact") || name.eq_ignore_ascii_case(b"m")
+                    });
+                }
+                _ => in_contact = false,
             }
-            _ => in_contact = false,
+            if in_contact {
+                return Some(line);
+            }
         }
-        in_contact.then_some(line)
+        None
     })
 }
 
@@ -570,8 +579,8 @@ mod tests {
                 &b"Contact: <sip:a@h;pn-prid=1>\r"[..],
                 b"\t;expires=60\r",
                 b"m: <sip:b@h>\r",
-                // The header section ends before its blank line's CRLF pair.
-                b"CONTACT : *",
+                // The header section ends at the blank line.
+                b"CONTACT : *\r",
             ]
         );
         assert_eq!(
