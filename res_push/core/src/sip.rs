@@ -69,18 +69,6 @@ pub fn parse_contact(value: &str) -> Contact {
     }
 }
 
-/// The URI of a Contact header value and its `expires` header parameter: the same as
-/// `parse_contact(value).uri` and `.expires()`, without building the parameter lists (the
-/// REGISTER response hook reads the registrar's granted expiries on every REGISTER).
-/// `None` for `*`.
-pub fn contact_expires(value: &str) -> Option<(&str, Option<u32>)> {
-    let (uri, rest) = split_contact(value)?;
-    let expires = params_iter(rest)
-        .find(|(n, _)| n.eq_ignore_ascii_case("expires"))
-        .and_then(|(_, v)| param_value(v?).trim().parse().ok());
-    Some((uri, expires))
-}
-
 /// (trimmed URI, header parameter text) of a Contact header value; `None` for `*`.
 fn split_contact(value: &str) -> Option<(&str, &str)> {
     let value = value.trim();
