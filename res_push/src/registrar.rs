@@ -11,7 +11,7 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::ffi::CString;
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasher, Hash, Hasher, RandomState};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -123,14 +123,21 @@ const JUDGED_MAX: usize = 16 * 1024;
 #[derive(Debug, Default)]
 pub struct Registrar {
     pending: Mutex<InFlight>,
+    /// Keys of [`RequestKey`]: per module load, so that no Call-ID can be crafted to take
+    /// another phone's place.
+    request_keys: RandomState,
     /// `pending.by_request.len()`, kept beside it so that every REGISTER response (desk
     /// phones' too) is told there is nothing to do without taking the lock.
     waiting: AtomicUsize,
 }
 
+/// A REGISTER transaction (Call-ID and CSeq) by two keyed 64-bit hashes: looked up on the
+/// response without copying its Call-ID out, and with no Call-ID to keep.
+type RequestKey = (u64, u64);
+
 #[derive(Debug, Default)]
 struct InFlight {
-    by_request: HashMap<(String, i32), Pending>,
+    by_request: HashMap<RequestKey, Pending, rustc_hash::FxBuildHasher>,
     /// When `by_request` was last swept of entries whose response never came.
     swept: Option<Instant>,
     /// By [`fingerprint`] (already a hash).
@@ -162,6 +169,11 @@ fn resolve_aor(r: &Register<'_>) -> Option<String> {
 }
 
 impl Registrar {
+    fn request_key(&self, call_id: &str, cseq: i32) -> RequestKey {
+        let half = |n: u8| self.request_keys.hash_one((n, call_id, cseq));
+        (half(0), half(1))
+    }
+
     /// Runs before the registrar. Returns true when we answered the request ourselves.
     pub fn on_register(&self, rdata: RxData, running: &Running) -> bool {
         // Desk phones: judged on the raw bytes, nothing copied out.
@@ -288,7 +300,7 @@ impl Registrar {
             pending.judged.insert(key, Arc::clone(&judged));
         }
         pending.by_request.insert(
-            (reg.call_id.into_owned(), reg.cseq),
+            self.request_key(&reg.call_id, reg.cseq),
             Pending {
                 judged,
                 user_agent: reg.user_agent.map(Cow::into_owned),
@@ -310,11 +322,10 @@ impl Registrar {
     }
 
     fn answered(&self, tdata: TxData, resp: Response<'_>, running: &Running) {
+        let key = self.request_key(&resp.call_id, resp.cseq);
         let Some(p) = ({
             let mut pending = self.lock();
-            let p = pending
-                .by_request
-                .remove(&(resp.call_id.into_owned(), resp.cseq));
+            let p = pending.by_request.remove(&key);
             self.waiting
                 .store(pending.by_request.len(), Ordering::Release);
             p

@@ -89,7 +89,16 @@ pub struct Response<'s> {
 /// `p` is NULL or a NUL-terminated string that lives for `'s`.
 unsafe fn opt<'s>(p: *const c_char) -> Option<Cow<'s, str>> {
     // SAFETY: as the caller promised.
-    (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) }.to_string_lossy())
+    (!p.is_null()).then(|| lossy(unsafe { CStr::from_ptr(p) }.to_bytes()))
+}
+
+/// `bytes` as text, invalid sequences replaced. Valid text (all of a SIP message in practice)
+/// is checked by `str::from_utf8`, whose ASCII fast path `to_string_lossy` does not take.
+fn lossy(bytes: &[u8]) -> Cow<'_, str> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => Cow::Borrowed(text),
+        Err(_) => String::from_utf8_lossy(bytes),
+    }
 }
 
 /// # Safety
