@@ -18,7 +18,8 @@
 //!   its push (APNs' mean delivery time).
 //!
 //! Short by default (what the README test command runs: figures printed, nothing asserted on
-//! time); `--full` runs 200 calls per mode. Ends with one `BENCH wake ...` line.
+//! time); `--full` runs 200 calls per mode. Ends with one `BENCH wake ...` line; fails (after
+//! printing it) when a call failed, as the figures then cover fewer calls than asked for.
 
 use std::time::{Duration, Instant, SystemTime};
 
@@ -83,6 +84,12 @@ impl Bench {
     /// One call; `delay`: how long after its push (or poll start) the phone registers.
     fn call(&mut self, mode: Mode, delay: Duration) -> Result<Sample, String> {
         let seen = self.mocks.apns.requests().len();
+        if mode != Mode::ResPush {
+            // A fresh manager session per polling call, logged in before the call starts: one
+            // left unread through the res_push calls (hundreds with --full) fills its socket,
+            // and Asterisk drops a manager session it cannot write to.
+            self.ami = self.a.ami();
+        }
         let caller = self.a.sipp(
             "caller",
             &self.caller,
@@ -209,6 +216,7 @@ fn main() {
     let first_push = first.dial_to_push.unwrap_or(f64::NAN);
 
     let mut results = Vec::new();
+    let mut failed = 0usize;
     for (mode, n) in [
         (Mode::ResPush, calls),
         (Mode::Poll250, calls),
@@ -219,14 +227,20 @@ fn main() {
         for _ in 0..n {
             match b.call(mode, Duration::ZERO) {
                 Ok(s) => fast.push(s),
-                Err(e) => eprintln!("{}: call failed: {e}", mode.name()),
+                Err(e) => {
+                    failed += 1;
+                    eprintln!("{}: call failed: {e}", mode.name());
+                }
             }
         }
         let mut waits = Vec::new();
         for _ in 0..wait_calls {
             match b.call(mode, DELIVERY) {
                 Ok(s) => waits.push(s),
-                Err(e) => eprintln!("{}: call failed: {e}", mode.name()),
+                Err(e) => {
+                    failed += 1;
+                    eprintln!("{}: call failed: {e}", mode.name());
+                }
             }
         }
         let wake = collect(&fast, |s| s.wake_to_ring);
@@ -279,4 +293,9 @@ fn main() {
         first_push,
         wake.len(),
     );
+    // Figures over fewer calls than asked for (or none: NaN) are not the figures asked for.
+    if failed > 0 {
+        eprintln!("res-push-bench-wake: {failed} call(s) failed; the figures above are incomplete");
+        std::process::exit(1);
+    }
 }
